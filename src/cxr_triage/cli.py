@@ -1,0 +1,146 @@
+"""The ``cxr-triage`` command line: thin wrappers over the library, one subcommand each."""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, TypeVar
+
+import typer
+
+from cxr_triage.errors import CxrError
+from cxr_triage.logs import configure_logging
+
+app = typer.Typer(
+    help="Chest X-ray Normal/Abnormal triage: data, pipeline stages, inspection. "
+    "Not for clinical use.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+log = logging.getLogger("cxr_triage.cli")
+F = TypeVar("F", bound=Callable[..., object])
+
+
+def _user_errors(fn: F) -> F:
+    """Print a CxrError as one line on stderr and exit 1, instead of a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: object, **kwargs: object) -> object:
+        configure_logging()
+        try:
+            return fn(*args, **kwargs)
+        except CxrError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(1) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+@app.command()
+@_user_errors
+def synth(
+    out: Annotated[Path, typer.Option("--out", help="Output folder (replaced atomically).")],
+    n: Annotated[int, typer.Option("--n", help="Number of images.")] = 200,
+    site: Annotated[
+        str,
+        typer.Option(
+            help="Site preset (hospital_a/b/c, new_hospital) or any "
+            "name (a profile is derived from it)."
+        ),
+    ] = "hospital_a",
+    seed: Annotated[
+        int, typer.Option(help="Random seed; same arguments give identical files.")
+    ] = 0,
+    workers: Annotated[int, typer.Option(help="Processes; 0 = all cores.")] = 0,
+) -> None:
+    """Generate synthetic chest radiographs (DICOM) and a ChestX-ray14-style labels.csv."""
+    from cxr_triage.data.synth import generate_dataset
+
+    table = generate_dataset(out, n=n, site=site, seed=seed, workers=workers)
+    typer.echo(
+        f"wrote {len(table)} images of site {site} to {out} "
+        f"({int((table['Finding Labels'] != 'No Finding').sum())} abnormal)"
+    )
+
+
+@app.command()
+@_user_errors
+def ingest(
+    source_dir: Annotated[Path, typer.Argument(help="Folder to ingest.")],
+    out: Annotated[Path, typer.Option("--out", help="Output folder (replaced atomically).")],
+    source: Annotated[
+        str, typer.Option(help="synthetic | chestxray14 | folder | dicom")
+    ] = "folder",
+    labels: Annotated[
+        str | None,
+        typer.Option(help="Labels CSV relative to SOURCE_DIR (optional for folder/dicom)."),
+    ] = None,
+    site: Annotated[str | None, typer.Option(help="Site name for images that carry none.")] = None,
+    image_size: Annotated[int, typer.Option(help="Side of the square training image.")] = 128,
+    workers: Annotated[int, typer.Option(help="Processes; 0 = all cores.")] = 0,
+    max_pixels: Annotated[int, typer.Option(help="Refuse larger images.")] = 40_000_000,
+) -> None:
+    """Ingest any folder into a manifest + pixels + rejects table, without editing params.yaml.
+
+    Real patient identifiers are pseudonymised with the secret in $CXR_TRIAGE_SALT.
+    """
+    from cxr_triage.data.deid import salt_from_env
+    from cxr_triage.data.ingest import ingest as run_ingest
+    from cxr_triage.data.sources import discover
+    from cxr_triage.io.records import ImageLimits
+
+    discovery = discover(source, source_dir, labels, site)
+    summary = run_ingest(
+        discovery,
+        out,
+        image_size=image_size,
+        salt=salt_from_env(synthetic=source == "synthetic"),
+        limits=ImageLimits(max_pixels=max_pixels),
+        workers=workers,
+    )
+    reasons = summary.counts["rejected_by_reason"]
+    typer.echo(
+        f"ingested {summary.n_ingested} of {summary.n_candidates} files into {out}; "
+        f"rejected {summary.n_rejected}"
+        + (f" ({reasons}); see {out}/rejects.csv" if reasons else "")
+    )
+
+
+@app.command()
+@_user_errors
+def inspect(
+    files: Annotated[list[Path], typer.Argument(help="Image files (DICOM, PNG, JPEG).")],
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
+) -> None:
+    """Say, per file, whether it is usable and why not, with key metadata (never PHI).
+
+    Exits 2 when any file is unusable.
+    """
+    from cxr_triage.io.images import inspect_image
+
+    reports = [inspect_image(f) for f in files]
+    for r in reports:
+        if as_json:
+            typer.echo(json.dumps(r))
+            continue
+        status = "usable" if r["usable"] else f"REFUSED ({r['reason']}): {r['message']}"
+        typer.echo(f"{r['file']}: {status}")
+        if "format" in r:
+            typer.echo(
+                f"  format={r['format']} modality={r['modality'] or '-'} "
+                f"view={r['view_position'] or '-'} "
+                f"photometric={r['photometric'] or '-'} bits={r['bits_stored']} "
+                f"size={r['cols']}x{r['rows']} frames={r['frames']} "
+                f"transfer_syntax={r['transfer_syntax'] or '-'}"
+            )
+    if not all(r["usable"] for r in reports):
+        raise typer.Exit(2)
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    sys.exit(app())

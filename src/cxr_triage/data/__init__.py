@@ -1,0 +1,1 @@
+"""Datasets: synthetic generator, ingestion, preprocessing, splitting."""

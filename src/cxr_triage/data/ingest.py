@@ -1,0 +1,283 @@
+"""Ingest: candidate files -> canonical dataset (manifest + pixels at training size) + rejects.
+
+Outputs, all written into a temporary sibling folder and moved into place at the end, so a killed
+run leaves the previous output (or nothing), never a half-written one:
+
+- ``manifest.csv``: one row per accepted image (see :data:`MANIFEST_COLUMNS`); identifiers are
+  pseudonymised, no names, dates, accession numbers or raw IDs;
+- ``pixels.npy``: ``uint8`` array ``(N, S, S)``, row ``i`` is manifest row ``i``;
+- ``rejects.csv``: one row per refused file: relative path, reason code, message;
+- ``counts.json``: totals, per reason, per label and per site.
+
+Files are decoded in a process pool over all cores. Raw identifiers are hashed inside the worker,
+so they never cross into the parent process, the logs or the outputs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import multiprocessing as mp
+import os
+import shutil
+import tempfile
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from cxr_triage.data.deid import Pseudonymiser
+from cxr_triage.data.labels import FINDING_COLUMNS
+from cxr_triage.data.preprocess import prepare_image
+from cxr_triage.data.sources import Discovery, SourceItem
+from cxr_triage.errors import InvalidImageError
+from cxr_triage.io.images import read_image
+from cxr_triage.io.records import ImageLimits
+
+__all__ = ["MANIFEST_COLUMNS", "IngestSummary", "ingest", "replace_dir_atomically"]
+
+log = logging.getLogger(__name__)
+
+MANIFEST_COLUMNS = (
+    "row",
+    "image_id",
+    "patient_id",
+    "study_id",
+    "sex",
+    "age",
+    "view_position",
+    "site",
+    "manufacturer",
+    *FINDING_COLUMNS,
+    "label",
+    "official_split",
+    "format",
+    "modality",
+    "photometric",
+    "bits_stored",
+    "orig_rows",
+    "orig_cols",
+)
+REJECT_COLUMNS = ("source_path", "reason", "message")
+
+
+@dataclass(frozen=True)
+class IngestSummary:
+    n_candidates: int
+    n_ingested: int
+    n_rejected: int
+    counts: dict[str, object]
+
+
+# Worker state, set once per process by the pool initialiser (fork keeps it cheap).
+_WORKER: dict[str, object] = {}
+
+
+def _init_worker(salt: str, image_size: int, limits: ImageLimits) -> None:
+    _WORKER.update(pseudo=Pseudonymiser(salt), size=image_size, limits=limits)
+    # Each worker is one process; extra BLAS/OpenMP threads would fight for the same cores.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+def _process(item: SourceItem) -> tuple[np.ndarray | None, dict[str, object]]:
+    """Read, check and prepare one file; return (pixels, manifest fields) or (None, reject)."""
+    pseudo: Pseudonymiser = _WORKER["pseudo"]  # type: ignore[assignment]
+    try:
+        image = read_image(item.path, _WORKER["limits"])  # type: ignore[arg-type]
+        pixels = prepare_image(image.pixels, _WORKER["size"])  # type: ignore[arg-type]
+    except InvalidImageError as exc:
+        return None, {"source_path": item.rel_path, "reason": exc.reason, "message": str(exc)}
+    except (OSError, MemoryError) as exc:
+        return None, {
+            "source_path": item.rel_path,
+            "reason": "read_error",
+            "message": f"{type(exc).__name__}: {exc}",
+        }
+    labels, meta, ids = item.labels, image.meta, image.identifiers
+    raw_patient = str(labels.get("patient_id") or ids.patient_id or "")
+    raw_study = str(labels.get("study_id") or ids.study_uid or "")
+    image_key = ids.sop_instance_uid or item.rel_path
+    age = labels.get("age")
+    if age is None or (isinstance(age, float) and math.isnan(age)):
+        age = meta.age_years
+    image_id = pseudo.image(image_key)
+    row = {
+        "image_id": image_id,
+        # An image with no patient identity is its own patient: the split stays patient-safe.
+        "patient_id": pseudo.patient(raw_patient) if raw_patient else f"img-{image_id}",
+        "study_id": pseudo.study(raw_study) if raw_study else f"img-{image_id}",
+        "sex": labels.get("sex") or meta.sex,
+        "age": age,
+        "view_position": labels.get("view_position") or meta.view_position,
+        "site": item.site,
+        "manufacturer": meta.manufacturer,
+        **{c: int(labels.get(c, 0) or 0) for c in FINDING_COLUMNS},
+        "label": labels.get("label", ""),
+        "official_split": labels.get("official_split", ""),
+        "format": meta.format,
+        "modality": meta.modality,
+        "photometric": meta.photometric,
+        "bits_stored": meta.bits_stored,
+        "orig_rows": meta.rows,
+        "orig_cols": meta.cols,
+        "_no_patient_id": not raw_patient,
+    }
+    return pixels, row
+
+
+def replace_dir_atomically(tmp_dir: Path, out_dir: Path) -> None:
+    """Move a finished ``tmp_dir`` to ``out_dir``, replacing any previous output."""
+    old = out_dir.with_name(f".{out_dir.name}.old")
+    if old.exists():
+        shutil.rmtree(old)
+    if out_dir.exists():
+        out_dir.rename(old)
+    tmp_dir.rename(out_dir)
+    if old.exists():
+        shutil.rmtree(old)
+
+
+def ingest(
+    discovery: Discovery,
+    out_dir: Path,
+    *,
+    image_size: int,
+    salt: str,
+    limits: ImageLimits = ImageLimits(),
+    workers: int = 0,
+    progress: bool | None = None,
+) -> IngestSummary:
+    """Read every discovered file and write the canonical dataset to ``out_dir`` atomically.
+
+    Args:
+        discovery: files and label rows from :func:`cxr_triage.data.sources.discover`.
+        out_dir: output folder (replaced as a whole on success).
+        image_size: side of the square training representation.
+        salt: pseudonymisation key (:func:`cxr_triage.data.deid.salt_from_env`).
+        limits: image guards.
+        workers: processes; 0 = all cores.
+        progress: show a progress bar (None = only on a terminal).
+
+    Returns:
+        Counts of candidates, accepted and rejected files.
+    """
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    items = discovery.items
+    n = len(items)
+    workers = workers or os.cpu_count() or 1
+    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    try:
+        rows, rejects = [], list(discovery.rejects)
+        pixels = np.lib.format.open_memmap(
+            tmp_dir / "pixels.partial.npy",
+            mode="w+",
+            dtype=np.uint8,
+            shape=(max(n, 1), image_size, image_size),
+        )
+        seen: set[str] = set()
+        initargs = (salt, image_size, limits)
+        chunksize = max(1, min(16, n // (workers * 8) or 1))
+        with _pool(workers, initargs) as pool:
+            results = (
+                pool.imap(_process, items, chunksize=chunksize) if pool else map(_process, items)
+            )
+            for item, (array, fields) in tqdm(
+                zip(items, results, strict=True),
+                total=n,
+                desc="ingest",
+                unit="img",
+                disable=progress is False if progress is not None else None,
+            ):
+                if array is None:
+                    rejects.append(fields)
+                elif fields["image_id"] in seen:
+                    rejects.append(
+                        {
+                            "source_path": item.rel_path,
+                            "reason": "duplicate",
+                            "message": "the same image (SOP Instance UID or path) was "
+                            "already ingested; remove the copy",
+                        }
+                    )
+                else:
+                    seen.add(str(fields["image_id"]))
+                    pixels[len(rows)] = array
+                    rows.append(fields)
+        _write_outputs(tmp_dir, pixels, rows, rejects, discovery, n)
+        counts = json.loads((tmp_dir / "counts.json").read_text())
+        replace_dir_atomically(tmp_dir, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+        raise
+    log.info(
+        "ingest: %d of %d files accepted, %d rejected (%s)",
+        counts["n_ingested"],
+        n,
+        counts["n_rejected"],
+        counts["rejected_by_reason"] or "none",
+    )
+    return IngestSummary(n, counts["n_ingested"], counts["n_rejected"], counts)
+
+
+class _pool:
+    """A fork process pool, or nothing for one worker (keeps tracebacks simple, no fork cost)."""
+
+    def __init__(self, workers: int, initargs: tuple) -> None:
+        self.workers, self.initargs, self.pool = workers, initargs, None
+
+    def __enter__(self):  # noqa: ANN204
+        if self.workers <= 1:
+            _init_worker(*self.initargs)
+            return None
+        self.pool = mp.get_context("fork").Pool(self.workers, _init_worker, self.initargs)
+        return self.pool
+
+    def __exit__(self, *exc: object) -> None:
+        if self.pool is not None:
+            self.pool.terminate() if exc[0] else self.pool.close()
+            self.pool.join()
+
+
+def _write_outputs(
+    tmp_dir: Path,
+    pixels: np.ndarray,
+    rows: list[dict],
+    rejects: list[dict],
+    discovery: Discovery,
+    n_candidates: int,
+) -> None:
+    n_ok = len(rows)
+    pixels.flush()
+    final = np.lib.format.open_memmap(
+        tmp_dir / "pixels.npy", mode="w+", dtype=np.uint8, shape=(n_ok, *pixels.shape[1:])
+    )
+    for start in range(0, n_ok, 1024):  # chunked copy: bounded memory for large datasets
+        final[start : start + 1024] = pixels[start : min(n_ok, start + 1024)]
+    final.flush()
+    del final
+    (tmp_dir / "pixels.partial.npy").unlink()
+    manifest = pd.DataFrame(rows, columns=[*MANIFEST_COLUMNS[1:], "_no_patient_id"])
+    no_patient = int(manifest.pop("_no_patient_id").sum()) if n_ok else 0
+    manifest.insert(0, "row", range(n_ok))
+    manifest.to_csv(tmp_dir / "manifest.csv", index=False)
+    rejects_df = pd.DataFrame(rejects, columns=list(REJECT_COLUMNS))
+    rejects_df.to_csv(tmp_dir / "rejects.csv", index=False)
+    counts = {
+        "n_candidates": n_candidates,
+        "n_ingested": n_ok,
+        "n_rejected": len(rejects),
+        "rejected_by_reason": dict(Counter(rejects_df["reason"]).most_common()),
+        "ignored_non_image_files": discovery.ignored_files,
+        "images_without_patient_id": no_patient,
+        "by_label": {k: int(v) for k, v in manifest["label"].value_counts().items()}
+        if n_ok
+        else {},
+        "by_site": {k: int(v) for k, v in manifest["site"].value_counts().items()} if n_ok else {},
+        "image_size": int(pixels.shape[1]),
+    }
+    (tmp_dir / "counts.json").write_text(json.dumps(counts, indent=2) + "\n")

@@ -1,0 +1,1 @@
+"""Metrics, calibration, comparison, threshold selection, fairness."""

@@ -1,0 +1,1 @@
+"""Embeddings from a frozen backbone."""

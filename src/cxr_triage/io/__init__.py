@@ -1,0 +1,1 @@
+"""Reading images: one entry point for DICOM, PNG and JPEG."""

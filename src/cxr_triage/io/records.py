@@ -1,0 +1,77 @@
+"""What reading an image yields: pixels, PHI-free metadata, and identifiers kept apart."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+__all__ = ["DecodedImage", "Identifiers", "ImageLimits", "ImageMeta"]
+
+
+@dataclass(frozen=True)
+class ImageLimits:
+    """Guards applied before any pixel is decoded.
+
+    Args:
+        max_pixels: largest accepted Rows x Columns; larger images are refused (a 4k x 4k
+            detector image has 17 M pixels, so the default leaves ample room).
+        bomb_ratio: an oversize image whose decoded size exceeds its file size by more than this
+            factor is reported as a decompression bomb rather than merely too large.
+        allowed_modalities: DICOM Modality values accepted as projection chest radiographs.
+        allowed_body_parts: accepted BodyPartExamined values; an empty or absent value is accepted
+            because many CR/DX devices never fill it.
+    """
+
+    max_pixels: int = 40_000_000
+    bomb_ratio: float = 100.0
+    allowed_modalities: tuple[str, ...] = ("CR", "DX")
+    allowed_body_parts: tuple[str, ...] = ("CHEST", "THORAX", "LUNG", "CHEST_LAT", "CHESTPA")
+
+
+@dataclass(frozen=True)
+class ImageMeta:
+    """Technical and demographic metadata that is safe to store and log (no PHI)."""
+
+    format: str  # "dicom", "png" or "jpeg"
+    rows: int
+    cols: int
+    modality: str = ""
+    view_position: str = ""
+    photometric: str = ""
+    bits_stored: int = 8
+    frames: int = 1
+    samples_per_pixel: int = 1
+    transfer_syntax: str = ""
+    manufacturer: str = ""
+    body_part: str = ""
+    sex: str = ""  # "M", "F" or ""
+    age_years: float | None = None
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Identifiers:
+    """Raw identifiers from the file header. PHI: pseudonymise at once, never store or log.
+
+    ``repr`` is masked so that an accidental log line or traceback cannot leak them.
+    """
+
+    patient_id: str = field(default="", repr=False)
+    study_uid: str = field(default="", repr=False)
+    sop_instance_uid: str = field(default="", repr=False)
+
+
+@dataclass(frozen=True)
+class DecodedImage:
+    """A radiograph ready for :func:`cxr_triage.data.preprocess.prepare_image`.
+
+    ``pixels`` is float32 in [0, 1] at native resolution in MONOCHROME2 convention (air dark,
+    bone bright): modality LUT, VOI LUT or window, and MONOCHROME1 inversion already applied.
+    """
+
+    pixels: np.ndarray = field(repr=False)
+    meta: ImageMeta
+    identifiers: Identifiers = field(default_factory=Identifiers, repr=False)

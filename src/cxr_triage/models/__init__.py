@@ -1,0 +1,1 @@
+"""Networks, fine-tuning and the classical classifier zoo."""

@@ -1,0 +1,1 @@
+"""DVC stage entry points: `python -m cxr_triage.stages.<stage>`; file edges only, no logic."""

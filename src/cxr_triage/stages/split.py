@@ -1,0 +1,41 @@
+"""``split`` stage: manifest -> ``paths.split_dir/split.csv`` (patient-level train/val/test)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pandas as pd
+
+from cxr_triage.config import Params
+from cxr_triage.data.split import split_by_patient, split_counts
+from cxr_triage.stages._entry import run_stage, write_json_atomically
+
+log = logging.getLogger(__name__)
+
+
+def run(params: Params) -> dict[str, dict[str, float]]:
+    """Split the manifest by patient and write the assignment and per-split counts."""
+    manifest = pd.read_csv(
+        Path(params.paths.ingest_dir) / "manifest.csv",
+        dtype={"image_id": str, "patient_id": str},
+        keep_default_na=False,
+    )
+    splits = split_by_patient(manifest, params.split, seed=params.seed)
+    out_dir = Path(params.paths.split_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir / ".split.csv.tmp"
+    splits.to_csv(tmp, index=False)
+    tmp.replace(out_dir / "split.csv")
+    counts = split_counts(splits)
+    write_json_atomically(out_dir / "counts.json", counts)
+    log.info("split: %s", {k: v["n_images"] for k, v in counts.items()})
+    return counts
+
+
+def main() -> None:
+    run_stage("split", run)
+
+
+if __name__ == "__main__":
+    main()
