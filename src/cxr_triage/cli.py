@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import logging
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, TypeVar
@@ -61,7 +61,9 @@ def synth(
     """Generate synthetic chest radiographs (DICOM) and a ChestX-ray14-style labels.csv."""
     from cxr_triage.data.synth import generate_dataset
 
-    table = generate_dataset(out, n=n, site=site, seed=seed, workers=workers)
+    table = generate_dataset(
+        out, n=n, site=site, seed=seed, workers=workers or os.cpu_count() or 1
+    )
     typer.echo(
         f"wrote {len(table)} images of site {site} to {out} "
         f"({int((table['Finding Labels'] != 'No Finding').sum())} abnormal)"
@@ -142,5 +144,5 @@ def inspect(
         raise typer.Exit(2)
 
 
-def main() -> None:  # pragma: no cover - console entry point
-    sys.exit(app())
+if __name__ == "__main__":  # `python -m cxr_triage.cli`, used by tests and subprocesses
+    app()

@@ -21,7 +21,6 @@ import math
 import multiprocessing as mp
 import os
 import shutil
-import tempfile
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +29,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from cxr_triage.atomic import replace_dir_atomically, temporary_dir_for
 from cxr_triage.data.deid import Pseudonymiser
 from cxr_triage.data.labels import FINDING_COLUMNS
 from cxr_triage.data.preprocess import prepare_image
@@ -38,7 +38,7 @@ from cxr_triage.errors import InvalidImageError
 from cxr_triage.io.images import read_image
 from cxr_triage.io.records import ImageLimits
 
-__all__ = ["MANIFEST_COLUMNS", "IngestSummary", "ingest", "replace_dir_atomically"]
+__all__ = ["MANIFEST_COLUMNS", "IngestSummary", "ingest"]
 
 log = logging.getLogger(__name__)
 
@@ -129,18 +129,6 @@ def _process(item: SourceItem) -> tuple[np.ndarray | None, dict[str, object]]:
     return pixels, row
 
 
-def replace_dir_atomically(tmp_dir: Path, out_dir: Path) -> None:
-    """Move a finished ``tmp_dir`` to ``out_dir``, replacing any previous output."""
-    old = out_dir.with_name(f".{out_dir.name}.old")
-    if old.exists():
-        shutil.rmtree(old)
-    if out_dir.exists():
-        out_dir.rename(old)
-    tmp_dir.rename(out_dir)
-    if old.exists():
-        shutil.rmtree(old)
-
-
 def ingest(
     discovery: Discovery,
     out_dir: Path,
@@ -170,7 +158,7 @@ def ingest(
     items = discovery.items
     n = len(items)
     workers = workers or os.cpu_count() or 1
-    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    tmp_dir = temporary_dir_for(out_dir)
     try:
         rows, rejects = [], list(discovery.rejects)
         pixels = np.lib.format.open_memmap(

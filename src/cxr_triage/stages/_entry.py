@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sys
 from collections.abc import Callable
-from pathlib import Path
 
 from cxr_triage.config import Params, load_params
 from cxr_triage.errors import CxrError
 from cxr_triage.logs import configure_logging
 
-__all__ = ["run_stage", "write_json_atomically"]
+__all__ = ["run_stage"]
 
 
 def run_stage(name: str, run: Callable[[Params], object]) -> None:
@@ -25,11 +23,3 @@ def run_stage(name: str, run: Callable[[Params], object]) -> None:
     except CxrError as exc:
         log.error("%s failed: %s", name, exc)
         sys.exit(1)
-
-
-def write_json_atomically(path: Path, data: object) -> None:
-    """Write JSON via a temporary file and rename, so readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
-    os.replace(tmp, path)

@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pandas as pd
 
+from cxr_triage.atomic import write_json_atomically
 from cxr_triage.config import Params
 from cxr_triage.data.split import split_by_patient, split_counts
-from cxr_triage.stages._entry import run_stage, write_json_atomically
+from cxr_triage.stages._entry import run_stage
 
 log = logging.getLogger(__name__)
 

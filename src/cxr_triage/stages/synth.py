@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import logging
+import os
 import shutil
-import tempfile
 from pathlib import Path
 
+from cxr_triage.atomic import replace_dir_atomically, temporary_dir_for
 from cxr_triage.config import Params
-from cxr_triage.data.ingest import replace_dir_atomically
 from cxr_triage.data.synth import generate_dataset
 from cxr_triage.stages._entry import run_stage
 
@@ -18,13 +18,16 @@ log = logging.getLogger(__name__)
 def run(params: Params) -> dict[str, int]:
     """Write ``paths.synth_dir/<site>/`` (DICOM files + ChestX-ray14-style labels.csv) per site."""
     out_dir = Path(params.paths.synth_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    tmp = temporary_dir_for(out_dir)
     try:
         counts = {}
         for site, n in params.synth.sites.items():
             table = generate_dataset(
-                tmp / site, n=n, site=site, seed=params.seed, workers=params.synth.workers
+                tmp / site,
+                n=n,
+                site=site,
+                seed=params.seed,
+                workers=params.synth.workers or os.cpu_count() or 1,
             )
             counts[site] = len(table)
             log.info("synth: %d images for site %s", len(table), site)

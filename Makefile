@@ -1,0 +1,56 @@
+# cxr-triage: `make help` lists the targets. Everything runs inside .venv (created by `make setup`).
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+VENV ?= .venv
+BIN := $(VENV)/bin
+PYTHON ?= python3
+
+# Telemetry off, quiet tools (STACK.md §0); nothing here needs the network beyond PyPI.
+export DVC_NO_ANALYTICS := 1
+export BENTOML_DO_NOT_TRACK := True
+export DO_NOT_TRACK := 1
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+export PATH := $(abspath $(BIN)):$(PATH)
+
+.PHONY: help setup demo test test-slow test-all bench lint format clean
+
+help: ## Show this help
+	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk -F':.*?## ' '{printf "  %-10s %s\n", $$1, $$2}'
+
+$(BIN)/activate:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/activate
+	$(BIN)/python -m pip install -q --upgrade pip
+	# The CPU build of torch first: a looser requirement would pull several GB of CUDA wheels.
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	touch $@
+
+setup: $(VENV)/.installed ## Create .venv and install the project with its pinned dependencies
+
+demo: setup ## Run the whole pipeline (dvc repro) on the embedded synthetic data
+	dvc repro
+
+test: setup ## Run the default test suite (unit + integration, minus slow tests)
+	pytest
+
+test-slow: setup ## Run only the slow tests
+	pytest -m slow
+
+test-all: setup ## Run every test
+	pytest -m ""
+
+bench: setup ## Run the benchmarks and print their figures
+	@for b in benchmarks/bench_*.py; do echo "== $$b"; python $$b || exit 1; done
+
+lint: setup ## Check style (ruff)
+	ruff check src tests benchmarks flows
+	ruff format --check src tests benchmarks flows
+
+format: setup ## Apply ruff fixes and formatting
+	ruff check --fix src tests benchmarks flows
+	ruff format src tests benchmarks flows
+
+clean: ## Remove pipeline outputs (DVC cache kept)
+	rm -rf data/synth data/ingest data/split
