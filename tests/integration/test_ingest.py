@@ -25,9 +25,17 @@ pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
 SALT = "integration-test-salt-0123456789"
 PHI_KEYWORDS = (
-    "PatientName", "PatientBirthDate", "AccessionNumber", "InstitutionName",
-    "ReferringPhysicianName", "OperatorsName", "StudyID", "PatientID",
-    "StudyInstanceUID", "SOPInstanceUID", "SeriesInstanceUID",
+    "PatientName",
+    "PatientBirthDate",
+    "AccessionNumber",
+    "InstitutionName",
+    "ReferringPhysicianName",
+    "OperatorsName",
+    "StudyID",
+    "PatientID",
+    "StudyInstanceUID",
+    "SOPInstanceUID",
+    "SeriesInstanceUID",
 )
 
 
@@ -48,8 +56,14 @@ def _phi_strings(source: Path) -> set[str]:
 
 def test_ingest_synthetic_source_builds_manifest_and_pixels(synthetic_source, tmp_path):
     out = tmp_path / "ingest"
-    summary = ingest(discover("synthetic", synthetic_source), out, image_size=64,
-                     salt=SYNTHETIC_SALT, workers=2, progress=False)
+    summary = ingest(
+        discover("synthetic", synthetic_source),
+        out,
+        image_size=64,
+        salt=SYNTHETIC_SALT,
+        workers=2,
+        progress=False,
+    )
     manifest = pd.read_csv(out / "manifest.csv", keep_default_na=False)
     pixels = np.load(out / "pixels.npy", mmap_mode="r")
     labels = pd.concat([pd.read_csv(t) for t in sorted(synthetic_source.glob("*/labels.csv"))])
@@ -77,9 +91,26 @@ def test_ingest_outputs_and_logs_contain_no_phi(synthetic_source, tmp_path):
     out = tmp_path / "ingest"
     env = {**os.environ, SALT_ENV: SALT, "CXR_TRIAGE_LOG_LEVEL": "DEBUG"}
     proc = subprocess.run(
-        [sys.executable, "-m", "cxr_triage.cli", "ingest", str(synthetic_source), "--out", str(out),
-         "--source", "synthetic", "--image-size", "32", "--workers", "2"],
-        capture_output=True, text=True, env=env, check=True, cwd=tmp_path,
+        [
+            sys.executable,
+            "-m",
+            "cxr_triage.cli",
+            "ingest",
+            str(synthetic_source),
+            "--out",
+            str(out),
+            "--source",
+            "synthetic",
+            "--image-size",
+            "32",
+            "--workers",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+        cwd=tmp_path,
     )
     blobs = {"stdout": proc.stdout.encode(), "stderr": proc.stderr.encode()}
     blobs.update({str(p): p.read_bytes() for p in out.rglob("*") if p.is_file()})
@@ -110,14 +141,22 @@ def test_ingest_folder_source_reports_every_problem(tmp_path, synthetic_source):
     ct.Modality = "CT"
     ct.save_as(src / "imgs" / "ct.dcm")
     (src / "notes.txt").write_text("not an image")
-    pd.DataFrame({
-        "image": ["imgs/a.png", "b.png", "c.dcm", "colour.png", "ct.dcm", "gone.png"],
-        "label": ["normal", "abnormal", "abnormal", "normal", "normal", "normal"],
-        "patient_id": ["p1", "p1", "p2", "p3", "p4", "p5"],
-    }).to_csv(src / "labels.csv", index=False)
+    pd.DataFrame(
+        {
+            "image": ["imgs/a.png", "b.png", "c.dcm", "colour.png", "ct.dcm", "gone.png"],
+            "label": ["normal", "abnormal", "abnormal", "normal", "normal", "normal"],
+            "patient_id": ["p1", "p1", "p2", "p3", "p4", "p5"],
+        }
+    ).to_csv(src / "labels.csv", index=False)
     out = tmp_path / "out"
-    summary = ingest(discover("folder", src, site="clinic"), out, image_size=32, salt=SALT,
-                     workers=1, progress=False)
+    summary = ingest(
+        discover("folder", src, site="clinic"),
+        out,
+        image_size=32,
+        salt=SALT,
+        workers=1,
+        progress=False,
+    )
     rejects = pd.read_csv(out / "rejects.csv").set_index("source_path")["reason"].to_dict()
     assert rejects == {
         "gone.png": "file_missing",
@@ -144,8 +183,14 @@ def test_ingest_dicom_tree_without_labels(tmp_path, synthetic_source):
         shutil.copy(f, src / f"IM{i:04d}")  # DICOM files often have no extension
     shutil.copy(files[0], src / "IM_dup")  # same SOP Instance UID twice
     out = tmp_path / "out"
-    ingest(discover("dicom", tmp_path / "tree"), out, image_size=32, salt=SALT, workers=1,
-           progress=False)
+    ingest(
+        discover("dicom", tmp_path / "tree"),
+        out,
+        image_size=32,
+        salt=SALT,
+        workers=1,
+        progress=False,
+    )
     manifest = pd.read_csv(out / "manifest.csv", keep_default_na=False)
     assert len(manifest) == 3 and manifest["label"].eq("").all()
     assert manifest["sex"].isin(["M", "F"]).all() and manifest["age"].gt(0).all()
@@ -157,8 +202,12 @@ def test_ingest_dicom_tree_without_labels(tmp_path, synthetic_source):
 def test_ingest_chestxray14_real_metadata_and_official_lists(shared_data, tmp_path):
     nih = shared_data / "nih-cxr"
     labels = pd.read_csv(nih / "labels.csv", dtype=str, keep_default_na=False)
-    subset = pd.concat([labels[labels["nih_official_split"] == "test"].head(8),
-                        labels[labels["nih_official_split"] == "train_val"].head(24)])
+    subset = pd.concat(
+        [
+            labels[labels["nih_official_split"] == "test"].head(8),
+            labels[labels["nih_official_split"] == "train_val"].head(24),
+        ]
+    )
     src = tmp_path / "nih"
     (src / "images_001" / "images").mkdir(parents=True)
     for name in subset["image"]:
@@ -168,10 +217,12 @@ def test_ingest_chestxray14_real_metadata_and_official_lists(shared_data, tmp_pa
     index = subset["image"].str.removeprefix("nih_")
     (src / "test_list.txt").write_text("\n".join(index[subset["nih_official_split"] == "test"]))
     (src / "train_val_list.txt").write_text(
-        "\n".join(index[subset["nih_official_split"] == "train_val"]))
+        "\n".join(index[subset["nih_official_split"] == "train_val"])
+    )
     out = tmp_path / "out"
-    summary = ingest(discover("chestxray14", src), out, image_size=64, salt=SALT, workers=2,
-                     progress=False)
+    summary = ingest(
+        discover("chestxray14", src), out, image_size=64, salt=SALT, workers=2, progress=False
+    )
     manifest = pd.read_csv(out / "manifest.csv", keep_default_na=False)
     assert summary.n_ingested == 32
     assert manifest["official_split"].value_counts().to_dict() == {"train_val": 24, "test": 8}
@@ -194,8 +245,20 @@ def test_ingest_killed_midway_leaves_previous_output_intact(tmp_path):
     (out / "manifest.csv").write_text("previous\n")
     env = {**os.environ, SALT_ENV: SALT}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "cxr_triage.cli", "ingest", str(src), "--out", str(out),
-         "--workers", "1"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            sys.executable,
+            "-m",
+            "cxr_triage.cli",
+            "ingest",
+            str(src),
+            "--out",
+            str(out),
+            "--workers",
+            "1",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     deadline = time.time() + 60
     while not list(tmp_path.glob(".out.tmp-*")) and time.time() < deadline:
@@ -217,8 +280,19 @@ def test_cli_ingest_real_data_without_salt_fails_with_instructions(tmp_path):
     _png(tmp_path / "src" / "a.png")
     env = {k: v for k, v in os.environ.items() if k != SALT_ENV}
     proc = subprocess.run(
-        [sys.executable, "-m", "cxr_triage.cli", "ingest", str(tmp_path / "src"), "--out",
-         str(tmp_path / "out")], capture_output=True, text=True, env=env, cwd=REPO,
+        [
+            sys.executable,
+            "-m",
+            "cxr_triage.cli",
+            "ingest",
+            str(tmp_path / "src"),
+            "--out",
+            str(tmp_path / "out"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=REPO,
     )
     assert proc.returncode == 1
     assert "CXR_TRIAGE_SALT" in proc.stderr and "Traceback" not in proc.stderr

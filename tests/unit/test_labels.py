@@ -30,7 +30,12 @@ def test_read_labels_table_chestxray14_format(tmp_path):
 
 def test_normalise_labels_table_accepts_aliases_and_numeric_labels():
     raw = pd.DataFrame(
-        {"File": ["a.png", "b.png"], "Label": ["1", "0"], "Gender": ["female", "m"], "View": ["pa", ""]}
+        {
+            "File": ["a.png", "b.png"],
+            "Label": ["1", "0"],
+            "Gender": ["female", "m"],
+            "View": ["pa", ""],
+        }
     )
     table = normalise_labels_table(raw, "t.csv")
     assert table["image"].tolist() == ["a.png", "b.png"]
@@ -51,7 +56,10 @@ def test_normalise_labels_table_without_labels_is_unlabelled():
         ({"image": ["a.png"], "label": ["maybe"]}, "label must be normal or abnormal"),
         ({"image": ["a.png"], "finding": ["Broken Heart"]}, "unknown finding 'Broken Heart'"),
         ({"image": ["a.png", "a.png"], "label": ["normal", "normal"]}, "listed twice"),
-        ({"image": ["a.png"], "label": ["normal"], "finding": ["Mass"]}, "label 'normal' but findings"),
+        (
+            {"image": ["a.png"], "label": ["normal"], "finding": ["Mass"]},
+            "label 'normal' but findings",
+        ),
     ],
 )
 def test_normalise_labels_table_refuses_bad_tables(raw, message):

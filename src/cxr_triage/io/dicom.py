@@ -73,10 +73,11 @@ def read_dicom_dataset(source: str | os.PathLike[str] | bytes) -> Dataset:
 
     Raises:
         NotAnImageError: the content is not DICOM.
+        TruncatedPixelDataError: the file ends before its data set could be read.
     """
     fp = io.BytesIO(source) if isinstance(source, bytes) else source
     try:
-        return pydicom.dcmread(fp)
+        ds = pydicom.dcmread(fp)
     except InvalidDicomError as exc:
         raise NotAnImageError(
             "not a DICOM file (no 'DICM' prefix or file meta header); send a DICOM Part 10 file, "
@@ -87,6 +88,14 @@ def read_dicom_dataset(source: str | os.PathLike[str] | bytes) -> Dataset:
             f"the DICOM file cannot be parsed ({type(exc).__name__}: {exc}); "
             "it is probably truncated or corrupt: re-export it"
         ) from exc
+    if len(ds) == 0:
+        # pydicom only warns when the file ends inside an element (typically encapsulated pixel
+        # data cut off in transfer) and returns an empty data set: no modality, no pixels.
+        raise TruncatedPixelDataError(
+            "the DICOM file ends before its data set could be read (cut off in transfer?); "
+            "send it again"
+        )
+    return ds
 
 
 def parse_age(value: object) -> float | None:
@@ -208,8 +217,13 @@ def _window(ds: Dataset) -> tuple[float, float] | None:
     if "WindowCenter" not in ds or "WindowWidth" not in ds:
         return None
     center, width = ds.WindowCenter, ds.WindowWidth
-    center = float(center[0] if isinstance(center, pydicom.multival.MultiValue) else center)
-    width = float(width[0] if isinstance(width, pydicom.multival.MultiValue) else width)
+    if isinstance(center, pydicom.multival.MultiValue):
+        center = center[0] if center else None
+    if isinstance(width, pydicom.multival.MultiValue):
+        width = width[0] if width else None
+    if center is None or width is None:  # present but empty (Type 2 style): no window
+        return None
+    center, width = float(center), float(width)
     if width <= 0:
         return None
     if _text(ds, "VOILUTFunction").upper() == "LINEAR_EXACT":
@@ -248,6 +262,10 @@ def _to_display(ds: Dataset, stored: np.ndarray) -> np.ndarray:
         np.clip(out, 0.0, 1.0, out=out)
         return out
     values = apply_modality_lut(stored, ds)
+    if "VOILUTSequence" in ds and values.dtype.kind == "f":
+        # A LUT is indexed by integers: pydicom warns on (and truncates) the float64 that any
+        # RescaleSlope/Intercept produces, so round to the nearest entry instead.
+        values = np.rint(values).astype(np.int64)
     if "VOILUTSequence" in ds or window is not None:
         values = apply_voi_lut(values, ds, index=0)
     values = values.astype(np.float32)

@@ -103,10 +103,23 @@ def _try_preambleless_dicom(source: str | os.PathLike[str] | bytes):  # noqa: AN
         return None
     if "PixelData" in ds and "Rows" in ds and "Columns" in ds and "Modality" in ds:
         if not hasattr(ds, "file_meta") or "TransferSyntaxUID" not in ds.file_meta:
-            from pydicom.uid import ImplicitVRLittleEndian
+            from pydicom.uid import (
+                ExplicitVRBigEndian,
+                ExplicitVRLittleEndian,
+                ImplicitVRLittleEndian,
+            )
 
+            # The encoding pydicom detected while parsing; native pixel bytes follow it (a
+            # big-endian file tagged little-endian would decode to byte-swapped noise).
+            implicit, little = ds.original_encoding
             ds.file_meta = getattr(ds, "file_meta", pydicom.dataset.FileMetaDataset())
-            ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
+            ds.file_meta.TransferSyntaxUID = (
+                ImplicitVRLittleEndian
+                if implicit is not False
+                else ExplicitVRLittleEndian
+                if little is not False
+                else ExplicitVRBigEndian
+            )
         return ds
     return None
 
@@ -121,9 +134,13 @@ def _read_raster(
             # PIL warns above its own pixel limit; ours is checked just below and is lower.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             img = Image.open(fp)
-            cols, rows = img.size
-            _check_size(rows * cols, rows * cols * len(img.getbands()), file_size, limits)
-            img.load()
+            try:
+                cols, rows = img.size
+                _check_size(rows * cols, rows * cols * len(img.getbands()), file_size, limits)
+                img.load()
+            except BaseException:
+                img.close()  # a refused file opened from a path would otherwise stay open
+                raise
     except Image.DecompressionBombError as exc:
         raise DecompressionBombError(
             f"PIL refused the image as a decompression bomb ({exc}); send the original radiograph"
