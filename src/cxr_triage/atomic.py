@@ -52,7 +52,9 @@ def temporary_dir_for(out_dir: Path) -> Path:
     """A fresh temporary sibling of ``out_dir`` to build an output in (stale ones removed)."""
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_tmp_dirs(out_dir)
-    return Path(tempfile.mkdtemp(prefix=_tmp_prefix(out_dir), dir=out_dir.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=_tmp_prefix(out_dir), dir=out_dir.parent))
+    tmp.chmod(0o755)  # mkdtemp makes it private; the output it becomes is not
+    return tmp
 
 
 def replace_dir_atomically(tmp_dir: Path, out_dir: Path) -> None:
