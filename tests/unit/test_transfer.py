@@ -1,0 +1,190 @@
+"""Tests of cxr_triage.models.transfer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import skops.io as sio
+from sklearn.base import BaseEstimator, TransformerMixin, clone
+from sklearn.datasets import make_classification
+from sklearn.model_selection import KFold, cross_val_score
+from sklearn.pipeline import Pipeline
+
+from cxr_triage.errors import ConfigError, DataError
+from cxr_triage.evaluation.metrics import auroc
+from cxr_triage.models.transfer import (
+    ZOO_NAMES,
+    FittedCandidate,
+    fit_candidate,
+    fit_zoo,
+    load_candidate,
+    patient_cv_splits,
+    predict_scores,
+    save_candidate,
+)
+
+Data = tuple[np.ndarray, np.ndarray, np.ndarray]
+
+
+def _embeddings(n_patients: int, images: int, dim: int, seed: int) -> Data:
+    """Separable embeddings; every patient has ``images`` rows sharing one label."""
+    X, y = make_classification(
+        n_samples=n_patients,
+        n_features=dim,
+        n_informative=6,
+        n_redundant=2,
+        class_sep=1.5,
+        random_state=seed,
+    )
+    rng = np.random.default_rng(seed)
+    rows = np.repeat(np.arange(n_patients), images)
+    X_rows = X[rows] + rng.normal(0, 0.3, size=(rows.size, dim))
+    return X_rows.astype(np.float32), y[rows], rows
+
+
+@pytest.fixture(scope="module")
+def data() -> Data:
+    return _embeddings(n_patients=150, images=3, dim=16, seed=0)
+
+
+@pytest.fixture(scope="module")
+def train(data: Data) -> Data:
+    X, y, groups = data
+    keep = groups < 100
+    return X[keep], y[keep], groups[keep]
+
+
+@pytest.fixture(scope="module")
+def held_out(data: Data) -> Data:
+    X, y, groups = data
+    keep = groups >= 100
+    return X[keep], y[keep], groups[keep]
+
+
+@pytest.fixture(scope="module")
+def zoo(train: Data) -> dict[str, FittedCandidate]:
+    X, y, groups = train
+    return fit_zoo(X, y, groups, cv_folds=3, seed=0, n_jobs=1, n_threads=1)
+
+
+def test_every_candidate_beats_chance_with_probabilities(
+    zoo: dict[str, FittedCandidate], held_out: Data
+) -> None:
+    X_test, y_test, _ = held_out
+    assert list(zoo) == list(ZOO_NAMES)
+    for name, candidate in zoo.items():
+        scores = predict_scores(candidate, X_test)
+        assert scores.shape == (len(y_test),)
+        assert np.all((scores >= 0) & (scores <= 1)), name
+        assert auroc(y_test, scores) > 0.8, name
+        assert candidate.cv_auroc > 0.8, name
+        assert candidate.fit_seconds > 0
+        assert candidate.best_params, name
+
+
+def test_patient_cv_splits_keep_patients_in_one_fold() -> None:
+    rng = np.random.default_rng(0)
+    groups = np.repeat(np.arange(60), rng.integers(1, 6, size=60))
+    y = (groups % 3 == 0).astype(int)
+    splits = patient_cv_splits(y, groups, cv_folds=3, seed=0)
+    assert len(splits) == 3
+    seen = np.zeros(groups.size, dtype=int)
+    for train_index, test_index in splits:
+        assert not set(groups[train_index]) & set(groups[test_index])
+        assert 0 < y[test_index].mean() < 1
+        seen[test_index] += 1
+    assert np.all(seen == 1)
+
+
+def test_cv_auroc_does_not_leak_within_patient_similarity() -> None:
+    # Labels are random per patient and images of a patient are near-duplicates: there is nothing
+    # to learn, but row-level CV lets k-NN find the same patient's other images.
+    rng = np.random.default_rng(0)
+    n_patients, images = 100, 8
+    groups = np.repeat(np.arange(n_patients), images)
+    centres = rng.normal(0, 1, size=(n_patients, 8))
+    X = centres[groups] + rng.normal(0, 0.05, size=(groups.size, 8))
+    y = rng.integers(0, 2, size=n_patients)[groups]
+    candidate = fit_candidate("knn", X, y, groups, cv_folds=3, seed=0)
+    assert candidate.cv_auroc < 0.7
+    # Control: the same model with row-level folds looks far better than chance.
+    model = clone(candidate.estimator).set_params(model__n_neighbors=10)
+    leaky = cross_val_score(
+        model, X, y, cv=KFold(3, shuffle=True, random_state=0), scoring="roc_auc"
+    )
+    assert leaky.mean() > 0.85
+
+
+def test_save_load_round_trip_gives_identical_predictions(
+    zoo: dict[str, FittedCandidate], train: Data, tmp_path: Path
+) -> None:
+    X, _, _ = train
+    for name, candidate in zoo.items():
+        path = save_candidate(candidate, tmp_path / f"{name}.skops")
+        loaded = load_candidate(path)
+        assert loaded.name == name
+        assert loaded.best_params == candidate.best_params
+        assert loaded.cv_auroc == candidate.cv_auroc
+        np.testing.assert_array_equal(predict_scores(loaded, X), predict_scores(candidate, X))
+
+
+class _Untrusted(TransformerMixin, BaseEstimator):
+    """Stands for any class an attacker could smuggle into a model file."""
+
+    def fit(self, X: np.ndarray, y: np.ndarray | None = None) -> _Untrusted:
+        return self
+
+    def transform(self, X: np.ndarray) -> np.ndarray:
+        return X
+
+
+def test_load_candidate_refuses_untrusted_types(
+    zoo: dict[str, FittedCandidate], train: Data, tmp_path: Path
+) -> None:
+    X, y, _ = train
+    logreg = zoo["logreg"]
+    tampered = Pipeline([("evil", _Untrusted()), ("model", logreg.estimator)])
+    payload = {
+        "format": "cxr_triage.transfer.candidate/1",
+        "name": "logreg",
+        "best_params": {},
+        "cv_auroc": 0.9,
+        "fit_seconds": 1.0,
+        "n_train": 1,
+        "n_tune": 1,
+        "estimator": tampered.fit(X, y),
+    }
+    path = tmp_path / "tampered.skops"
+    sio.dump(payload, path)
+    with pytest.raises(DataError, match="_Untrusted"):
+        load_candidate(path)
+
+
+def test_load_candidate_refuses_other_files(tmp_path: Path) -> None:
+    not_zip = tmp_path / "model.skops"
+    not_zip.write_bytes(b"\x80\x04 pickle-like bytes")
+    with pytest.raises(DataError, match="not a readable skops file"):
+        load_candidate(not_zip)
+    other = tmp_path / "other.skops"
+    sio.dump({"format": "something-else"}, other)
+    with pytest.raises(DataError, match="not a cxr_triage transfer candidate"):
+        load_candidate(other)
+    with pytest.raises(DataError, match="does not exist"):
+        load_candidate(tmp_path / "missing.skops")
+
+
+def test_fit_zoo_rejects_bad_arguments(train: Data) -> None:
+    X, y, groups = train
+    with pytest.raises(ConfigError, match="names"):
+        fit_zoo(X, y, groups, names=("logreg", "xgboost"))
+    with pytest.raises(ConfigError, match="one label and one patient_id per row"):
+        fit_zoo(X, y[:-1], groups, names=("logreg",))
+    with pytest.raises(ConfigError, match="cv_folds"):
+        fit_zoo(X, y, groups % 2, names=("logreg",), cv_folds=3)
+
+
+def test_predict_scores_checks_embedding_width(zoo: dict[str, FittedCandidate]) -> None:
+    with pytest.raises(ConfigError, match="same backbone"):
+        predict_scores(zoo["logreg"], np.zeros((2, 5)))
