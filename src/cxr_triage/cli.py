@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import logging
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, TypeVar

@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 import torch
 
+from cxr_triage.config import AugmentOptions, FinetuneOptions
 from cxr_triage.errors import ConfigError
-from cxr_triage.models.augment import AugmentOptions, augment_batch
+from cxr_triage.models.augment import augment_batch
 from cxr_triage.models.finetune import (
-    FinetuneOptions,
     predict_logits,
     predict_scores,
     train_classifier,
@@ -118,7 +118,8 @@ _KILLED_RUN = textwrap.dedent(
     import json, sys, time
     from pathlib import Path
     import numpy as np, torch
-    from cxr_triage.models.finetune import FinetuneOptions, train_classifier
+    from cxr_triage.config import FinetuneOptions
+    from cxr_triage.models.finetune import train_classifier
     from cxr_triage.models.networks import Classifier, build_backbone
 
     data = np.load(sys.argv[1])

@@ -14,48 +14,15 @@ All randomness comes from the ``torch.Generator`` passed in, so a seed gives ide
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F  # noqa: N812 - the conventional name
 
+from cxr_triage.config import AugmentOptions
 from cxr_triage.data.preprocess import MODEL_INPUT_MEAN, MODEL_INPUT_STD
 from cxr_triage.errors import ConfigError
 
 __all__ = ["AugmentOptions", "augment_batch"]
-
-
-@dataclass(frozen=True)
-class AugmentOptions:
-    """Ranges of the random transforms; each is sampled uniformly per image.
-
-    Attributes:
-        max_rotation_deg: rotation in ``[-r, r]`` degrees.
-        max_translation: shift in ``[-t, t]`` as a fraction of the image side.
-        scale_range: zoom factor range (``> 1`` enlarges the anatomy).
-        brightness: additive shift in ``[-b, b]`` on ``[0, 1]`` intensities.
-        contrast: multiplicative factor in ``[1 - c, 1 + c]`` around the image mean.
-        gamma_range: exponent range applied to ``[0, 1]`` intensities.
-        hflip_p: probability of a horizontal flip; 0 by default (see the module docstring).
-    """
-
-    max_rotation_deg: float = 7.0
-    max_translation: float = 0.05
-    scale_range: tuple[float, float] = (0.93, 1.07)
-    brightness: float = 0.05
-    contrast: float = 0.1
-    gamma_range: tuple[float, float] = (0.85, 1.15)
-    hflip_p: float = 0.0
-
-    def __post_init__(self) -> None:
-        for name in ("scale_range", "gamma_range"):
-            low, high = getattr(self, name)
-            if not 0 < low <= high:
-                raise ConfigError(
-                    f"augment {name} must satisfy 0 < low <= high, got {(low, high)}"
-                )
-        if not 0.0 <= self.hflip_p <= 1.0:
-            raise ConfigError(f"augment hflip_p must be in [0, 1], got {self.hflip_p}")
 
 
 def _uniform(n: int, low: float, high: float, generator: torch.Generator) -> torch.Tensor:

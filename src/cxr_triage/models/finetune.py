@@ -22,7 +22,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,14 +32,13 @@ import torch.nn.functional as F  # noqa: N812 - the conventional name
 from sklearn.metrics import roc_auc_score
 from torch import nn
 
+from cxr_triage.config import LOSSES, FinetuneOptions
 from cxr_triage.data.preprocess import to_model_input
 from cxr_triage.errors import ConfigError
 from cxr_triage.features.embed import iter_model_input
-from cxr_triage.models.augment import AugmentOptions, augment_batch
+from cxr_triage.models.augment import augment_batch
 
 __all__ = [
-    "LOSSES",
-    "FinetuneOptions",
     "TrainResult",
     "predict_logits",
     "predict_scores",
@@ -49,80 +48,12 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-LOSSES: tuple[str, ...] = ("bce", "weighted_bce", "focal")
 LAST_CHECKPOINT = "last.pt"
 BEST_WEIGHTS = "best.pt"
 _CHECKPOINT_FORMAT = 1
 # Options that change how long or how fast a run goes but not what an epoch computes, so a run
 # may be resumed with other values (thread count can change float rounding, not the maths).
 _RESUMABLE_FIELDS = frozenset({"num_threads", "max_train_seconds"})
-
-
-@dataclass(frozen=True)
-class FinetuneOptions:
-    """Settings of one training run.
-
-    Attributes:
-        epochs: maximum number of epochs.
-        batch_size: training images per optimiser step.
-        lr: peak AdamW learning rate (cosine-annealed to 0 over ``epochs``).
-        weight_decay: AdamW decoupled weight decay.
-        loss: ``"bce"``, ``"weighted_bce"`` (positives weighted by the train set's
-            negative/positive ratio, per label) or ``"focal"``.
-        focal_gamma: focusing exponent of the focal loss.
-        focal_alpha: weight of positives in the focal loss (negatives get ``1 - alpha``);
-            None weights both classes equally.
-        patience: epochs without a better val AUROC before stopping; None never stops early.
-        augment: apply :func:`~cxr_triage.models.augment.augment_batch` to training batches.
-        augment_options: ranges of the random transforms.
-        seed: seed of shuffling, augmentation and dropout.
-        mixed_precision: autocast (bfloat16 on CPU and on GPUs that support it, else float16
-            with loss scaling).
-        num_threads: torch CPU threads during training; None keeps the current setting.
-        freeze_backbone_epochs: first epochs that train only the head (backbone frozen, its
-            BatchNorm statistics too).
-        max_train_seconds: wall-time budget; no new epoch starts when the previous epoch's
-            duration would overrun it. None means no budget.
-        eval_batch_size: images per forward pass when scoring val.
-    """
-
-    epochs: int = 10
-    batch_size: int = 32
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    loss: str = "weighted_bce"
-    focal_gamma: float = 2.0
-    focal_alpha: float | None = None
-    patience: int | None = 3
-    augment: bool = True
-    augment_options: AugmentOptions = field(default_factory=AugmentOptions)
-    seed: int = 0
-    mixed_precision: bool = False
-    num_threads: int | None = None
-    freeze_backbone_epochs: int = 0
-    max_train_seconds: float | None = None
-    eval_batch_size: int = 128
-
-    def __post_init__(self) -> None:
-        if self.loss not in LOSSES:
-            raise ConfigError(f"finetune loss {self.loss!r} is unknown; choose one of {LOSSES}")
-        positive = {"epochs": self.epochs, "batch_size": self.batch_size}
-        positive["eval_batch_size"] = self.eval_batch_size
-        for name, value in positive.items():
-            if value < 1:
-                raise ConfigError(f"finetune {name} must be >= 1, got {value}")
-        if self.batch_size < 2:
-            raise ConfigError("finetune batch_size must be >= 2 (BatchNorm needs two images)")
-        if not self.lr > 0:
-            raise ConfigError(f"finetune lr must be > 0, got {self.lr}")
-        if self.patience is not None and self.patience < 1:
-            raise ConfigError(f"finetune patience must be >= 1 or None, got {self.patience}")
-        if self.num_threads is not None and self.num_threads < 1:
-            raise ConfigError(f"finetune num_threads must be >= 1 or None, got {self.num_threads}")
-        if self.focal_alpha is not None and not 0 < self.focal_alpha < 1:
-            raise ConfigError(f"finetune focal_alpha must be in (0, 1), got {self.focal_alpha}")
-        if self.freeze_backbone_epochs < 0:
-            raise ConfigError("finetune freeze_backbone_epochs must be >= 0")
 
 
 @dataclass(frozen=True)
