@@ -12,7 +12,7 @@ export DO_NOT_TRACK := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: help setup demo test test-slow test-all bench lint format clean
+.PHONY: help setup demo test test-slow test-all bench lint format clean plots
 
 help: ## Show this help
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk -F':.*?## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -52,5 +52,30 @@ format: setup ## Apply ruff fixes and formatting
 	ruff check --fix src tests benchmarks flows
 	ruff format src tests benchmarks flows
 
+# Offline `dvc plots show`: vega, vega-lite and vega-embed (the versions DVC 3.67 loads) are
+# fetched once with npm into a git-ignored cache and inlined into the HTML template.
+VEGA_CACHE := .cache/vega
+VEGA_PACKAGES := vega@5.20.2 vega-lite@5.2.0 vega-embed@6.18.2
+PLOTS_TEMPLATE := $(VEGA_CACHE)/plots_offline.html
+PLOTS_HTML := reports/plots_html
+
+$(VEGA_CACHE)/.unpacked:
+	@command -v npm >/dev/null || { echo "npm is needed once to fetch $(VEGA_PACKAGES)" >&2; exit 1; }
+	mkdir -p $(VEGA_CACHE)
+	cd $(VEGA_CACHE) && npm pack --silent $(VEGA_PACKAGES)
+	@# An npm tarball's root folder is package/: strip it, giving $(VEGA_CACHE)/<name>/build/...
+	for spec in $(VEGA_PACKAGES); do \
+	  name=$${spec%@*}; version=$${spec##*@}; \
+	  rm -rf $(VEGA_CACHE)/$$name && mkdir -p $(VEGA_CACHE)/$$name && \
+	  tar -xzf $(VEGA_CACHE)/$$name-$$version.tgz -C $(VEGA_CACHE)/$$name --strip-components=1 || exit 1; \
+	done
+	touch $@
+
+$(PLOTS_TEMPLATE): $(VEGA_CACHE)/.unpacked src/cxr_triage/evaluation/plots.py
+	python -m cxr_triage.evaluation.plots --vega-dir $(VEGA_CACHE) --out $@
+
+plots: setup $(PLOTS_TEMPLATE) ## Render the DVC plots to reports/plots_html/index.html (offline)
+	dvc plots show --html-template $(PLOTS_TEMPLATE) -o $(PLOTS_HTML)
+
 clean: ## Remove pipeline outputs (DVC cache kept)
-	rm -rf data/synth data/ingest data/split
+	rm -rf data/synth data/ingest data/split data/embed models reports

@@ -73,5 +73,14 @@ def write_json_atomically(path: Path, data: object) -> None:
     """Write JSON via a temporary file and rename, so readers never see half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
+    tmp.write_text(json.dumps(data, indent=2, default=_jsonable) + "\n")
     os.replace(tmp, path)
+
+
+def _jsonable(value: object) -> object:
+    """numpy scalars and paths, which stage summaries often hold, as plain JSON values."""
+    if hasattr(value, "item") and callable(value.item):  # numpy scalar
+        return value.item()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")

@@ -32,6 +32,7 @@ from cxr_triage.evaluation.metrics import _check_scores
 __all__ = [
     "CALIBRATOR_NAMES",
     "Calibrator",
+    "cross_fit_calibration",
     "Identity",
     "IsotonicCalibration",
     "PlattScaling",
@@ -370,3 +371,33 @@ def calibrator_from_dict(data: dict[str, Any]) -> Calibrator:
             f"{', '.join(map(repr, CALIBRATOR_NAMES))}"
         )
     return _CALIBRATORS[name].from_dict(data)
+
+
+def cross_fit_calibration(
+    name: str, y_true: Any, y_score: Any, groups: Any, *, folds: int = 5, seed: int = 0
+) -> tuple[np.ndarray, Calibrator]:
+    """Recalibrate on validation without judging the calibrator on the data it was fitted on.
+
+    Each patient fold of val is transformed by a calibrator fitted on the other folds (honest,
+    out-of-fold scores for measuring calibration); the calibrator returned for use is then fitted
+    on all of val. Test is never involved.
+
+    Args:
+        name: calibrator name for :func:`make_calibrator`.
+        y_true: val labels (0/1).
+        y_score: raw val scores (probabilities).
+        groups: patient id per row; folds never split a patient.
+        folds: number of patient folds.
+        seed: fold assignment seed.
+
+    Returns:
+        ``(out_of_fold_scores, calibrator_fitted_on_all_of_val)``.
+    """
+    from cxr_triage.models.transfer import patient_cv_splits
+
+    y_true, scores = np.asarray(y_true), _as_scores(y_score)
+    out_of_fold = np.empty_like(scores, dtype=np.float64)
+    for fit_rows, held_rows in patient_cv_splits(y_true, np.asarray(groups), folds, seed):
+        fold = make_calibrator(name).fit(y_true[fit_rows], scores[fit_rows])
+        out_of_fold[held_rows] = fold.transform(scores[held_rows])
+    return out_of_fold, make_calibrator(name).fit(y_true, scores)

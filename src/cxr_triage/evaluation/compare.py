@@ -23,7 +23,14 @@ import pandas as pd
 
 from cxr_triage.errors import ConfigError
 
-__all__ = ["Winner", "WinnerRule", "choose_winner", "comparison_markdown"]
+__all__ = [
+    "Comparison",
+    "Winner",
+    "WinnerRule",
+    "choose_winner",
+    "compare_candidates",
+    "comparison_markdown",
+]
 
 
 @dataclass(frozen=True)
@@ -183,3 +190,90 @@ def comparison_markdown(
                 cells = [f"**{cell}**" for cell in cells]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """Output of :func:`compare_candidates`.
+
+    Attributes:
+        table: one row per candidate: discrimination on raw scores (ranking is what a monotone
+            recalibration cannot change), calibration before (``raw_val_*``) and after
+            (``val_*``, out-of-fold) recalibration.
+        calibrated: out-of-fold recalibrated val scores, one column per candidate.
+        calibrators: per candidate, the calibrator fitted on all of val (the one to deploy).
+    """
+
+    table: pd.DataFrame
+    calibrated: pd.DataFrame
+    calibrators: dict[str, Any]
+
+
+def compare_candidates(
+    val_scores: pd.DataFrame,
+    y_true: np.ndarray,
+    groups: np.ndarray,
+    recalibration: dict[str, str],
+    *,
+    folds: int = 5,
+    n_boot: int = 1000,
+    n_bins: int = 15,
+    seed: int = 0,
+) -> Comparison:
+    """Measure every candidate on val, with patient-bootstrap CIs and honest recalibration.
+
+    Args:
+        val_scores: ``image_id`` plus one column of raw val scores per candidate.
+        y_true: val labels aligned with the rows of ``val_scores``.
+        groups: patient ids aligned with the rows.
+        recalibration: calibrator name per candidate (``none``, ``temperature``, ...).
+        folds: patient folds for out-of-fold recalibrated metrics.
+        n_boot: bootstrap resamples for the CIs.
+        n_bins: reliability bins for the ECE.
+        seed: bootstrap and fold seed.
+    """
+    from cxr_triage.evaluation.calibration import cross_fit_calibration
+    from cxr_triage.evaluation.metrics import (
+        brier,
+        expected_calibration_error,
+        log_loss,
+        summarise_scores,
+    )
+
+    candidates = [c for c in val_scores.columns if c != "image_id"]
+    if not candidates:
+        raise ConfigError("no candidate scores to compare; check the transfer and finetune stages")
+    rows, calibrated, calibrators = [], {"image_id": val_scores["image_id"].to_numpy()}, {}
+    for name in candidates:
+        raw = val_scores[name].to_numpy(dtype=np.float64)
+        method = recalibration.get(name, "none")
+        summary = summarise_scores(y_true, raw, groups, n_boot=n_boot, seed=seed, n_bins=n_bins)
+        oof, calibrator = cross_fit_calibration(
+            method, y_true, raw, groups, folds=folds, seed=seed
+        )
+        calibrated[name], calibrators[name] = oof, calibrator
+        rows.append(
+            {
+                "candidate": name,
+                "recalibration": method,
+                **{
+                    f"val_{k}": summary[k]
+                    for k in (
+                        "auroc",
+                        "auroc_ci_low",
+                        "auroc_ci_high",
+                        "auprc",
+                        "auprc_ci_low",
+                        "auprc_ci_high",
+                    )
+                },
+                "val_brier": brier(y_true, oof),
+                "val_ece": expected_calibration_error(y_true, oof, n_bins=n_bins),
+                "val_log_loss": log_loss(y_true, oof),
+                "raw_val_brier": summary["brier"],
+                "raw_val_ece": summary["ece"],
+                "raw_val_log_loss": summary["log_loss"],
+                "n": summary["n"],
+            }
+        )
+    return Comparison(pd.DataFrame(rows), pd.DataFrame(calibrated), calibrators)

@@ -209,7 +209,9 @@ def _spec(name: str, n_features: int, n_rows: int, seed: int) -> _Spec:
         return _Spec(Pipeline([scaler, pca(64), ("model", model)]), grid)
     if name == "knn":
         model = KNeighborsClassifier()
-        grid = {"model__n_neighbors": [10, 30, 100]}
+        # A neighbourhood can't outnumber a CV fold's training rows (small datasets).
+        ks = [k for k in (10, 30, 100) if k < n_rows] or [max(1, n_rows // 2)]
+        grid = {"model__n_neighbors": ks}
         return _Spec(Pipeline([scaler, pca(64), ("model", model)]), grid)
     if name == "mlp":
         large = n_rows >= 2000

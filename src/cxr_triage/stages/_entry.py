@@ -6,12 +6,13 @@ import logging
 import os
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 from cxr_triage.config import Params, load_params
 from cxr_triage.errors import CxrError
 from cxr_triage.logs import configure_logging
 
-__all__ = ["run_stage"]
+__all__ = ["data_note", "run_stage"]
 
 
 def run_stage(name: str, run: Callable[[Params], object]) -> None:
@@ -23,3 +24,10 @@ def run_stage(name: str, run: Callable[[Params], object]) -> None:
     except CxrError as exc:
         log.error("%s failed: %s", name, exc)
         sys.exit(1)
+
+
+def data_note(params: Params) -> str:
+    """What the figures were computed on, for every report and plot (synthetic is a stand-in)."""
+    if params.ingest.source == "synthetic":
+        return "synthetic stand-in data, not real patients"
+    return f"source: {params.ingest.source} ({Path(params.ingest.source_dir).name})"

@@ -1,0 +1,108 @@
+"""The model card: a short Markdown summary of what the model is, how it did, and its limits."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+
+__all__ = ["render_model_card"]
+
+
+def _pct(value: Any) -> str:
+    return "n/a" if value is None or pd.isna(value) else f"{100 * float(value):.1f}%"
+
+
+def _num(value: Any) -> str:
+    return "n/a" if value is None or pd.isna(value) else f"{float(value):.3f}"
+
+
+def _ci_rows(m: dict[str, Any]) -> str:
+    rows = []
+    for key, name, fmt in (
+        ("auroc", "AUROC", _num),
+        ("auprc", "AUPRC", _num),
+        ("sensitivity", "sensitivity", _pct),
+        ("specificity", "specificity", _pct),
+        ("ppv", "PPV", _pct),
+        ("npv", "NPV", _pct),
+    ):
+        low, high = m[f"test_{key}_ci_low"], m[f"test_{key}_ci_high"]
+        rows.append(f"| {name} | {fmt(m[f'test_{key}'])} | {fmt(low)} - {fmt(high)} |")
+    rows += [f"| Brier | {_num(m['test_brier'])} | |", f"| ECE | {_num(m['test_ece'])} | |"]
+    return "\n".join(rows)
+
+
+def render_model_card(
+    *,
+    metrics: dict[str, Any],
+    threshold: dict[str, Any],
+    winner: dict[str, Any],
+    comparison_md: str,
+    gaps: pd.DataFrame,
+    data_note: str,
+    counts: dict[str, Any],
+) -> str:
+    """Markdown model card from the evaluate stage's figures (nothing here is computed)."""
+    m = metrics
+    gap_lines = (
+        "\n".join(
+            f"| {row.metric} | {row.slice} | {_num(row.gap)} "
+            f"| {row.best_value} ({_num(row.best)}) | {row.worst_value} ({_num(row.worst)}) |"
+            for row in gaps.itertuples()
+        )
+        or "| - | - | - | - | - |"
+    )
+    split_lines = "\n".join(
+        f"| {name} | {c['n_images']} | {c['n_patients']} | {_pct(c['prevalence'])} |"
+        for name, c in counts.items()
+    )
+    return f"""# Model card: cxr-triage Normal/Abnormal
+
+**NOT FOR CLINICAL USE.** A research and engineering demonstration; it has not been validated
+for patient care and must not be used to make or delay any clinical decision.
+
+## Intended use
+Prioritising a chest X-ray reading worklist: studies scored above the threshold are read first;
+the operating point targets high sensitivity so that few abnormal studies are deprioritised.
+Inputs: frontal (PA/AP) chest radiographs, CR or DX DICOM or PNG/JPEG. Not for lateral views,
+children, other body parts or modalities, or any use without a radiologist reading every study.
+
+## Data
+{data_note}
+
+| split | images | patients | prevalence (abnormal) |
+|---|---|---|---|
+{split_lines}
+
+Splits are patient-disjoint. Model, recalibration, threshold and winner were fixed on train/val;
+the test split was read once, for this card.
+
+## Model
+Winner: **{winner["candidate"]}** (recalibration: {winner["recalibration"]}). {winner["reason"]}
+
+{comparison_md}
+
+## Test performance (95% patient-bootstrap CIs)
+| metric | value | 95% CI |
+|---|---|---|
+{_ci_rows(m)}
+
+Operating point: threshold {threshold["threshold"]:.4f} ({threshold["policy"]}, chosen on val:
+sensitivity {_pct(threshold["sensitivity"])}, specificity {_pct(threshold["specificity"])}).
+At this point {_pct(m["test_normal_cleared_share"])} of normal test studies (and
+{_pct(m["test_worklist_cleared_share"])} of all test studies) would be moved down the worklist,
+while {_pct(m["test_abnormal_cleared_share"])} of abnormal studies would be too.
+
+## Fairness (test, per slice; largest gap per metric)
+| metric | slice | gap | best | worst |
+|---|---|---|---|---|
+{gap_lines}
+
+Slices with fewer than the configured minimum images are listed in `slices.csv` but not ranked.
+
+## Limits
+- Labels of public datasets such as ChestX-ray14 were mined from reports and are noisy.
+- Performance depends on acquisition: monitor drift at every new site before trusting scores.
+- Synthetic data, where used, is a stand-in: its figures say nothing about real patients.
+"""

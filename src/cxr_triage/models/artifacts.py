@@ -1,0 +1,114 @@
+"""Trained artifacts on disk: the backbone, the fine-tuned classifier, and scoring any candidate.
+
+Formats are safe to load (safetensors + JSON, skops for scikit-learn; never pickle):
+
+- backbone dir: ``backbone.safetensors`` (or ``backbone.onnx``) + ``backbone.json``;
+- fine-tune dir: ``model.safetensors`` + ``model.json``;
+- transfer dir: ``<candidate>.skops`` per classifier.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from safetensors.torch import load_file, save_file
+
+from cxr_triage.atomic import write_json_atomically
+from cxr_triage.errors import DataError
+
+__all__ = [
+    "FINETUNED",
+    "load_backbone",
+    "load_finetuned",
+    "read_json",
+    "save_backbone",
+    "save_finetuned",
+    "score_candidate",
+]
+
+FINETUNED = "finetuned"  # the candidate name of the end-to-end fine-tuned network
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError as exc:
+        raise DataError(f"{path} is missing; run the stage that writes it (dvc repro)") from exc
+
+
+def _save_state(module: Any, path: Path) -> None:
+    state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_file(state, str(tmp))
+    os.replace(tmp, path)
+
+
+def save_backbone(directory: Path, backbone: Any, info: dict[str, Any]) -> None:
+    """Save a torch backbone's weights and what is needed to rebuild it."""
+    directory.mkdir(parents=True, exist_ok=True)
+    _save_state(backbone, directory / "backbone.safetensors")
+    write_json_atomically(directory / "backbone.json", {"format": "torch", **info})
+
+
+def load_backbone(directory: Path) -> tuple[Any, dict[str, Any]]:
+    """The frozen backbone (torch ``Backbone`` or ``OnnxEmbedder``) and its ``backbone.json``."""
+    info = read_json(directory / "backbone.json")
+    if info["format"] == "onnx":
+        from cxr_triage.models.weights import OnnxEmbedder
+
+        return OnnxEmbedder(directory / "backbone.onnx"), info
+    from cxr_triage.models.networks import build_backbone
+
+    backbone = build_backbone(info["arch"])
+    backbone.load_state_dict(load_file(str(directory / "backbone.safetensors")))
+    return backbone.eval(), info
+
+
+def save_finetuned(directory: Path, classifier: Any, info: dict[str, Any]) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    _save_state(classifier, directory / "model.safetensors")
+    write_json_atomically(directory / "model.json", info)
+
+
+def load_finetuned(directory: Path) -> tuple[Any, dict[str, Any]]:
+    """The fine-tuned classifier (backbone + 1-logit head) in eval mode, and its ``model.json``."""
+    from cxr_triage.models.networks import Classifier, build_backbone
+
+    info = read_json(directory / "model.json")
+    model = Classifier(build_backbone(info["arch"]), 1)
+    model.load_state_dict(load_file(str(directory / "model.safetensors")))
+    return model.eval(), info
+
+
+def score_candidate(
+    candidate: str,
+    *,
+    pixels: np.ndarray,
+    embeddings: np.ndarray,
+    transfer_dir: Path,
+    finetune_dir: Path,
+) -> np.ndarray:
+    """Raw (uncalibrated) probability of abnormal for the given images.
+
+    Args:
+        candidate: ``finetuned`` or a transfer classifier name.
+        pixels: ``uint8 (n, S, S)`` images (used by the fine-tuned network).
+        embeddings: ``(n, D)`` frozen embeddings of the same images (used by transfer heads).
+        transfer_dir: where ``<candidate>.skops`` files are.
+        finetune_dir: where the fine-tuned model is.
+    """
+    if candidate == FINETUNED:
+        from cxr_triage.models.finetune import predict_scores
+
+        model, _ = load_finetuned(finetune_dir)
+        return predict_scores(model, pixels)
+    from cxr_triage.models.transfer import load_candidate, predict_scores
+
+    path = Path(transfer_dir) / f"{candidate}.skops"
+    if not path.is_file():
+        raise DataError(f"{path} is missing; run `dvc repro transfer`")
+    return predict_scores(load_candidate(path), embeddings)

@@ -1,0 +1,139 @@
+"""``evaluate`` stage: the test split, read once, after model and threshold are fixed.
+
+Discrimination with CIs, sensitivity/specificity/PPV/NPV at the threshold with CIs, calibration,
+the share of normal studies that would be auto-cleared, the same per sex, age band, view and
+site with the largest gaps named, and a Markdown model card.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from cxr_triage.atomic import write_json_atomically
+from cxr_triage.config import Params
+from cxr_triage.data.dataset import load_dataset
+from cxr_triage.evaluation.calibration import calibrator_from_dict
+from cxr_triage.evaluation.fairness import largest_gaps, slice_metrics
+from cxr_triage.evaluation.metrics import (
+    binary_metrics_at_threshold,
+    bootstrap_ci,
+    reliability_curve,
+    summarise_scores,
+)
+from cxr_triage.evaluation.model_card import render_model_card
+from cxr_triage.evaluation.plots import render_roc_png, roc_points
+from cxr_triage.evaluation.threshold import auto_clear_share
+from cxr_triage.models.artifacts import read_json, score_candidate
+from cxr_triage.stages._entry import data_note, run_stage
+
+log = logging.getLogger(__name__)
+AT_THRESHOLD = ("sensitivity", "specificity", "ppv", "npv")
+
+
+def _at_threshold(y_true: np.ndarray, y_score: np.ndarray, *, threshold: float, key: str) -> float:
+    return binary_metrics_at_threshold(y_true, y_score, threshold)[key]
+
+
+def run(params: Params) -> dict[str, object]:
+    """Write ``paths.evaluate_dir``: metrics.json, slices.csv, gaps.csv, model_card.md, plots."""
+    p, paths = params.evaluate, params.paths
+    winner = read_json(Path(paths.compare_dir) / "winner.json")
+    operating = read_json(Path(paths.threshold_dir) / "threshold.json")
+    threshold = float(operating["threshold"])
+    data = load_dataset(paths.ingest_dir, paths.split_dir)
+    test = data.rows("test")
+    embeddings = np.load(Path(paths.embed_dir) / "embeddings.npy", mmap_mode="r")
+    raw = score_candidate(
+        winner["candidate"],
+        pixels=np.asarray(data.pixels[test]),
+        embeddings=np.asarray(embeddings[test]),
+        transfer_dir=Path(paths.transfer_dir),
+        finetune_dir=Path(paths.finetune_dir),
+    )
+    y_score = calibrator_from_dict(winner["calibrator"]).transform(raw)
+    y_true, groups = data.labels(test), data.patients(test)
+    metrics: dict[str, object] = {"candidate": winner["candidate"], "threshold": threshold}
+    metrics.update(
+        summarise_scores(
+            y_true,
+            y_score,
+            groups,
+            n_boot=p.n_boot,
+            seed=params.seed,
+            n_bins=params.compare.n_bins,
+            prefix="test_",
+        )
+    )
+    for key in AT_THRESHOLD:
+        ci = bootstrap_ci(
+            functools.partial(_at_threshold, threshold=threshold, key=key),
+            y_true,
+            y_score,
+            groups,
+            n_boot=p.n_boot,
+            seed=params.seed,
+        )
+        metrics.update(
+            {
+                f"test_{key}": ci.estimate,
+                f"test_{key}_ci_low": ci.low,
+                f"test_{key}_ci_high": ci.high,
+            }
+        )
+    metrics.update(
+        {f"test_{k}": v for k, v in auto_clear_share(y_true, y_score, threshold).items()}
+    )
+    frame = data.manifest.loc[
+        test, ["image_id", "patient_id", "sex", "age", "view_position", "site"]
+    ].assign(y_true=y_true, y_score=y_score)
+    slices = slice_metrics(frame, "y_true", "y_score", threshold, min_count=p.min_slice_count)
+    gaps = largest_gaps(slices)
+    out = Path(paths.evaluate_dir)
+    (out / "plots").mkdir(parents=True, exist_ok=True)
+    frame[["image_id", "y_true", "y_score"]].to_csv(out / "test_scores.csv", index=False)
+    slices.to_csv(out / "slices.csv", index=False)
+    gaps.to_csv(out / "gaps.csv", index=False)
+    roc = roc_points(y_true, y_score).assign(candidate=winner["candidate"])
+    roc[["candidate", "fpr", "tpr"]].to_csv(out / "plots" / "roc.csv", index=False)
+    reliability_curve(y_true, y_score, n_bins=params.compare.n_bins).assign(
+        candidate=winner["candidate"]
+    ).to_csv(out / "plots" / "calibration.csv", index=False)
+    render_roc_png(
+        roc,
+        out / "roc.png",
+        title=f"ROC on test: {winner['candidate']}",
+        subtitle=data_note(params),
+    )
+    write_json_atomically(out / "metrics.json", metrics)
+    card = render_model_card(
+        metrics=metrics,
+        threshold=operating,
+        winner=winner,
+        comparison_md=(Path(paths.compare_dir) / "table.md").read_text(),
+        gaps=gaps,
+        data_note=data_note(params),
+        counts=read_json(Path(paths.split_dir) / "counts.json"),
+    )
+    (out / "model_card.md").write_text(card)
+    log.info(
+        "evaluate: %s test AUROC %.3f (95%% CI %.3f-%.3f), sensitivity %.3f at %.4f",
+        winner["candidate"],
+        metrics["test_auroc"],
+        metrics["test_auroc_ci_low"],
+        metrics["test_auroc_ci_high"],
+        metrics["test_sensitivity"],
+        threshold,
+    )
+    return metrics
+
+
+def main() -> None:
+    run_stage("evaluate", run)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,130 @@
+"""The comparison stages (backbone .. evaluate) on tiny data, through their run() functions."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from cxr_triage.config import Params, parse_section
+from cxr_triage.stages import (
+    backbone,
+    compare,
+    embed,
+    evaluate,
+    finetune,
+    ingest,
+    split,
+    synth,
+    threshold,
+    transfer,
+)
+
+pytestmark = pytest.mark.integration
+REPO = Path(__file__).resolve().parents[2]
+# Everything before evaluate: none of these may read the test split.
+BEFORE_TEST = (backbone, embed, transfer, finetune, compare, threshold)
+
+
+def tiny_params(root: Path) -> Params:
+    data = yaml.safe_load((REPO / "params.yaml").read_text())
+    data["paths"] = {k: str(root / v) for k, v in data["paths"].items()}
+    data["synth"] = {"sites": {"hospital_a": 40, "hospital_c": 32}, "workers": 1}
+    data["ingest"].update(image_size=32, workers=1, source_dir=data["paths"]["synth_dir"])
+    train = {
+        "epochs": 2,
+        "batch_size": 16,
+        "patience": None,
+        "num_threads": 1,
+        "augment": True,
+        "mixed_precision": False,
+    }
+    data["backbone"]["pretrain"].update(train)
+    data["finetune"].update(train, freeze_backbone_epochs=0)
+    data["transfer"].update(candidates=["logreg", "knn"], cv_folds=2, n_jobs=1)
+    data["compare"].update(n_boot=50, calibration_folds=2)
+    data["threshold"]["n_boot"] = 50
+    data["evaluate"].update(n_boot=50, min_slice_count=5)
+    return parse_section(Params, data, "")
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory) -> tuple[Path, Params]:
+    root = tmp_path_factory.mktemp("pipeline")
+    params = tiny_params(root)
+    for stage in (synth, ingest, split, *BEFORE_TEST, evaluate):
+        stage.run(params)
+    return root, params
+
+
+def test_comparison_stages_write_a_complete_evaluation(pipeline):
+    root, params = pipeline
+    table = pd.read_csv(Path(params.paths.compare_dir) / "table.csv")
+    assert set(table["candidate"]) == {"logreg", "knn", "finetuned"}
+    assert table["val_auroc_ci_low"].le(table["val_auroc"]).all()
+    winner = json.loads((Path(params.paths.compare_dir) / "winner.json").read_text())
+    assert winner["candidate"] in set(table["candidate"])
+    operating = json.loads((Path(params.paths.threshold_dir) / "threshold.json").read_text())
+    assert operating["sensitivity"] >= params.threshold.target_sensitivity
+    metrics = json.loads((Path(params.paths.evaluate_dir) / "metrics.json").read_text())
+    assert (
+        0 <= metrics["test_auroc_ci_low"] <= metrics["test_auroc"] <= metrics["test_auroc_ci_high"]
+    )
+    assert metrics["threshold"] == operating["threshold"]
+    assert {"test_sensitivity_ci_low", "test_npv", "test_normal_cleared_share"} <= set(metrics)
+    card = (Path(params.paths.evaluate_dir) / "model_card.md").read_text()
+    assert "NOT FOR CLINICAL USE" in card and winner["candidate"] in card
+    assert "synthetic stand-in" in card
+    slices = pd.read_csv(Path(params.paths.evaluate_dir) / "slices.csv")
+    assert {"sex", "age_band", "view_position", "site"} <= set(slices["slice"])
+    for png in ("compare/roc.png", "compare/calibration.png", "evaluate/roc.png"):
+        assert (root / "reports" / png).read_bytes()[:4] == b"\x89PNG"
+    embeddings = np.load(Path(params.paths.embed_dir) / "embeddings.npy")
+    assert embeddings.shape[0] == len(pd.read_csv(Path(params.paths.ingest_dir) / "manifest.csv"))
+
+
+def _fingerprint(params: Params) -> dict[str, bytes]:
+    """Every decision made before evaluate: weights, classifiers, calibrator, winner, threshold."""
+    files = [
+        Path(params.paths.backbone_dir) / "backbone.safetensors",
+        Path(params.paths.finetune_dir) / "model.safetensors",
+        Path(params.paths.compare_dir) / "winner.json",
+        Path(params.paths.compare_dir) / "table.csv",
+        Path(params.paths.threshold_dir) / "threshold.json",
+        Path(params.paths.transfer_dir) / "val_scores.csv",
+    ]
+    return {f.name: f.read_bytes() for f in files}
+
+
+def test_test_split_never_influences_model_calibration_threshold_or_winner(pipeline, tmp_path):
+    root, params = pipeline
+    copy = tmp_path / "copy"
+    shutil.copytree(root, copy)
+    altered = tiny_params(copy)
+    # Corrupt the test split: flip every label, replace every image with noise.
+    manifest_path = Path(altered.paths.ingest_dir) / "manifest.csv"
+    manifest = pd.read_csv(manifest_path, keep_default_na=False, dtype=str)
+    splits = pd.read_csv(Path(altered.paths.split_dir) / "split.csv", dtype=str)
+    is_test = manifest["image_id"].map(splits.set_index("image_id")["split"]).eq("test")
+    assert is_test.sum() >= 5
+    manifest.loc[is_test, "label"] = manifest.loc[is_test, "label"].map(
+        {"normal": "abnormal", "abnormal": "normal"}
+    )
+    manifest.to_csv(manifest_path, index=False)
+    pixels = np.load(Path(altered.paths.ingest_dir) / "pixels.npy", mmap_mode="r+")
+    rng = np.random.default_rng(0)
+    pixels[is_test.to_numpy()] = rng.integers(0, 255, pixels[is_test.to_numpy()].shape)
+    pixels.flush()
+    for stage in BEFORE_TEST:
+        stage.run(altered)
+    assert _fingerprint(altered) == _fingerprint(params)
+    # evaluate, which reads test, does see the change.
+    evaluate.run(altered)
+    before = json.loads((Path(params.paths.evaluate_dir) / "metrics.json").read_text())
+    after = json.loads((Path(altered.paths.evaluate_dir) / "metrics.json").read_text())
+    assert after["test_auroc"] != before["test_auroc"]

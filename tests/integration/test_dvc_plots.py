@@ -1,0 +1,190 @@
+"""`dvc plots show` with this repository's plot definitions and `.dvc/plots` templates."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from cxr_triage.evaluation.plots import VEGA_PACKAGES, build_offline_template, fetch_command
+
+pytestmark = pytest.mark.integration
+REPO = Path(__file__).resolve().parents[2]
+CANDIDATES = ("logreg", "rbf_svm")
+
+# The top-level `plots:` section of dvc.yaml (keep in step with it), and the params it reads.
+PARAMS_YAML = """\
+paths:
+  compare_dir: reports/compare
+  evaluate_dir: reports/evaluate
+"""
+PLOTS_YAML = """\
+plots:
+  - roc_validation:
+      template: by_candidate
+      x: fpr
+      y:
+        ${paths.compare_dir}/plots/roc.csv: tpr
+      title: ROC on validation (all candidates)
+      x_label: False positive rate
+      y_label: True positive rate
+  - calibration_validation:
+      template: by_candidate
+      x: mean_predicted
+      y:
+        ${paths.compare_dir}/plots/calibration.csv: fraction_positive
+      title: Calibration on validation (all candidates)
+      x_label: Mean predicted probability
+      y_label: Fraction abnormal
+  - roc_test:
+      template: by_candidate
+      x: fpr
+      y:
+        ${paths.evaluate_dir}/plots/roc.csv: tpr
+      title: ROC on test (winner)
+      x_label: False positive rate
+      y_label: True positive rate
+"""
+PLOT_IDS = ("roc_validation", "calibration_validation", "roc_test")
+
+
+def _run(cmd: list[str], cwd: Path) -> str:
+    env = {
+        **os.environ,
+        "DVC_NO_ANALYTICS": "1",
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@t",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@t",
+    }
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout}\n{proc.stderr}"
+    return proc.stdout
+
+
+def _fake_vega_dir(root: Path) -> Path:
+    for name, _, build_file in VEGA_PACKAGES:
+        script = root / name / build_file
+        script.parent.mkdir(parents=True, exist_ok=True)
+        script.write_text(f'window["fake-{name}"] = true;\n')
+    return root
+
+
+@pytest.fixture(scope="module")
+def plots_repo(tmp_path_factory) -> Path:
+    """A Git + DVC repo with the plot definitions, the templates and small curves for 2 models."""
+    repo = tmp_path_factory.mktemp("plots_repo")
+    _run(["git", "init", "-q"], repo)
+    _run(["dvc", "init", "-q"], repo)
+    shutil.copytree(REPO / ".dvc" / "plots", repo / ".dvc" / "plots", dirs_exist_ok=True)
+    (repo / "params.yaml").write_text(PARAMS_YAML)
+    (repo / "dvc.yaml").write_text(PLOTS_YAML)
+    compare = repo / "reports" / "compare" / "plots"
+    evaluate = repo / "reports" / "evaluate" / "plots"
+    compare.mkdir(parents=True)
+    evaluate.mkdir(parents=True)
+    roc = pd.DataFrame(
+        {
+            "candidate": ["logreg"] * 4 + ["rbf_svm"] * 3,
+            "fpr": [0.0, 0.0, 0.5, 1.0, 0.0, 0.2, 1.0],
+            "tpr": [0.0, 0.5, 1.0, 1.0, 0.0, 0.7, 1.0],
+        }
+    )
+    roc.to_csv(compare / "roc.csv", index=False)
+    pd.DataFrame(
+        {
+            "candidate": ["logreg"] * 3 + ["rbf_svm"] * 3,
+            "mean_predicted": [0.1, 0.5, 0.9, 0.15, 0.45, 0.85],
+            "fraction_positive": [0.05, 0.55, 0.95, 0.2, 0.4, 0.9],
+            "count": [10, 12, 8, 9, 11, 10],
+        }
+    ).to_csv(compare / "calibration.csv", index=False)
+    roc[roc["candidate"] == "rbf_svm"].to_csv(evaluate / "roc.csv", index=False)
+    return repo
+
+
+def _series_layer(content: dict) -> dict:
+    """The layer of a `by_candidate` spec that holds DVC's data points."""
+    (layer,) = [
+        layer
+        for layer in content["layer"]
+        if any("candidate" in row for row in layer["data"]["values"])
+    ]
+    return layer
+
+
+def test_dvc_plots_show_json_draws_one_series_per_candidate(plots_repo):
+    shown = json.loads(_run(["dvc", "plots", "show", "--json"], plots_repo))
+    assert not shown.get("errors"), shown.get("errors")
+    assert set(shown["data"]) == set(PLOT_IDS)
+    expected = {"roc_validation": set(CANDIDATES), "calibration_validation": set(CANDIDATES)}
+    expected["roc_test"] = {"rbf_svm"}
+    for plot_id, candidates in expected.items():
+        (plot,) = shown["data"][plot_id]
+        layer = _series_layer(plot["content"])
+        assert layer["encoding"]["color"]["field"] == "candidate"
+        assert layer["mark"]["type"] == "line"
+        rows = layer["data"]["values"]
+        assert {row["candidate"] for row in rows} == candidates
+        assert {row["rev"] for row in rows} == {"workspace"}
+    roc = _series_layer(shown["data"]["roc_validation"][0]["content"])
+    assert (roc["encoding"]["x"]["field"], roc["encoding"]["y"]["field"]) == ("fpr", "tpr")
+    counts = pd.Series([row["candidate"] for row in roc["data"]["values"]]).value_counts()
+    assert counts.to_dict() == {"logreg": 4, "rbf_svm": 3}
+
+
+def test_dvc_plots_show_html_template_renders_without_cdn(plots_repo, tmp_path):
+    template = build_offline_template(_fake_vega_dir(tmp_path / "vega"), tmp_path / "t.html")
+    _run(
+        ["dvc", "plots", "show", "--html-template", str(template), "-o", str(tmp_path / "html")],
+        plots_repo,
+    )
+    html = (tmp_path / "html" / "index.html").read_text(encoding="utf-8")
+    assert "cdn.jsdelivr" not in html
+    for name, _, _ in VEGA_PACKAGES:
+        assert f'window["fake-{name}"] = true;' in html
+    assert html.count("vegaEmbed(") == len(PLOT_IDS)
+    for plot_id in PLOT_IDS:
+        assert f'id = "{plot_id}"' in html
+    assert '"field": "candidate"' in html and "rbf_svm" in html
+    assert "{plot_divs}" not in html and "{scripts}" not in html
+
+
+@pytest.mark.slow
+def test_dvc_plots_page_renders_offline_with_real_vega(plots_repo, tmp_path):
+    """Real vega builds (REPO/.cache/vega, else `npm pack`); with Chromium, count drawn charts."""
+    vega_dir = REPO / ".cache" / "vega"
+    if not all((vega_dir / name / build).is_file() for name, _, build in VEGA_PACKAGES):
+        if shutil.which("npm") is None:
+            pytest.skip("needs npm (or a filled .cache/vega from `make plots`) for the real vega")
+        vega_dir = tmp_path / "vega"
+        _run(["bash", "-c", fetch_command(vega_dir)], tmp_path)
+    template = build_offline_template(vega_dir, tmp_path / "plots_offline.html")
+    out = tmp_path / "html"
+    _run(["dvc", "plots", "show", "--html-template", str(template), "-o", str(out)], plots_repo)
+    html = (out / "index.html").read_text(encoding="utf-8")
+    assert "cdn.jsdelivr" not in html and len(html) > 500_000
+
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        pytest.skip("chromium is absent: the page was built but its rendering is not checked")
+    dom = _run(
+        [
+            browser,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--virtual-time-budget=5000",
+            "--dump-dom",
+            (out / "index.html").as_uri(),
+        ],
+        tmp_path,
+    )
+    # vega-embed draws each chart on a <canvas class="marks">; the CDN page has none offline.
+    assert dom.count('class="marks"') == len(PLOT_IDS)
