@@ -32,7 +32,7 @@ import torch.nn.functional as F  # noqa: N812 - the conventional name
 from sklearn.metrics import roc_auc_score
 from torch import nn
 
-from cxr_triage.config import LOSSES, FinetuneOptions
+from cxr_triage.config import FinetuneOptions
 from cxr_triage.data.preprocess import to_model_input
 from cxr_triage.errors import ConfigError
 from cxr_triage.features.embed import iter_model_input
