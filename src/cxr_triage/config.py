@@ -136,8 +136,8 @@ class FinetuneOptions:
         augment: apply :func:`~cxr_triage.models.augment.augment_batch` to training batches.
         augment_options: ranges of the random transforms.
         seed: seed of shuffling, augmentation and dropout.
-        mixed_precision: autocast (bfloat16 on CPU and on GPUs that support it, else float16
-            with loss scaling).
+        mixed_precision: autocast on a GPU (bfloat16 where supported, else float16 with loss
+            scaling); the CPU always trains in float32 (bf16 without hardware support is slower).
         num_threads: torch CPU threads during training; None keeps the current setting.
         freeze_backbone_epochs: first epochs that train only the head (backbone frozen, its
             BatchNorm statistics too).
