@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import yaml
 
 from cxr_triage.config import Params, parse_section
 from cxr_triage.stages import (
@@ -26,37 +25,14 @@ from cxr_triage.stages import (
 )
 
 pytestmark = pytest.mark.integration
-REPO = Path(__file__).resolve().parents[2]
 # Everything before evaluate: none of these may read the test split.
 BEFORE_TEST = (backbone, embed, transfer, finetune, compare, threshold)
 
 
-def tiny_params(root: Path) -> Params:
-    data = yaml.safe_load((REPO / "params.yaml").read_text())
-    data["paths"] = {k: str(root / v) for k, v in data["paths"].items()}
-    data["synth"] = {"sites": {"hospital_a": 40, "hospital_c": 32}, "workers": 1}
-    data["ingest"].update(image_size=32, workers=1, source_dir=data["paths"]["synth_dir"])
-    train = {
-        "epochs": 2,
-        "batch_size": 16,
-        "patience": None,
-        "num_threads": 1,
-        "augment": True,
-        "mixed_precision": False,
-    }
-    data["backbone"]["pretrain"].update(train)
-    data["finetune"].update(train, freeze_backbone_epochs=0)
-    data["transfer"].update(candidates=["logreg", "knn"], cv_folds=2, n_jobs=1)
-    data["compare"].update(n_boot=50, calibration_folds=2)
-    data["threshold"]["n_boot"] = 50
-    data["evaluate"].update(n_boot=50, min_slice_count=5)
-    return parse_section(Params, data, "")
-
-
 @pytest.fixture(scope="module")
-def pipeline(tmp_path_factory) -> tuple[Path, Params]:
+def pipeline(tmp_path_factory, tiny_params_data) -> tuple[Path, Params]:
     root = tmp_path_factory.mktemp("pipeline")
-    params = tiny_params(root)
+    params = parse_section(Params, tiny_params_data(root), "")
     for stage in (synth, ingest, split, *BEFORE_TEST, evaluate):
         stage.run(params)
     return root, params
@@ -101,11 +77,13 @@ def _fingerprint(params: Params) -> dict[str, bytes]:
     return {f.name: f.read_bytes() for f in files}
 
 
-def test_test_split_never_influences_model_calibration_threshold_or_winner(pipeline, tmp_path):
+def test_test_split_never_influences_model_calibration_threshold_or_winner(
+    pipeline, tmp_path, tiny_params_data
+):
     root, params = pipeline
     copy = tmp_path / "copy"
     shutil.copytree(root, copy)
-    altered = tiny_params(copy)
+    altered = parse_section(Params, tiny_params_data(copy), "")
     # Corrupt the test split: flip every label, replace every image with noise.
     manifest_path = Path(altered.paths.ingest_dir) / "manifest.csv"
     manifest = pd.read_csv(manifest_path, keep_default_na=False, dtype=str)

@@ -31,16 +31,13 @@ def _run(cmd: list[str], cwd: Path) -> str:
 
 
 @pytest.fixture(scope="module")
-def pipeline_repo(tmp_path_factory) -> Path:
+def pipeline_repo(tmp_path_factory, tiny_params_data) -> Path:
     """This repo's dvc.yaml, params.yaml and sources, with a tiny synthetic dataset."""
     repo = tmp_path_factory.mktemp("repo")
     shutil.copytree(REPO / "src", repo / "src", ignore=shutil.ignore_patterns("__pycache__"))
     for name in ("dvc.yaml", ".dvcignore", ".gitignore"):
         shutil.copy(REPO / name, repo / name)
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
-    params["synth"]["sites"] = {"hospital_a": 24, "hospital_b": 16}
-    params["ingest"]["image_size"] = 32
-    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    (repo / "params.yaml").write_text(yaml.safe_dump(tiny_params_data(), sort_keys=False))
     _run(["git", "init", "-q"], repo)
     _run(["dvc", "init", "-q"], repo)
     _run(["git", "add", "-A"], repo)
@@ -50,15 +47,29 @@ def pipeline_repo(tmp_path_factory) -> Path:
 
 def test_dvc_repro_runs_every_stage_then_nothing(pipeline_repo):
     out = _run(["dvc", "repro"], pipeline_repo)
-    for stage in ("synth", "ingest", "split"):
+    stages = (
+        "synth",
+        "ingest",
+        "split",
+        "backbone",
+        "embed",
+        "transfer",
+        "finetune",
+        "compare",
+        "threshold",
+        "evaluate",
+    )
+    for stage in stages:
         assert f"Running stage '{stage}'" in out
     manifest = pd.read_csv(pipeline_repo / "data/ingest/manifest.csv")
     splits = pd.read_csv(pipeline_repo / "data/split/split.csv")
-    assert len(manifest) == len(splits) == 40
+    assert len(manifest) == len(splits) == 72
     assert splits.groupby("patient_id")["split"].nunique().max() == 1
     counts = json.loads((pipeline_repo / "data/split/counts.json").read_text())
-    assert sum(c["n_images"] for c in counts.values()) == 40
-    assert "split" in _run(["dvc", "metrics", "show"], pipeline_repo)
+    assert sum(c["n_images"] for c in counts.values()) == 72
+    metrics = _run(["dvc", "metrics", "show"], pipeline_repo)
+    for name in ("test_auroc", "val_auroc", "sensitivity", "n_images"):
+        assert name in metrics
 
     again = _run(["dvc", "repro"], pipeline_repo)
     assert "Running stage" not in again
@@ -74,4 +85,5 @@ def test_dvc_repro_after_param_change_reruns_only_downstream(pipeline_repo):
     out = _run(["dvc", "repro"], pipeline_repo)
     assert "Running stage 'split'" in out
     assert "Running stage 'ingest'" not in out and "Running stage 'synth'" not in out
+    assert "Running stage 'evaluate'" in out  # everything downstream of split re-runs
     assert "split.val_frac" in _run(["dvc", "params", "diff"], pipeline_repo)
