@@ -215,27 +215,47 @@ class EmbedParams:
     batch_size: int = 64
 
 
+ZOO_NAMES: tuple[str, ...] = (
+    "logreg",
+    "linear_svm",
+    "rbf_svm",
+    "random_forest",
+    "hist_gb",
+    "knn",
+    "mlp",
+)
+
+
 @dataclass(frozen=True)
 class TransferParams:
     """The classifier zoo on embeddings, each tuned by patient-grouped CV on train only."""
 
-    candidates: list[str] = field(
-        default_factory=lambda: [
-            "logreg",
-            "linear_svm",
-            "rbf_svm",
-            "random_forest",
-            "hist_gb",
-            "knn",
-            "mlp",
-        ]
-    )
+    candidates: list[str] = field(default_factory=lambda: list(ZOO_NAMES))
     cv_folds: int = 3
     tune_max_rows: int = 3000
     n_jobs: int = -1
 
 
 Recalibration = Literal["none", "temperature", "platt", "isotonic"]
+
+
+@dataclass(frozen=True)
+class WinnerRule:
+    """How the winner is chosen (see the module docstring).
+
+    Attributes:
+        primary: column compared first.
+        higher_is_better: direction of ``primary``.
+        tie_tolerance: candidates within this absolute distance of the best primary are tied.
+        tie_breaker: column that decides among tied candidates.
+        tie_breaker_higher_is_better: direction of ``tie_breaker``.
+    """
+
+    primary: str = "val_auroc"
+    higher_is_better: bool = True
+    tie_tolerance: float = 0.005
+    tie_breaker: str = "val_ece"
+    tie_breaker_higher_is_better: bool = False
 
 
 @dataclass(frozen=True)
@@ -247,11 +267,7 @@ class CompareParams:
     calibration_folds: int = 5  # patient folds of val for out-of-fold calibrated metrics
     n_boot: int = 1000
     n_bins: int = 15
-    primary: str = "val_auroc"
-    higher_is_better: bool = True
-    tie_tolerance: float = 0.005
-    tie_breaker: str = "val_ece"
-    tie_breaker_higher_is_better: bool = False
+    winner: WinnerRule = field(default_factory=WinnerRule)
 
 
 @dataclass(frozen=True)

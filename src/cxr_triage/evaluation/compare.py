@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from cxr_triage.config import WinnerRule
 from cxr_triage.errors import ConfigError
 
 __all__ = [
@@ -31,25 +32,6 @@ __all__ = [
     "compare_candidates",
     "comparison_markdown",
 ]
-
-
-@dataclass(frozen=True)
-class WinnerRule:
-    """How the winner is chosen (see the module docstring).
-
-    Attributes:
-        primary: column compared first.
-        higher_is_better: direction of ``primary``.
-        tie_tolerance: candidates within this absolute distance of the best primary are tied.
-        tie_breaker: column that decides among tied candidates.
-        tie_breaker_higher_is_better: direction of ``tie_breaker``.
-    """
-
-    primary: str = "val_auroc"
-    higher_is_better: bool = True
-    tie_tolerance: float = 0.005
-    tie_breaker: str = "val_ece"
-    tie_breaker_higher_is_better: bool = False
 
 
 @dataclass(frozen=True)

@@ -69,6 +69,7 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.svm import LinearSVC
 from threadpoolctl import threadpool_limits
 
+from cxr_triage.config import ZOO_NAMES
 from cxr_triage.errors import ConfigError, DataError
 
 __all__ = [
@@ -85,15 +86,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-ZOO_NAMES: tuple[str, ...] = (
-    "logreg",
-    "linear_svm",
-    "rbf_svm",
-    "random_forest",
-    "hist_gb",
-    "knn",
-    "mlp",
-)
 # Slowest first, so that parallel workers finish together.
 _FIT_ORDER = ("random_forest", "hist_gb", "linear_svm", "rbf_svm", "mlp", "knn", "logreg")
 _FORMAT = "cxr_triage.transfer.candidate/1"

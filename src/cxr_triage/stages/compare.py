@@ -14,7 +14,6 @@ from cxr_triage.config import Params
 from cxr_triage.data.dataset import load_dataset
 from cxr_triage.errors import DataError
 from cxr_triage.evaluation.compare import (
-    WinnerRule,
     choose_winner,
     compare_candidates,
     comparison_markdown,
@@ -81,14 +80,7 @@ def run(params: Params) -> dict[str, object]:
         n_bins=p.n_bins,
         seed=params.seed,
     )
-    rule = WinnerRule(
-        primary=p.primary,
-        higher_is_better=p.higher_is_better,
-        tie_tolerance=p.tie_tolerance,
-        tie_breaker=p.tie_breaker,
-        tie_breaker_higher_is_better=p.tie_breaker_higher_is_better,
-    )
-    winner = choose_winner(result.table, rule)
+    winner = choose_winner(result.table, p.winner)
     out = Path(params.paths.compare_dir)
     (out / "plots").mkdir(parents=True, exist_ok=True)
     table = result.table.sort_values("val_auroc", ascending=False)
