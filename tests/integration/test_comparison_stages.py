@@ -98,6 +98,8 @@ def test_test_split_never_influences_model_calibration_threshold_or_winner(
     rng = np.random.default_rng(0)
     pixels[is_test.to_numpy()] = rng.integers(0, 255, pixels[is_test.to_numpy()].shape)
     pixels.flush()
+    # Train from scratch: finished checkpoints in the copy would otherwise be resumed.
+    shutil.rmtree(altered.paths.checkpoint_dir)
     for stage in BEFORE_TEST:
         stage.run(altered)
     assert _fingerprint(altered) == _fingerprint(params)

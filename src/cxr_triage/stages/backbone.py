@@ -29,6 +29,8 @@ log = logging.getLogger(__name__)
 
 def run(params: Params) -> dict[str, object]:
     """Write ``paths.backbone_dir/{backbone.safetensors|backbone.onnx, backbone.json}``."""
+    import torch
+
     from cxr_triage.models.networks import Classifier, build_backbone
 
     p = params.backbone
@@ -49,6 +51,7 @@ def run(params: Params) -> dict[str, object]:
         }
         write_json_atomically(out / "backbone.json", info)
         return info
+    torch.manual_seed(params.seed)  # initial weights are part of a reproducible run
     backbone = build_backbone(p.arch)
     if p.weights:
         from cxr_triage.models.weights import load_backbone_weights
@@ -83,19 +86,22 @@ def _pretrain(backbone, classifier_cls, params: Params) -> dict[str, object]:  #
         int(present.sum()),
     )
     model = classifier_cls(backbone, len(FINDING_COLUMNS))
+    train_pixels, val_pixels = np.asarray(data.pixels[train]), np.asarray(data.pixels[val])
     ckpt = checkpoint_dir_for(
         Path(params.paths.checkpoint_dir),
         "backbone",
         options,
         params.backbone.arch,
-        data.image_ids(train).tolist(),
-        data.image_ids(val).tolist(),
+        params.seed,
+        train_pixels,
+        targets,
+        val_pixels,
     )
     result = train_classifier(
         model,
-        np.asarray(data.pixels[train]),
+        train_pixels,
         targets,
-        np.asarray(data.pixels[val]),
+        val_pixels,
         data.findings(val),
         options=options,
         checkpoint_dir=ckpt,

@@ -31,6 +31,8 @@ def run(params: Params) -> dict[str, object]:
         write_json_atomically(out / "model.json", {"enabled": False})
         log.info("finetune: disabled in params.yaml; only the frozen candidates compete")
         return {"enabled": False}
+    import torch
+
     from cxr_triage.models.finetune import predict_scores, train_classifier
     from cxr_triage.models.networks import Classifier
 
@@ -43,26 +45,26 @@ def run(params: Params) -> dict[str, object]:
     data = load_dataset(params.paths.ingest_dir, params.paths.split_dir)
     train, val = data.rows("train"), data.rows("val")
     options = replace(params.finetune, seed=params.seed)
+    torch.manual_seed(params.seed)  # the head's initial weights are part of a reproducible run
     model = Classifier(backbone.train(), 1)
+    train_pixels, val_pixels = np.asarray(data.pixels[train]), np.asarray(data.pixels[val])
+    train_y = data.labels(train).astype(np.float32)
+    val_y = data.labels(val).astype(np.float32)
     ckpt = checkpoint_dir_for(
         Path(params.paths.checkpoint_dir),
         "finetune",
         options,
         info,
-        data.image_ids(train).tolist(),
-        data.image_ids(val).tolist(),
+        params.seed,
+        train_pixels,
+        train_y,
+        val_pixels,
     )
     result = train_classifier(
-        model,
-        np.asarray(data.pixels[train]),
-        data.labels(train).astype(np.float32),
-        np.asarray(data.pixels[val]),
-        data.labels(val).astype(np.float32),
-        options=options,
-        checkpoint_dir=ckpt,
+        model, train_pixels, train_y, val_pixels, val_y, options=options, checkpoint_dir=ckpt
     )
     # train_classifier returns the model holding its best-on-val weights.
-    scores = predict_scores(model, np.asarray(data.pixels[val]))
+    scores = predict_scores(model, val_pixels)
     summary = {
         "enabled": True,
         "arch": info["arch"],
