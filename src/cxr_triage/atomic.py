@@ -6,14 +6,17 @@ pid) is removed by the next run once that pid is gone.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 __all__ = [
+    "atomic_path",
     "remove_stale_tmp_dirs",
     "replace_dir_atomically",
     "temporary_dir_for",
@@ -69,12 +72,34 @@ def replace_dir_atomically(tmp_dir: Path, out_dir: Path) -> None:
         shutil.rmtree(old)
 
 
-def write_json_atomically(path: Path, data: object) -> None:
-    """Write JSON via a temporary file and rename, so readers never see half a file."""
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike[str], *, fsync: bool = False) -> Iterator[Path]:
+    """Yield a temporary sibling of ``path`` to write; on success it replaces ``path`` at once.
+
+    Readers never see half a file, and a failed or killed write leaves the old file as it was.
+    The temporary name keeps the suffix (``.npy``, ``.png``) for writers that look at it.
+
+    Args:
+        path: the file to (re)place.
+        fsync: flush the file to disk before the rename (checkpoints that must survive a crash).
+    """
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=_jsonable) + "\n")
-    os.replace(tmp, path)
+    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
+    try:
+        yield tmp
+        if fsync:
+            with open(tmp, "rb") as handle:
+                os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_json_atomically(path: Path, data: object) -> None:
+    """Write JSON so that readers never see half a file."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2, default=_jsonable) + "\n")
 
 
 def _jsonable(value: object) -> object:

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import json
-import os
 import shutil
-import subprocess
 from pathlib import Path
 
 import pandas as pd
 import pytest
+from commands import run_command
 
 from cxr_triage.evaluation.plots import VEGA_PACKAGES, build_offline_template, fetch_command
 
@@ -53,18 +53,7 @@ plots:
 PLOT_IDS = ("roc_validation", "calibration_validation", "roc_test")
 
 
-def _run(cmd: list[str], cwd: Path) -> str:
-    env = {
-        **os.environ,
-        "DVC_NO_ANALYTICS": "1",
-        "GIT_AUTHOR_NAME": "t",
-        "GIT_AUTHOR_EMAIL": "t@t",
-        "GIT_COMMITTER_NAME": "t",
-        "GIT_COMMITTER_EMAIL": "t@t",
-    }
-    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout}\n{proc.stderr}"
-    return proc.stdout
+_run = functools.partial(run_command, timeout=300, include_stderr=False)
 
 
 def _fake_vega_dir(root: Path) -> Path:

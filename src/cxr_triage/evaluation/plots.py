@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import shlex
 import sys
 from collections.abc import Sequence
@@ -37,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from cxr_triage.atomic import atomic_path
 from cxr_triage.errors import ConfigError, CxrError
 from cxr_triage.evaluation.metrics import _check_scores
 
@@ -152,13 +152,8 @@ def _new_axes(title: str, subtitle: str | None) -> tuple[Figure, Axes]:
 
 
 def _save_png_atomically(fig: Figure, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
+    with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     log.info("wrote %s", path)
 
 
@@ -309,13 +304,8 @@ def build_offline_template(vega_dir: str | Path, out: str | Path) -> Path:
     )
     # str.replace, not str.format: the page's CSS braces and DVC's placeholders stay literal.
     page = _PAGE.replace("__INLINE_SCRIPTS__", scripts)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    try:
+    with atomic_path(out) as tmp:
         tmp.write_text(page, encoding="utf-8")
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
     log.info("wrote %s (%d KB) with %s inlined", out, len(page) // 1024, vega_dir)
     return out
 

@@ -10,14 +10,13 @@ Formats are safe to load (safetensors + JSON, skops for scikit-learn; never pick
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from safetensors.torch import load_file, save_file
 
-from cxr_triage.atomic import write_json_atomically
+from cxr_triage.atomic import atomic_path, write_json_atomically
 from cxr_triage.errors import DataError
 
 __all__ = [
@@ -42,9 +41,8 @@ def read_json(path: Path) -> dict[str, Any]:
 
 def _save_state(module: Any, path: Path) -> None:
     state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file(state, str(tmp))
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        save_file(state, str(tmp))
 
 
 def save_backbone(directory: Path, backbone: Any, info: dict[str, Any]) -> None:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import os
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass
@@ -32,6 +31,7 @@ import torch.nn.functional as F  # noqa: N812 - the conventional name
 from sklearn.metrics import roc_auc_score
 from torch import nn
 
+from cxr_triage.atomic import atomic_path
 from cxr_triage.config import FinetuneOptions
 from cxr_triage.data.preprocess import to_model_input
 from cxr_triage.errors import ConfigError
@@ -221,12 +221,9 @@ def _epoch_seed(seed: int, epoch: int) -> int:
 
 
 def _atomic_save(obj: object, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as handle:
-        torch.save(obj, handle)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    # fsync: a checkpoint must survive the crash it exists for.
+    with atomic_path(path, fsync=True) as tmp:
+        torch.save(obj, tmp)
 
 
 def _fingerprint(

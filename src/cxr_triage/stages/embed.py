@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import logging
-import os
 import time
 from pathlib import Path
 
 import numpy as np
 
-from cxr_triage.atomic import write_json_atomically
+from cxr_triage.atomic import atomic_path, write_json_atomically
 from cxr_triage.config import Params
 from cxr_triage.data.dataset import load_dataset
 from cxr_triage.models.artifacts import load_backbone
@@ -29,10 +28,8 @@ def run(params: Params) -> dict[str, object]:
     embeddings = embed_images(model, data.pixels, batch_size=params.embed.batch_size, mode=mode)
     seconds = time.perf_counter() - start
     out = Path(params.paths.embed_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = out / ".embeddings.tmp.npy"
-    np.save(tmp, embeddings)
-    os.replace(tmp, out / "embeddings.npy")
+    with atomic_path(out / "embeddings.npy") as tmp:
+        np.save(tmp, embeddings)
     summary = {
         "n_images": int(embeddings.shape[0]),
         "dim": int(embeddings.shape[1]),

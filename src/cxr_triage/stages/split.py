@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from cxr_triage.atomic import write_json_atomically
+from cxr_triage.atomic import atomic_path, write_json_atomically
 from cxr_triage.config import Params
 from cxr_triage.data.split import split_by_patient, split_counts
 from cxr_triage.stages._entry import run_stage
@@ -24,10 +24,8 @@ def run(params: Params) -> dict[str, dict[str, float]]:
     )
     splits = split_by_patient(manifest, params.split, seed=params.seed)
     out_dir = Path(params.paths.split_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir / ".split.csv.tmp"
-    splits.to_csv(tmp, index=False)
-    tmp.replace(out_dir / "split.csv")
+    with atomic_path(out_dir / "split.csv") as tmp:
+        splits.to_csv(tmp, index=False)
     counts = split_counts(splits)
     write_json_atomically(out_dir / "counts.json", counts)
     log.info("split: %s", {k: v["n_images"] for k, v in counts.items()})
