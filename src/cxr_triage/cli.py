@@ -91,17 +91,16 @@ def ingest(
 
     Real patient identifiers are pseudonymised with the secret in $CXR_TRIAGE_SALT.
     """
-    from cxr_triage.data.deid import salt_from_env
-    from cxr_triage.data.ingest import ingest as run_ingest
-    from cxr_triage.data.sources import discover
+    from cxr_triage.data.ingest import ingest_source
     from cxr_triage.io.records import ImageLimits
 
-    discovery = discover(source, source_dir, labels, site)
-    summary = run_ingest(
-        discovery,
+    summary = ingest_source(
+        source,
+        source_dir,
         out,
+        labels_csv=labels,
+        site=site,
         image_size=image_size,
-        salt=salt_from_env(synthetic=source == "synthetic"),
         limits=ImageLimits(max_pixels=max_pixels),
         workers=workers,
     )

@@ -12,7 +12,7 @@ from cxr_triage.data.labels import FINDING_COLUMNS
 from cxr_triage.data.split import SPLITS, assert_patient_disjoint
 from cxr_triage.errors import DataError
 
-__all__ = ["Dataset", "load_dataset"]
+__all__ = ["Dataset", "load_dataset", "read_manifest"]
 
 
 @dataclass(frozen=True)
@@ -43,6 +43,16 @@ class Dataset:
         return self.manifest.loc[rows, "image_id"].to_numpy()
 
 
+def read_manifest(ingest_dir: str | Path) -> pd.DataFrame:
+    """``manifest.csv`` with identifiers as strings, empty text as "" and unknown ages as NaN."""
+    return pd.read_csv(
+        Path(ingest_dir) / "manifest.csv",
+        dtype={"image_id": str, "patient_id": str, "study_id": str},
+        keep_default_na=False,
+        na_values={"age": [""]},
+    )
+
+
 def load_dataset(ingest_dir: str | Path, split_dir: str | Path) -> Dataset:
     """Join ``manifest.csv``, ``pixels.npy`` and ``split.csv``; check they describe one dataset.
 
@@ -52,12 +62,7 @@ def load_dataset(ingest_dir: str | Path, split_dir: str | Path) -> Dataset:
     """
     ingest_dir, split_dir = Path(ingest_dir), Path(split_dir)
     try:
-        manifest = pd.read_csv(
-            ingest_dir / "manifest.csv",
-            dtype={"image_id": str, "patient_id": str, "study_id": str},
-            keep_default_na=False,
-            na_values={"age": [""]},
-        )
+        manifest = read_manifest(ingest_dir)
         pixels = np.load(ingest_dir / "pixels.npy", mmap_mode="r")
         splits = pd.read_csv(split_dir / "split.csv", dtype=str, keep_default_na=False)
     except FileNotFoundError as exc:

@@ -31,15 +31,15 @@ import pandas as pd
 from tqdm import tqdm
 
 from cxr_triage.atomic import replace_dir_atomically, temporary_dir_for
-from cxr_triage.data.deid import Pseudonymiser
+from cxr_triage.data.deid import Pseudonymiser, salt_from_env
 from cxr_triage.data.labels import FINDING_COLUMNS
 from cxr_triage.data.preprocess import prepare_image
-from cxr_triage.data.sources import Discovery, SourceItem
+from cxr_triage.data.sources import Discovery, SourceItem, discover
 from cxr_triage.errors import InvalidImageError
 from cxr_triage.io.images import read_image
 from cxr_triage.io.records import ImageLimits
 
-__all__ = ["MANIFEST_COLUMNS", "IngestSummary", "ingest"]
+__all__ = ["MANIFEST_COLUMNS", "IngestSummary", "ingest", "ingest_source"]
 
 log = logging.getLogger(__name__)
 
@@ -149,6 +149,29 @@ def _process(item: SourceItem) -> tuple[np.ndarray | None, dict[str, object]]:
     return pixels, row
 
 
+def ingest_source(
+    source: str,
+    source_dir: Path,
+    out_dir: Path,
+    *,
+    labels_csv: str | None = None,
+    site: str | None = None,
+    image_size: int,
+    limits: ImageLimits = ImageLimits(),
+    workers: int = 0,
+) -> IngestSummary:
+    """Discover a source's files and ingest them (what the stage and ``cxr-triage ingest`` run).
+
+    Real identifiers are pseudonymised with ``$CXR_TRIAGE_SALT``
+    (:func:`cxr_triage.data.deid.salt_from_env`); see :func:`discover` and :func:`ingest`.
+    """
+    discovery = discover(source, Path(source_dir), labels_csv, site)
+    salt = salt_from_env(synthetic=source == "synthetic")
+    return ingest(
+        discovery, Path(out_dir), image_size=image_size, salt=salt, limits=limits, workers=workers
+    )
+
+
 def ingest(
     discovery: Discovery,
     out_dir: Path,
@@ -216,8 +239,7 @@ def ingest(
                     seen.add(str(fields["image_id"]))
                     pixels[len(rows)] = array
                     rows.append(fields)
-        _write_outputs(tmp_dir, pixels, rows, rejects, discovery, n)
-        counts = json.loads((tmp_dir / "counts.json").read_text())
+        counts = _write_outputs(tmp_dir, pixels, rows, rejects, discovery, n)
         replace_dir_atomically(tmp_dir, out_dir)
     except BaseException:
         shutil.rmtree(tmp_dir, ignore_errors=True)
@@ -258,7 +280,7 @@ def _write_outputs(
     rejects: list[dict],
     discovery: Discovery,
     n_candidates: int,
-) -> None:
+) -> dict[str, object]:
     n_ok = len(rows)
     pixels.flush()
     final = np.lib.format.open_memmap(
@@ -289,3 +311,4 @@ def _write_outputs(
         "image_size": int(pixels.shape[1]),
     }
     (tmp_dir / "counts.json").write_text(json.dumps(counts, indent=2) + "\n")
+    return counts

@@ -5,9 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from cxr_triage.config import IngestParams, Params
-from cxr_triage.data.deid import salt_from_env
-from cxr_triage.data.ingest import IngestSummary, ingest
-from cxr_triage.data.sources import discover
+from cxr_triage.data.ingest import IngestSummary, ingest_source
 from cxr_triage.io.records import ImageLimits
 from cxr_triage.stages._entry import run_stage
 
@@ -22,12 +20,13 @@ def limits_from(params: IngestParams) -> ImageLimits:
 def run(params: Params) -> IngestSummary:
     """Discover the source's files, read and de-identify them, write the canonical dataset."""
     p = params.ingest
-    discovery = discover(p.source, Path(p.source_dir), p.labels_csv, p.site)
-    return ingest(
-        discovery,
+    return ingest_source(
+        p.source,
+        Path(p.source_dir),
         Path(params.paths.ingest_dir),
+        labels_csv=p.labels_csv,
+        site=p.site,
         image_size=p.image_size,
-        salt=salt_from_env(synthetic=p.source == "synthetic"),
         limits=limits_from(p),
         workers=p.workers,
     )
