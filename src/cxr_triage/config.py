@@ -47,6 +47,11 @@ class PathsParams:
     compare_dir: str = "reports/compare"
     threshold_dir: str = "reports/threshold"
     evaluate_dir: str = "reports/evaluate"
+    package_dir: str = "models/package"  # the model package (the service loads it)
+    package_report_dir: str = "reports/package"  # model tag, bento tag, versions
+    # Operations state, not pipeline outputs (neither DVC- nor git-tracked):
+    prediction_log: str = "data/monitoring/predictions.sqlite"  # the service's prediction log
+    monitor_dir: str = "reports/monitor"  # drift reports (HTML, JSON) and the Evidently workspace
 
 
 @dataclass(frozen=True)
@@ -294,6 +299,30 @@ class EvaluateParams:
 
 
 @dataclass(frozen=True)
+class PackageParams:
+    """The ``package`` stage: the model package, the BentoML model store and the Bento."""
+
+    summary_components: int = 8  # principal components of the embedding logged per prediction
+    register: bool = True  # save the package into the BentoML model store
+    build_bento: bool = True  # build a Bento from bentofile.yaml (offline)
+
+
+@dataclass(frozen=True)
+class MonitorParams:
+    """Drift monitoring (Evidently): how current data is compared with the reference."""
+
+
+@dataclass(frozen=True)
+class PromoteParams:
+    """The retraining flow's promotion gate."""
+
+
+@dataclass(frozen=True)
+class ScheduleParams:
+    """Prefect deployments: when monitoring and retraining run."""
+
+
+@dataclass(frozen=True)
 class Params:
     seed: int
     paths: PathsParams
@@ -307,6 +336,10 @@ class Params:
     compare: CompareParams
     threshold: ThresholdParams
     evaluate: EvaluateParams
+    package: PackageParams = field(default_factory=PackageParams)
+    monitor: MonitorParams = field(default_factory=MonitorParams)
+    promote: PromoteParams = field(default_factory=PromoteParams)
+    schedule: ScheduleParams = field(default_factory=ScheduleParams)
 
 
 def _type_name(tp: Any) -> str:

@@ -1,0 +1,208 @@
+"""The model package: everything the :class:`~cxr_triage.serving.predictor.Predictor` needs, in
+one folder, safe to load (ONNX, skops, JSON, npz; never pickle).
+
+Layout of a package folder:
+
+- ``package.json``: candidate, kind (``finetuned`` or ``transfer``), image size, class names,
+  threshold and its operating point, the calibrator, metrics, data and code versions, the model
+  tag (``cxr-triage:<content hash>``), the input limits;
+- ``network.onnx``: the network on normalised images. For a fine-tuned winner its output is the
+  embedding followed by the logit, ``(B, D + 1)``; for a transfer winner the frozen embedding
+  ``(B, D)``;
+- ``classifier.skops``: the transfer winner's classifier (transfer only);
+- ``projection.npz``: mean and principal axes of the train embeddings, for the embedding summary
+  logged with every prediction (monitoring);
+- ``reference.parquet``: monitoring features of the val/test images (written by ``package``).
+
+:func:`assemble_package` writes one from the pipeline's outputs; the ``evaluate`` stage scores
+test through a temporary one and ``package`` keeps one, so both use the same code path as the
+service.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cxr_triage.atomic import atomic_path, write_json_atomically
+from cxr_triage.errors import DataError
+from cxr_triage.models.artifacts import FINETUNED, load_backbone, load_finetuned, read_json
+
+__all__ = [
+    "CLASSIFIER_FILE",
+    "CLASS_NAMES",
+    "MODEL_NAME",
+    "NETWORK_FILE",
+    "PACKAGE_FILE",
+    "PROJECTION_FILE",
+    "REFERENCE_FILE",
+    "PackageSources",
+    "assemble_package",
+    "content_version",
+    "finalise_package",
+    "fit_projection",
+]
+
+log = logging.getLogger(__name__)
+
+MODEL_NAME = "cxr-triage"  # the BentoML model name; the version is the package's content hash
+PACKAGE_FILE = "package.json"
+NETWORK_FILE = "network.onnx"
+CLASSIFIER_FILE = "classifier.skops"
+PROJECTION_FILE = "projection.npz"
+REFERENCE_FILE = "reference.parquet"
+CLASS_NAMES = ("normal", "abnormal")  # index 1 is the positive class (prob_abnormal)
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class PackageSources:
+    """Where the pipeline's trained artifacts are (``params.paths``)."""
+
+    backbone_dir: Path
+    transfer_dir: Path
+    finetune_dir: Path
+    compare_dir: Path
+    threshold_dir: Path
+
+
+def _embedding_and_logit(classifier: Any) -> Any:
+    """The fine-tuned classifier as one module giving ``[embedding, logit]`` per image."""
+    import torch
+    from torch import nn
+
+    class EmbeddingAndLogit(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.backbone, self.head = classifier.backbone, classifier.head
+            self.in_channels = getattr(classifier.backbone, "in_channels", 1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            features = self.backbone(x)
+            return torch.cat([features, self.head(features)], dim=1)
+
+    return EmbeddingAndLogit().eval()
+
+
+def _write_network(candidate: str, sources: PackageSources, out: Path, image_size: int) -> str:
+    """Write ``network.onnx`` (and ``classifier.skops``); return the package kind."""
+    from cxr_triage.models.weights import export_onnx
+
+    if candidate == FINETUNED:
+        classifier, _ = load_finetuned(sources.finetune_dir)
+        with atomic_path(out / NETWORK_FILE) as tmp:
+            export_onnx(_embedding_and_logit(classifier), tmp, image_size)
+        return "finetuned"
+    skops = Path(sources.transfer_dir) / f"{candidate}.skops"
+    if not skops.is_file():
+        raise DataError(f"{skops} is missing; run `dvc repro transfer`")
+    shutil.copyfile(skops, out / CLASSIFIER_FILE)
+    backbone, info = load_backbone(Path(sources.backbone_dir))
+    if info["format"] == "onnx":
+        shutil.copyfile(Path(sources.backbone_dir) / "backbone.onnx", out / NETWORK_FILE)
+    else:
+        with atomic_path(out / NETWORK_FILE) as tmp:
+            export_onnx(backbone, tmp, image_size)
+    return "transfer"
+
+
+def fit_projection(embeddings: np.ndarray, n_components: int) -> dict[str, np.ndarray]:
+    """Mean and the first principal axes of ``embeddings`` (rows = images)."""
+    x = np.asarray(embeddings, dtype=np.float64)
+    if len(x) < 2:
+        raise DataError("at least 2 training images are needed to fit the embedding summary")
+    mean = x.mean(axis=0)
+    _, _, vt = np.linalg.svd(x - mean, full_matrices=False)
+    k = min(n_components, vt.shape[0])
+    # Fix each axis's sign (largest loading positive) so that refits give the same summary.
+    signs = np.sign(vt[:k][np.arange(k), np.argmax(np.abs(vt[:k]), axis=1)])
+    axes = vt[:k] * np.where(signs == 0, 1.0, signs)[:, None]
+    return {"mean": mean.astype(np.float32), "components": axes.astype(np.float32)}
+
+
+def content_version(directory: Path, exclude: tuple[str, ...] = ()) -> str:
+    """A short hash of every file in ``directory`` (names and bytes), for the model tag."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in Path(directory).rglob("*") if p.is_file()):
+        rel = path.relative_to(directory).as_posix()
+        if rel in exclude:
+            continue
+        digest.update(rel.encode() + b"\0")
+        with path.open("rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+def assemble_package(
+    out: Path,
+    *,
+    sources: PackageSources,
+    image_size: int,
+    train_images: np.ndarray,
+    summary_components: int,
+    limits: dict[str, Any],
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Write a package folder for the pipeline's winner and return its ``package.json``.
+
+    Args:
+        out: the folder to fill (created; existing package files are replaced).
+        sources: the pipeline's artifact folders.
+        image_size: the training resolution.
+        train_images: ``uint8`` train images ``(N, S, S)``, to fit the embedding summary.
+        summary_components: principal components kept in the embedding summary.
+        limits: ``max_pixels`` and ``allowed_modalities`` applied to requests.
+        extra: more keys for ``package.json`` (metrics, versions).
+    """
+    from cxr_triage.evaluation.calibration import calibrator_from_dict
+    from cxr_triage.serving.predictor import Predictor
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    winner = read_json(Path(sources.compare_dir) / "winner.json")
+    operating = read_json(Path(sources.threshold_dir) / "threshold.json")
+    if operating.get("candidate") != winner["candidate"]:
+        raise DataError(
+            f"threshold.json is for {operating.get('candidate')!r} but the winner is "
+            f"{winner['candidate']!r}; run `dvc repro threshold`"
+        )
+    calibrator_from_dict(winner["calibrator"])  # refuse an unreadable calibrator now
+    kind = _write_network(winner["candidate"], sources, out, image_size)
+    info: dict[str, Any] = {
+        "format_version": FORMAT_VERSION,
+        "candidate": winner["candidate"],
+        "kind": kind,
+        "image_size": image_size,
+        "class_names": list(CLASS_NAMES),
+        "threshold": float(operating["threshold"]),
+        "operating_point": operating,
+        "calibrator": winner["calibrator"],
+        "winner_reason": winner.get("reason", ""),
+        "limits": limits,
+        **(extra or {}),
+    }
+    # The network's embeddings of train images fix the summary axes (never val/test).
+    embeddings = Predictor.embed_with_network(out / NETWORK_FILE, kind, train_images)
+    np.savez(out / PROJECTION_FILE, **fit_projection(embeddings, summary_components))
+    info["embedding_dim"] = int(embeddings.shape[1])
+    info["summary_components"] = int(min(summary_components, embeddings.shape[1]))
+    write_json_atomically(out / PACKAGE_FILE, info)
+    return info
+
+
+def finalise_package(out: Path) -> str:
+    """Stamp ``package.json`` with the model tag (content hash of everything else); return it."""
+    info = read_json(Path(out) / PACKAGE_FILE)
+    info.pop("model_tag", None)
+    write_json_atomically(Path(out) / PACKAGE_FILE, info)
+    tag = f"{MODEL_NAME}:{content_version(out)}"
+    info["model_tag"] = tag
+    write_json_atomically(Path(out) / PACKAGE_FILE, info)
+    return tag

@@ -1,0 +1,275 @@
+"""The one inference core: a model package in, calibrated predictions and monitoring features out.
+
+The ``evaluate`` and ``package`` stages, ``cxr-triage predict``, ``cxr-triage monitor`` and the
+BentoML service all score through :class:`Predictor`, so decoding, preprocessing
+(:func:`~cxr_triage.data.preprocess.prepare_image`, the function that made the training set),
+the network, the recalibration and the threshold are written once.
+
+Scoring is split in three steps so that a server can batch the middle one across requests:
+
+1. :meth:`Predictor.prepare`: decode and preprocess one file (CPU, per request);
+2. :meth:`Predictor.score`: the network and classifier on a batch of prepared images;
+3. :meth:`Predictor.predictions`: threshold, label and monitoring features.
+
+:meth:`Predictor.predict` does all three for a list of files.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cxr_triage.data.preprocess import prepare_image, to_model_input
+from cxr_triage.errors import DataError
+from cxr_triage.io.images import read_image
+from cxr_triage.io.records import ImageLimits
+from cxr_triage.models.artifacts import read_json
+from cxr_triage.monitoring.features import monitoring_frame
+from cxr_triage.serving.package import (
+    CLASSIFIER_FILE,
+    NETWORK_FILE,
+    PACKAGE_FILE,
+    PROJECTION_FILE,
+)
+
+__all__ = ["NOT_FOR_CLINICAL_USE", "Prediction", "PreparedImage", "Predictor", "Scores"]
+
+NOT_FOR_CLINICAL_USE = "Not for clinical use: research triage signal, not a diagnosis."
+# Metadata a caller may pass with an image (e.g. the site a PACS router knows); nothing else.
+CALLER_METADATA = ("site", "view_position", "sex", "age", "manufacturer")
+_SCORE_BATCH = 64
+
+
+@dataclass(frozen=True)
+class PreparedImage:
+    """A decoded, preprocessed image and its PHI-free metadata."""
+
+    pixels: np.ndarray = field(repr=False)  # uint8 (S, S), the model's input representation
+    metadata: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Scores:
+    """The network's output for a batch: calibrated probabilities and embedding summaries."""
+
+    prob_abnormal: np.ndarray  # (N,) calibrated
+    raw: np.ndarray  # (N,) before recalibration
+    summary: np.ndarray  # (N, k + 1): projections on the package's axes, then the norm
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One image's result; ``features`` is its PHI-free monitoring row."""
+
+    prob_abnormal: float
+    label: str
+    threshold: float
+    model_tag: str
+    features: dict[str, Any] = field(repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "prob_abnormal": self.prob_abnormal,
+            "label": self.label,
+            "threshold": self.threshold,
+            "model_tag": self.model_tag,
+            "disclaimer": NOT_FOR_CLINICAL_USE,
+        }
+
+
+def _sigmoid(z: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-np.asarray(z, dtype=np.float64)))
+
+
+class Predictor:
+    """Calibrated Normal/Abnormal predictions from a model package folder.
+
+    Args:
+        package_dir: a folder written by :func:`~cxr_triage.serving.package.assemble_package`.
+        num_threads: onnxruntime threads (None: onnxruntime's default, all cores).
+        model_tag: overrides the tag recorded in ``package.json`` (e.g. the model store's).
+
+    Raises:
+        DataError: the folder is not a complete package.
+    """
+
+    def __init__(
+        self,
+        package_dir: str | os.PathLike[str],
+        *,
+        num_threads: int | None = None,
+        model_tag: str | None = None,
+    ) -> None:
+        from cxr_triage.evaluation.calibration import calibrator_from_dict
+        from cxr_triage.models.weights import OnnxEmbedder
+
+        self.package_dir = Path(package_dir)
+        if not (self.package_dir / PACKAGE_FILE).is_file():
+            raise DataError(
+                f"{self.package_dir} is not a model package (no {PACKAGE_FILE}); "
+                "run `dvc repro package` or pass the folder it wrote (models/package)"
+            )
+        self.info: dict[str, Any] = read_json(self.package_dir / PACKAGE_FILE)
+        self.kind: str = self.info["kind"]
+        self.image_size = int(self.info["image_size"])
+        self.threshold = float(self.info["threshold"])
+        self.class_names: tuple[str, str] = tuple(self.info["class_names"])  # type: ignore[assignment]
+        self.model_tag: str = model_tag or self.info.get("model_tag", "unregistered")
+        self.limits = ImageLimits(
+            max_pixels=int(self.info["limits"]["max_pixels"]),
+            allowed_modalities=tuple(self.info["limits"]["allowed_modalities"]),
+        )
+        self._calibrator = calibrator_from_dict(self.info["calibrator"])
+        self._network = OnnxEmbedder(self.package_dir / NETWORK_FILE, num_threads=num_threads)
+        self._classifier = None
+        if self.kind == "transfer":
+            from cxr_triage.models.transfer import load_candidate
+
+            self._classifier = load_candidate(self.package_dir / CLASSIFIER_FILE)
+        projection = np.load(self.package_dir / PROJECTION_FILE)
+        self._mean = projection["mean"].astype(np.float32)
+        self._axes = projection["components"].astype(np.float32)
+
+    # -- the three steps -------------------------------------------------------------------
+
+    def prepare(
+        self,
+        source: str | os.PathLike[str] | bytes,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> PreparedImage:
+        """Decode a DICOM/PNG/JPEG (path or bytes) and preprocess it as training did.
+
+        Args:
+            source: the file or its bytes.
+            metadata: caller-supplied values for :data:`CALLER_METADATA` keys (others ignored);
+                they fill what the file does not say.
+
+        Raises:
+            InvalidImageError: the file is not a usable chest radiograph (the reason says why).
+        """
+        decoded = read_image(source, self.limits)
+        meta = decoded.meta
+        known: dict[str, Any] = {
+            "manufacturer": meta.manufacturer,
+            "view_position": meta.view_position,
+            "sex": meta.sex,
+            "age": meta.age_years,
+            "modality": meta.modality or meta.format.upper(),
+            "photometric": meta.photometric,
+            "orig_rows": meta.rows,
+            "orig_cols": meta.cols,
+            "bits_stored": meta.bits_stored,
+            "format": meta.format,
+        }
+        for key in CALLER_METADATA:
+            value = (metadata or {}).get(key)
+            if value not in (None, "") and known.get(key) in (None, ""):
+                known[key] = value
+        return PreparedImage(prepare_image(decoded.pixels, self.image_size), known)
+
+    def score(self, images: np.ndarray, batch_size: int = _SCORE_BATCH) -> Scores:
+        """Score prepared ``uint8`` images ``(N, S, S)``."""
+        images = np.asarray(images)
+        if images.ndim != 3 or images.shape[1:] != (self.image_size, self.image_size):
+            raise DataError(
+                f"expected prepared images of shape (N, {self.image_size}, {self.image_size}), "
+                f"got {images.shape}"
+            )
+        outputs = [
+            self._network.embed(to_model_input(images[i : i + batch_size]))
+            for i in range(0, len(images), batch_size)
+        ]
+        out = (
+            np.concatenate(outputs)
+            if outputs
+            else np.zeros((0, int(self.info.get("embedding_dim", 0)) + (self.kind == "finetuned")))
+        )
+        if self.kind == "finetuned":
+            embeddings, raw = out[:, :-1], _sigmoid(out[:, -1])
+        else:
+            from cxr_triage.models.transfer import predict_scores
+
+            embeddings = out
+            raw = predict_scores(self._classifier, embeddings) if len(out) else np.zeros(0)
+        raw = np.asarray(raw, dtype=np.float64)
+        prob = self._calibrator.transform(raw) if len(raw) else raw
+        summary = np.concatenate(
+            [
+                (embeddings - self._mean) @ self._axes.T,
+                np.linalg.norm(embeddings, axis=1, keepdims=True),
+            ],
+            axis=1,
+        )
+        return Scores(np.asarray(prob, dtype=np.float64), raw, summary.astype(np.float64))
+
+    def label_of(self, prob_abnormal: float) -> str:
+        """``abnormal`` at or above the threshold, else ``normal``."""
+        return self.class_names[1] if prob_abnormal >= self.threshold else self.class_names[0]
+
+    def predictions(self, prepared: Sequence[PreparedImage], scores: Scores) -> list[Prediction]:
+        """Labels at the threshold and monitoring features for scored images."""
+        if not prepared:
+            return []
+        labels = [self.label_of(float(p)) for p in scores.prob_abnormal]
+        frame = monitoring_frame(
+            np.stack([p.pixels for p in prepared]),
+            summary=scores.summary,
+            prob_abnormal=scores.prob_abnormal,
+            labels=labels,
+            metadata=[p.metadata for p in prepared],
+        )
+        return [
+            Prediction(
+                prob_abnormal=float(prob),
+                label=label,
+                threshold=self.threshold,
+                model_tag=self.model_tag,
+                features=row,
+            )
+            for prob, label, row in zip(
+                scores.prob_abnormal, labels, frame.to_dict(orient="records"), strict=True
+            )
+        ]
+
+    def predict(
+        self,
+        sources: Sequence[str | os.PathLike[str] | bytes],
+        metadata: Mapping[str, Any] | None = None,
+    ) -> list[Prediction]:
+        """Decode, preprocess, score and label files; raises on the first unusable one."""
+        prepared = [self.prepare(s, metadata) for s in sources]
+        if not prepared:
+            return []
+        return self.predictions(prepared, self.score(np.stack([p.pixels for p in prepared])))
+
+    # -- package building ------------------------------------------------------------------
+
+    @staticmethod
+    def embed_with_network(network: Path, kind: str, images: np.ndarray) -> np.ndarray:
+        """Embeddings ``(N, D)`` of prepared images from a package's ``network.onnx``."""
+        from cxr_triage.models.weights import OnnxEmbedder
+
+        embedder = OnnxEmbedder(network)
+        parts = [
+            embedder.embed(to_model_input(np.asarray(images[i : i + _SCORE_BATCH])))
+            for i in range(0, len(images), _SCORE_BATCH)
+        ]
+        out = np.concatenate(parts)
+        return out[:, :-1] if kind == "finetuned" else out
+
+    def info_summary(self) -> dict[str, Any]:
+        """What ``model_info`` reports: tag, candidate, threshold, operating point, metrics."""
+        keys = ("candidate", "kind", "image_size", "class_names", "threshold", "operating_point")
+        out = {k: self.info.get(k) for k in keys}
+        out.update(
+            model_tag=self.model_tag,
+            metrics=self.info.get("metrics", {}),
+            versions=self.info.get("versions", {}),
+            disclaimer=NOT_FOR_CLINICAL_USE,
+        )
+        return out
