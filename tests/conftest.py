@@ -169,3 +169,21 @@ def make_dicom(tmp_path: Path) -> MakeDicom:
         return path
 
     return _make
+
+
+@pytest.fixture(scope="session", autouse=True)
+def isolated_bentoml_home(tmp_path_factory) -> Path:
+    """Every test run gets its own BentoML store: tests never touch ~/bentoml."""
+    import os
+
+    home = tmp_path_factory.mktemp("bentoml_home")
+    os.environ["BENTOML_HOME"] = str(home)
+    return home
+
+
+@pytest.fixture(scope="session")
+def tiny_pipeline(tmp_path_factory):
+    """A tiny trained pipeline (synth .. package) under a temporary folder, built once."""
+    from pipeline_fixture import build_tiny_pipeline
+
+    return build_tiny_pipeline(tmp_path_factory.mktemp("tiny_pipeline"))

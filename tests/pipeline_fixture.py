@@ -1,0 +1,78 @@
+"""A tiny trained pipeline up to a model package, built once per test session.
+
+Used by the serving, monitoring and orchestration tests: they need a real package (real
+network, calibrator, threshold and monitoring reference), not a mock.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from cxr_triage.config import Params, parse_section
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def tiny_params_data(root: Path | None = None) -> dict:
+    """The repository's params.yaml scaled down to seconds: few images, 32 px, 2 epochs.
+
+    Args:
+        root: prefix for every path (None keeps them relative, as in a repository).
+    """
+    data = yaml.safe_load((REPO / "params.yaml").read_text())
+    if root is not None:
+        data["paths"] = {k: str(root / v) for k, v in data["paths"].items()}
+    data["synth"] = {"sites": {"hospital_a": 40, "hospital_c": 32}, "workers": 1}
+    data["ingest"].update(image_size=32, workers=1, source_dir=data["paths"]["synth_dir"])
+    train = {
+        "epochs": 2,
+        "batch_size": 16,
+        "patience": None,
+        "num_threads": 1,
+        "augment": True,
+        "mixed_precision": False,
+    }
+    data["backbone"]["pretrain"].update(train)
+    data["finetune"].update(train, freeze_backbone_epochs=0)
+    data["transfer"].update(candidates=["logreg", "knn"], cv_folds=2, n_jobs=1)
+    data["compare"].update(n_boot=50, calibration_folds=2)
+    data["threshold"]["n_boot"] = 50
+    data["evaluate"].update(n_boot=50, min_slice_count=5)
+    data["package"].update(register=False, build_bento=False)
+    return data
+
+
+@dataclass(frozen=True)
+class TinyPipeline:
+    root: Path
+    params: Params
+
+    @property
+    def package_dir(self) -> Path:
+        return Path(self.params.paths.package_dir)
+
+
+def build_tiny_pipeline(root: Path) -> TinyPipeline:
+    """Run every stage's ``run()`` from synth to package under ``root``."""
+    from cxr_triage.stages import (
+        backbone,
+        compare,
+        embed,
+        evaluate,
+        finetune,
+        ingest,
+        package,
+        split,
+        synth,
+        threshold,
+        transfer,
+    )
+
+    params = parse_section(Params, tiny_params_data(root), "")
+    stages = (synth, ingest, split, backbone, embed, transfer, finetune, compare, threshold)
+    for stage in (*stages, evaluate, package):
+        stage.run(params)
+    return TinyPipeline(root, params)
