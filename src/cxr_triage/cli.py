@@ -143,5 +143,110 @@ def inspect(
         raise typer.Exit(2)
 
 
+def _load_predictor(package: Path | None, model_tag: str | None):  # noqa: ANN202
+    """The Predictor for ``--package`` or ``--model-tag``; default: the serving package."""
+    from cxr_triage.serving.predictor import Predictor
+
+    if package is not None and model_tag is not None:
+        raise CxrError("give --package or --model-tag, not both")
+    if package is not None:
+        return Predictor(package)
+    from cxr_triage.serving.registry import resolve_model_tag, stored_package_dir
+
+    tag = model_tag or resolve_model_tag()
+    return Predictor(stored_package_dir(tag), model_tag=tag)
+
+
+@app.command()
+@_user_errors
+def predict(
+    paths: Annotated[list[Path], typer.Argument(help="Image files and/or folders (recursed).")],
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Write results to a .csv or .parquet file.")
+    ] = None,
+    package: Annotated[
+        Path | None,
+        typer.Option(
+            help="A model package folder (e.g. models/package). Default: the serving "
+            "model in the BentoML store."
+        ),
+    ] = None,
+    model_tag: Annotated[
+        str | None, typer.Option(help="A model tag in the BentoML store, e.g. cxr-triage:abc123.")
+    ] = None,
+    site: Annotated[str | None, typer.Option(help="Site the images come from.")] = None,
+    batch_size: Annotated[int, typer.Option(help="Images per network call.")] = 32,
+    workers: Annotated[int, typer.Option(help="Decoding threads; 0 = all cores.")] = 0,
+    features: Annotated[
+        bool, typer.Option("--features", help="Add the monitoring features to the results.")
+    ] = False,
+) -> None:
+    """Score files with the packaged model: probability of abnormal and label at its threshold.
+
+    Unreadable files are result rows with their reason (the run goes on); exits 2 if any.
+    Not for clinical use.
+    """
+    from cxr_triage.serving.batch import collect_files, score_files, write_results
+
+    predictor = _load_predictor(package, model_tag)
+    files = collect_files(paths)
+    if not files:
+        raise CxrError(f"no files found in {', '.join(map(str, paths))}")
+    results = score_files(
+        predictor,
+        files,
+        site=site,
+        batch_size=batch_size,
+        workers=workers or None,
+        features=features,
+    )
+    bad = results[results["status"] != "ok"]
+    if out is not None:
+        write_results(results, out)
+    else:
+        typer.echo(
+            results[["path", "status", "prob_abnormal", "label", "reason"]].to_csv(index=False),
+            nl=False,
+        )
+    reasons = bad["reason"].value_counts().to_dict()
+    typer.echo(
+        f"scored {len(results) - len(bad)} of {len(results)} files with {predictor.model_tag} "
+        f"(threshold {predictor.threshold:.4f})"
+        + (f"; unreadable {len(bad)}: {reasons}" if len(bad) else "")
+        + (f"; results in {out}" if out is not None else ""),
+        err=True,
+    )
+    if len(bad):
+        raise typer.Exit(2)
+
+
+@app.command()
+@_user_errors
+def register(
+    package: Annotated[Path, typer.Argument(help="A model package folder (models/package).")],
+) -> None:
+    """Save a model package into the BentoML model store ($BENTOML_HOME) and print its tag."""
+    from cxr_triage.serving.registry import register_package
+
+    typer.echo(register_package(package))
+
+
+@app.command()
+@_user_errors
+def promote(
+    model_tag: Annotated[str, typer.Argument(help="The model tag to serve, e.g. cxr-triage:abc.")],
+    reason: Annotated[str, typer.Option(help="Why (kept in the promotion history).")],
+) -> None:
+    """Mark a stored model as serving by hand (the retraining flow's gate does it otherwise).
+
+    The service loads the serving model when it starts: restart it to switch.
+    """
+    from cxr_triage.serving.registry import promote as promote_tag
+
+    record = promote_tag(model_tag, reason=reason, evidence={"by": "cxr-triage promote"})
+    before = record["history"][-1]["tag"] if record["history"] else "nothing"
+    typer.echo(f"serving {record['tag']} (before: {before})")
+
+
 if __name__ == "__main__":  # `python -m cxr_triage.cli`, used by tests and subprocesses
     app()

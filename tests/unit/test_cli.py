@@ -12,7 +12,9 @@ from cxr_triage.cli import app
 runner = CliRunner()
 
 
-@pytest.mark.parametrize("command", [[], ["synth"], ["ingest"], ["inspect"]])
+@pytest.mark.parametrize(
+    "command", [[], ["synth"], ["ingest"], ["inspect"], ["predict"], ["register"], ["promote"]]
+)
 def test_cli_help_on_every_subcommand(command):
     result = runner.invoke(app, [*command, "--help"])
     assert result.exit_code == 0

@@ -5,6 +5,8 @@ Formats are safe to load (safetensors + JSON, skops for scikit-learn; never pick
 - backbone dir: ``backbone.safetensors`` (or ``backbone.onnx``) + ``backbone.json``;
 - fine-tune dir: ``model.safetensors`` + ``model.json``;
 - transfer dir: ``<candidate>.skops`` per classifier.
+
+Scoring a trained candidate goes through a model package (:mod:`cxr_triage.serving`).
 """
 
 from __future__ import annotations
@@ -13,7 +15,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from safetensors.torch import load_file, save_file
 
 from cxr_triage.atomic import atomic_path, write_json_atomically
@@ -26,7 +27,6 @@ __all__ = [
     "read_json",
     "save_backbone",
     "save_finetuned",
-    "score_candidate",
 ]
 
 FINETUNED = "finetuned"  # the candidate name of the end-to-end fine-tuned network
@@ -80,33 +80,3 @@ def load_finetuned(directory: Path) -> tuple[Any, dict[str, Any]]:
     model = Classifier(build_backbone(info["arch"]), 1)
     model.load_state_dict(load_file(str(directory / "model.safetensors")))
     return model.eval(), info
-
-
-def score_candidate(
-    candidate: str,
-    *,
-    pixels: np.ndarray,
-    embeddings: np.ndarray,
-    transfer_dir: Path,
-    finetune_dir: Path,
-) -> np.ndarray:
-    """Raw (uncalibrated) probability of abnormal for the given images.
-
-    Args:
-        candidate: ``finetuned`` or a transfer classifier name.
-        pixels: ``uint8 (n, S, S)`` images (used by the fine-tuned network).
-        embeddings: ``(n, D)`` frozen embeddings of the same images (used by transfer heads).
-        transfer_dir: where ``<candidate>.skops`` files are.
-        finetune_dir: where the fine-tuned model is.
-    """
-    if candidate == FINETUNED:
-        from cxr_triage.models.finetune import predict_scores
-
-        model, _ = load_finetuned(finetune_dir)
-        return predict_scores(model, pixels)
-    from cxr_triage.models.transfer import load_candidate, predict_scores
-
-    path = Path(transfer_dir) / f"{candidate}.skops"
-    if not path.is_file():
-        raise DataError(f"{path} is missing; run `dvc repro transfer`")
-    return predict_scores(load_candidate(path), embeddings)

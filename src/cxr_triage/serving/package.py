@@ -47,6 +47,7 @@ __all__ = [
     "content_version",
     "finalise_package",
     "fit_projection",
+    "package_from_params",
 ]
 
 log = logging.getLogger(__name__)
@@ -195,6 +196,38 @@ def assemble_package(
     info["summary_components"] = int(min(summary_components, embeddings.shape[1]))
     write_json_atomically(out / PACKAGE_FILE, info)
     return info
+
+
+def package_from_params(
+    params: Any, out: Path, data: Any, extra: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """:func:`assemble_package` for the pipeline configured by ``params`` (a ``Params``).
+
+    Args:
+        params: the pipeline's parameters (paths, image size, limits, summary size).
+        out: the package folder to fill.
+        data: the pipeline's :class:`~cxr_triage.data.dataset.Dataset` (train images are used).
+        extra: more keys for ``package.json``.
+    """
+    paths = params.paths
+    return assemble_package(
+        out,
+        sources=PackageSources(
+            backbone_dir=Path(paths.backbone_dir),
+            transfer_dir=Path(paths.transfer_dir),
+            finetune_dir=Path(paths.finetune_dir),
+            compare_dir=Path(paths.compare_dir),
+            threshold_dir=Path(paths.threshold_dir),
+        ),
+        image_size=params.ingest.image_size,
+        train_images=np.asarray(data.pixels[data.rows("train")]),
+        summary_components=params.package.summary_components,
+        limits={
+            "max_pixels": params.ingest.max_pixels,
+            "allowed_modalities": list(params.ingest.allowed_modalities),
+        },
+        extra=extra,
+    )
 
 
 def finalise_package(out: Path) -> str:

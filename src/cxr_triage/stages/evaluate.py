@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,6 @@ import numpy as np
 from cxr_triage.atomic import write_json_atomically
 from cxr_triage.config import Params
 from cxr_triage.data.dataset import load_dataset
-from cxr_triage.evaluation.calibration import calibrator_from_dict
 from cxr_triage.evaluation.fairness import largest_gaps, slice_metrics
 from cxr_triage.evaluation.metrics import (
     binary_metrics_at_threshold,
@@ -27,7 +27,9 @@ from cxr_triage.evaluation.metrics import (
 from cxr_triage.evaluation.model_card import render_model_card
 from cxr_triage.evaluation.plots import render_roc_png, roc_points
 from cxr_triage.evaluation.threshold import auto_clear_share
-from cxr_triage.models.artifacts import read_json, score_candidate
+from cxr_triage.models.artifacts import read_json
+from cxr_triage.serving.package import package_from_params
+from cxr_triage.serving.predictor import Predictor
 from cxr_triage.stages._entry import data_note, run_stage
 
 log = logging.getLogger(__name__)
@@ -46,15 +48,10 @@ def run(params: Params) -> dict[str, object]:
     threshold = float(operating["threshold"])
     data = load_dataset(paths.ingest_dir, paths.split_dir)
     test = data.rows("test")
-    embeddings = np.load(Path(paths.embed_dir) / "embeddings.npy", mmap_mode="r")
-    raw = score_candidate(
-        winner["candidate"],
-        pixels=np.asarray(data.pixels[test]),
-        embeddings=np.asarray(embeddings[test]),
-        transfer_dir=Path(paths.transfer_dir),
-        finetune_dir=Path(paths.finetune_dir),
-    )
-    y_score = calibrator_from_dict(winner["calibrator"]).transform(raw)
+    # Scored through a model package, exactly as the service and batch scoring will score.
+    with tempfile.TemporaryDirectory(prefix="cxr-evaluate-") as tmp:
+        package_from_params(params, Path(tmp), data)
+        y_score = Predictor(tmp).score(np.asarray(data.pixels[test])).prob_abnormal
     y_true, groups = data.labels(test), data.patients(test)
     metrics: dict[str, object] = {"candidate": winner["candidate"], "threshold": threshold}
     metrics.update(

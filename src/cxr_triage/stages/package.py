@@ -25,45 +25,11 @@ from cxr_triage.atomic import replace_dir_atomically, temporary_dir_for, write_j
 from cxr_triage.config import Params
 from cxr_triage.data.dataset import Dataset, load_dataset
 from cxr_triage.models.artifacts import read_json
-from cxr_triage.serving.package import (
-    REFERENCE_FILE,
-    PackageSources,
-    assemble_package,
-    finalise_package,
-)
+from cxr_triage.serving.package import REFERENCE_FILE, finalise_package, package_from_params
 from cxr_triage.stages._entry import data_note, run_stage
 
 log = logging.getLogger(__name__)
 REFERENCE_SPLITS = ("val", "test")
-
-
-def package_sources(params: Params) -> PackageSources:
-    paths = params.paths
-    return PackageSources(
-        backbone_dir=Path(paths.backbone_dir),
-        transfer_dir=Path(paths.transfer_dir),
-        finetune_dir=Path(paths.finetune_dir),
-        compare_dir=Path(paths.compare_dir),
-        threshold_dir=Path(paths.threshold_dir),
-    )
-
-
-def build_package(
-    params: Params, out: Path, data: Dataset, extra: dict[str, Any] | None = None
-) -> dict[str, Any]:
-    """Assemble the winner's package for ``params`` into ``out`` (used by evaluate and here)."""
-    return assemble_package(
-        out,
-        sources=package_sources(params),
-        image_size=params.ingest.image_size,
-        train_images=np.asarray(data.pixels[data.rows("train")]),
-        summary_components=params.package.summary_components,
-        limits={
-            "max_pixels": params.ingest.max_pixels,
-            "allowed_modalities": list(params.ingest.allowed_modalities),
-        },
-        extra=extra,
-    )
 
 
 def reference_features(package_dir: Path, data: Dataset) -> Any:
@@ -140,7 +106,9 @@ def run(params: Params) -> dict[str, Any]:
     }
     target = Path(paths.package_dir)
     tmp = temporary_dir_for(target)
-    build_package(params, tmp, data, extra={"metrics": metrics, "versions": versions(params)})
+    package_from_params(
+        params, tmp, data, extra={"metrics": metrics, "versions": versions(params)}
+    )
     reference = reference_features(tmp, data)
     reference.to_parquet(tmp / REFERENCE_FILE, index=False)
     tag = finalise_package(tmp)
