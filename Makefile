@@ -12,7 +12,7 @@ export DO_NOT_TRACK := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: help setup demo test test-slow test-all bench lint format clean plots
+.PHONY: help setup demo test test-slow test-all bench lint format clean plots serve
 
 help: ## Show this help
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk -F':.*?## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -76,6 +76,11 @@ $(PLOTS_TEMPLATE): $(VEGA_CACHE)/.unpacked src/cxr_triage/evaluation/plots.py
 
 plots: setup $(PLOTS_TEMPLATE) ## Render the DVC plots to reports/plots_html/index.html (offline)
 	dvc plots show --html-template $(PLOTS_TEMPLATE) -o $(PLOTS_HTML)
+
+HOST ?= 127.0.0.1
+PORT ?= 3000
+serve: setup ## Serve the serving model over HTTP on $(HOST):$(PORT) (after `make demo`)
+	bentoml serve cxr_triage.serving.service:CxrTriage --host $(HOST) --port $(PORT)
 
 clean: ## Remove pipeline outputs (DVC cache kept)
 	rm -rf data/synth data/ingest data/split data/embed models reports

@@ -23,12 +23,13 @@ from typing import Any
 
 import pandas as pd
 
+from cxr_triage.config import PathsParams
 from cxr_triage.errors import ConfigError, DataError
 
 __all__ = ["DEFAULT_LOG_PATH", "LOG_PATH_ENV", "PredictionLog", "utc_now"]
 
 LOG_PATH_ENV = "CXR_TRIAGE_PREDICTION_LOG"
-DEFAULT_LOG_PATH = Path("monitoring") / "predictions.sqlite"
+DEFAULT_LOG_PATH = Path(PathsParams().prediction_log)  # params.yaml paths.prediction_log
 _TABLE = "predictions"
 _FIXED = {
     "id": "INTEGER PRIMARY KEY AUTOINCREMENT",
@@ -64,7 +65,7 @@ class PredictionLog:
 
     Args:
         path: the database file (created with its folder); default ``$CXR_TRIAGE_PREDICTION_LOG``
-            or ``monitoring/predictions.sqlite``.
+            or ``data/monitoring/predictions.sqlite``.
     """
 
     def __init__(self, path: str | os.PathLike[str] | None = None) -> None:

@@ -24,6 +24,7 @@ import yaml
 from cxr_triage.atomic import replace_dir_atomically, temporary_dir_for, write_json_atomically
 from cxr_triage.config import Params
 from cxr_triage.data.dataset import Dataset, load_dataset
+from cxr_triage.errors import ConfigError
 from cxr_triage.models.artifacts import read_json
 from cxr_triage.serving.package import REFERENCE_FILE, finalise_package, package_from_params
 from cxr_triage.stages._entry import data_note, run_stage
@@ -125,6 +126,15 @@ def run(params: Params) -> dict[str, Any]:
         if serving_tag() is None:
             promote(tag, reason="first packaged model (nothing was serving)")
         record["serving_tag"] = serving_tag()
+    if params.package.build_bento:
+        if not params.package.register:
+            raise ConfigError(
+                "package.build_bento needs package.register: the Bento references the model "
+                "in the BentoML store; set package.register: true (or build_bento: false)"
+            )
+        from cxr_triage.serving.bento import build_bento
+
+        record["bento_tag"] = build_bento(tag)
     write_json_atomically(Path(paths.package_report_dir) / "package.json", record)
     log.info("package: %s (%s), %d reference rows", tag, record["candidate"], len(reference))
     return record

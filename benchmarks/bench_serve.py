@@ -1,0 +1,257 @@
+"""Serving overhead: HTTP latency and throughput of the BentoML service against bare calls.
+
+Targets (issue 4): single-image p50 latency over HTTP <= 1.3x an in-process
+``Predictor.predict`` on the same file (a 2048x2048 16-bit DICOM and a 512 px PNG), and
+throughput at 32 concurrent clients >= 0.8x the bare batched model (``Predictor.score`` on
+batches of prepared images). Run as::
+
+    python benchmarks/bench_serve.py                         # models/package (128 px)
+    python benchmarks/bench_serve.py --package DIR --workers 2
+
+The package is registered in a temporary BentoML store and served by a real ``bentoml serve``
+subprocess on 127.0.0.1; the clients run in this process, on the same cores as the server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import logging
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+logger = logging.getLogger("bench_serve")
+
+REPO = Path(__file__).resolve().parents[1]
+LATENCY_TARGET = 1.3
+THROUGHPUT_TARGET = 0.8
+
+
+def make_dicom(path: Path, size: int = 2048, seed: int = 0) -> Path:
+    """A 16-bit (12 bits stored) DX chest DICOM of ``size`` x ``size`` with a smooth body."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    body = np.exp(-(((xx - 0.5) / 0.35) ** 2 + ((yy - 0.5) / 0.45) ** 2))
+    pixels = np.clip(body * 3000 + rng.normal(0, 60, (size, size)), 0, 4095).astype(np.uint16)
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = (
+        meta.MediaStorageSOPClassUID,
+        meta.MediaStorageSOPInstanceUID,
+    )
+    ds.Modality, ds.BodyPartExamined, ds.ViewPosition = "DX", "CHEST", "PA"
+    ds.PhotometricInterpretation, ds.SamplesPerPixel = "MONOCHROME2", 1
+    ds.Rows = ds.Columns = size
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    ds.PixelData = pixels.tobytes()
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def make_png(path: Path, size: int = 512) -> Path:
+    """A real 512 px NIH radiograph from ../shared/data when present, else a synthetic one."""
+    from PIL import Image
+
+    shared = sorted((REPO / ".." / "shared" / "data" / "nih-cxr").glob("**/*.png"))
+    if shared:
+        Image.open(shared[0]).convert("L").resize((size, size)).save(path)
+    else:
+        rng = np.random.default_rng(1)
+        Image.fromarray(rng.integers(0, 255, (size, size), dtype=np.uint8)).save(path)
+    return path
+
+
+def percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values), q))
+
+
+def time_calls(func, n: int) -> list[float]:  # noqa: ANN001 - any zero-argument callable
+    out = []
+    for _ in range(n):
+        start = time.perf_counter()
+        func()
+        out.append(time.perf_counter() - start)
+    return out
+
+
+def start_server(tag: str, home: Path, workers: int, root: Path) -> tuple[subprocess.Popen, str]:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {
+        **os.environ,
+        "BENTOML_HOME": str(home),
+        "BENTOML_DO_NOT_TRACK": "True",
+        "CXR_TRIAGE_MODEL_TAG": tag,
+        "CXR_TRIAGE_PREDICTION_LOG": str(root / "predictions.sqlite"),
+        "CXR_TRIAGE_WORKERS": str(workers),
+    }
+    env.pop("CXR_TRIAGE_API_KEY", None)
+    bentoml = Path(sys.executable).with_name("bentoml")
+    command = [str(bentoml), "serve", "cxr_triage.serving.service:CxrTriage"]
+    command += ["--host", "127.0.0.1", "--port", str(port)]
+    proc = subprocess.Popen(
+        command,
+        cwd=root,
+        env=env,
+        stdout=(root / "server.log").open("wb"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    start = time.monotonic()
+    while True:
+        if proc.poll() is not None:
+            raise SystemExit((root / "server.log").read_text()[-3000:])
+        try:
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                break
+        except httpx.TransportError:
+            pass
+        if time.monotonic() - start > 180:
+            raise SystemExit("the server was not ready in 180 s")
+        time.sleep(0.5)
+    logger.info(
+        "server ready in %.1f s (%d front workers + 1 scorer)", time.monotonic() - start, workers
+    )
+    return proc, url
+
+
+def throughput(url: str, payload: bytes, clients: int, n_requests: int) -> float:
+    """Images per second with ``clients`` concurrent clients posting ``payload``."""
+
+    def worker(count: int) -> None:
+        with httpx.Client(base_url=url, timeout=300) as c:
+            for _ in range(count):
+                r = c.post("/predict", files={"image": ("x.png", payload)})
+                r.raise_for_status()
+
+    shares = [n_requests // clients + (i < n_requests % clients) for i in range(clients)]
+    start = time.perf_counter()
+    with concurrent.futures.ThreadPoolExecutor(clients) as pool:
+        list(pool.map(worker, shares))
+    return n_requests / (time.perf_counter() - start)
+
+
+def main() -> None:
+    """Parse arguments, start the server, measure and print the ratios."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--package", type=Path, default=REPO / "models" / "package")
+    parser.add_argument(
+        "--workers", type=int, default=1, help="front workers (CXR_TRIAGE_WORKERS)"
+    )
+    parser.add_argument("--n-latency", type=int, default=30, help="requests per file for p50/p99")
+    parser.add_argument("--n-throughput", type=int, default=192, help="requests per client level")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+
+    with tempfile.TemporaryDirectory(prefix="bench_serve-") as tmp:
+        root = Path(tmp)
+        os.environ["BENTOML_HOME"] = str(root / "bentoml")
+        from cxr_triage.serving.predictor import Predictor
+        from cxr_triage.serving.registry import register_package
+
+        tag = register_package(args.package)
+        dicom = make_dicom(root / "dx2048.dcm")
+        png = make_png(root / "cxr512.png")
+        predictor = Predictor(args.package, num_threads=2)
+        logger.info("package %s (%d px), %s cores", tag, predictor.image_size, os.cpu_count())
+        proc, url = start_server(tag, root / "bentoml", args.workers, root)
+        try:
+            with httpx.Client(base_url=url, timeout=120) as client:
+                rows = []
+                for path in (dicom, png):
+                    data = path.read_bytes()
+
+                    def http_call(data: bytes = data, name: str = path.name) -> None:
+                        client.post("/predict", files={"image": (name, data)}).raise_for_status()
+
+                    def local_call(path: Path = path) -> None:
+                        predictor.predict([path])
+
+                    for warm in (http_call, local_call):
+                        time_calls(warm, 3)
+                    # Alternate the two so that load from other processes hits both alike.
+                    served, local = [], []
+                    for _ in range(args.n_latency):
+                        served += time_calls(http_call, 1)
+                        local += time_calls(local_call, 1)
+                    rows.append((path.name, served, local))
+                logger.info(
+                    "%-12s %9s %9s %9s %9s %7s",
+                    "file",
+                    "http_p50",
+                    "http_p99",
+                    "local_p50",
+                    "local_p99",
+                    "ratio",
+                )
+                for name, served, local in rows:
+                    ratio = statistics.median(served) / statistics.median(local)
+                    logger.info(
+                        "%-12s %7.1fms %7.1fms %7.1fms %7.1fms %6.2fx (target <= %.1f: %s)",
+                        name,
+                        1000 * statistics.median(served),
+                        1000 * percentile(served, 99),
+                        1000 * statistics.median(local),
+                        1000 * percentile(local, 99),
+                        ratio,
+                        LATENCY_TARGET,
+                        "ok" if ratio <= LATENCY_TARGET else "OVER",
+                    )
+
+            # Bare batched model: Predictor.score on batches of 32 prepared images.
+            prepared = predictor.prepare(png)
+            batch = np.stack([prepared.pixels] * 32)
+            predictor.score(batch)
+            bare_times = time_calls(lambda: predictor.score(batch), 10)
+            bare = len(batch) / min(bare_times)
+            decode = 1 / min(time_calls(lambda: predictor.prepare(png.read_bytes()), 10))
+            logger.info(
+                "bare Predictor.score: %.0f images/s (batch 32); decode+preprocess alone: %.0f/s",
+                bare,
+                decode,
+            )
+            payload = png.read_bytes()
+            throughput(url, payload, 8, 16)  # warm-up
+            for clients in (1, 8, 32):
+                rate = throughput(url, payload, clients, args.n_throughput)
+                logger.info(
+                    "%2d clients: %6.1f images/s = %.2fx bare%s",
+                    clients,
+                    rate,
+                    rate / bare,
+                    f" (target >= {THROUGHPUT_TARGET})" if clients == 32 else "",
+                )
+            metrics = httpx.get(f"{url}/metrics").text
+            for line in metrics.splitlines():
+                if line.startswith("bentoml_service_adaptive_batch_size_") and (
+                    "_sum" in line or "_count" in line
+                ):
+                    logger.info("%s", line.split("{")[0] + " " + line.rsplit(" ", 1)[1])
+        finally:
+            os.killpg(proc.pid, signal.SIGTERM)  # the server group started above
+            proc.wait(timeout=60)
+        logger.info("load average at the end: %s", " ".join(f"{v:.1f}" for v in os.getloadavg()))
+
+
+if __name__ == "__main__":
+    main()
