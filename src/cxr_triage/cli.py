@@ -248,5 +248,96 @@ def promote(
     typer.echo(f"serving {record['tag']} (before: {before})")
 
 
+EXIT_DRIFT = 3  # `cxr-triage monitor`: drift detected
+
+
+@app.command()
+@_user_errors
+def monitor(
+    log_path: Annotated[
+        Path | None,
+        typer.Option("--log", help="Prediction log (SQLite). Default: paths.prediction_log."),
+    ] = None,
+    since: Annotated[
+        str | None, typer.Option(help="Log window start, ISO 8601 (UTC if no offset).")
+    ] = None,
+    until: Annotated[str | None, typer.Option(help="Log window end (exclusive).")] = None,
+    last: Annotated[
+        int | None, typer.Option(help="Only the most recent N predictions of the window.")
+    ] = None,
+    images: Annotated[
+        Path | None,
+        typer.Option("--images", help="Score this image folder (recursed) instead of the log."),
+    ] = None,
+    package: Annotated[
+        Path | None, typer.Option(help="Model package folder. Default: paths.package_dir.")
+    ] = None,
+    site: Annotated[
+        str | None,
+        typer.Option(help="Site of the current data: only its rows, against its reference rows."),
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Monitoring folder. Default: paths.monitor_dir.")
+    ] = None,
+    params_file: Annotated[Path, typer.Option("--params", help="The params.yaml to read.")] = Path(
+        "params.yaml"
+    ),
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the summary as JSON instead of one line.")
+    ] = False,
+) -> None:
+    """Check current data for drift against the model package's reference (Evidently).
+
+    Current data: a prediction log window (default) or an image folder (--images).
+    Unreadable images are counted and listed.
+
+    Writes report.html and summary.json under <monitor_dir>/runs/ and adds
+    the run to the Evidently workspace <monitor_dir>/workspace, which
+    `evidently ui --workspace reports/monitor/workspace` shows.
+
+    Exit codes: 0 no drift or insufficient data, 3 drift detected, 1 error.
+    """
+    from cxr_triage.config import load_params
+    from cxr_triage.monitoring.drift import (
+        current_from_images,
+        current_from_log,
+        run_monitoring,
+    )
+
+    params = load_params(params_file)
+    package_dir = package or Path(params.paths.package_dir)
+    source: dict[str, object]
+    if images is not None:
+        if log_path is not None or since or until or last is not None:
+            raise CxrError("give --images or --log/--since/--until/--last, not both")
+        current, unreadable = current_from_images(package_dir, images, site=site)
+        source = {
+            "kind": "images",
+            "folder": str(images),
+            "n_unreadable": len(unreadable),
+            "unreadable": [{"file": f, "reason": r} for f, r in unreadable],
+        }
+        for file, reason in unreadable[:20]:
+            typer.echo(f"unreadable: {file}: {reason}", err=True)
+        if len(unreadable) > 20:
+            typer.echo(f"... and {len(unreadable) - 20} more (see summary.json)", err=True)
+    else:
+        path = log_path or Path(params.paths.prediction_log)
+        current = current_from_log(path, since=since, until=until, last=last)
+        source = {"kind": "log", "log": str(path), "since": since, "until": until, "last": last}
+    result = run_monitoring(
+        params, current=current, package_dir=package_dir, site=site, out_dir=out, source=source
+    )
+    if as_json:
+        typer.echo(json.dumps(result.summary, indent=2))
+    else:
+        unreadable_note = (
+            f" ({source['n_unreadable']} unreadable files)" if source.get("n_unreadable") else ""
+        )
+        typer.echo(result.one_line() + unreadable_note)
+    if result.drift:
+        raise typer.Exit(EXIT_DRIFT)
+
+
 if __name__ == "__main__":  # `python -m cxr_triage.cli`, used by tests and subprocesses
     app()

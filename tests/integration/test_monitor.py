@@ -1,0 +1,255 @@
+"""Drift monitoring end to end: real images through the real Predictor, real Evidently reports.
+
+The tiny pipeline's reference has only ~22 rows (about 11 per site), below
+``monitor.min_reference_rows``; the module fixture adds 120 freshly generated hospital_a images,
+scored by the package, so that a hospital_a batch is compared with hospital_a's own reference
+rows.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from cxr_triage.cli import app
+from cxr_triage.config import Params, parse_section
+from cxr_triage.data.synth import generate_dataset
+from cxr_triage.monitoring.drift import current_from_images, load_reference, run_monitoring
+from cxr_triage.serving.package import REFERENCE_FILE
+from cxr_triage.serving.predictor import Predictor
+from cxr_triage.serving.predlog import PredictionLog
+from pipeline_fixture import tiny_params_data
+
+pytestmark = pytest.mark.integration
+
+runner = CliRunner()
+
+
+@dataclass(frozen=True)
+class MonitorEnv:
+    root: Path
+    package_dir: Path
+    params: Params
+    params_file: Path
+    same_site: Path  # hospital_a images, not in the reference
+    new_site: Path  # new_hospital images: a shifted acquisition
+
+    @property
+    def monitor_dir(self) -> Path:
+        return Path(self.params.paths.monitor_dir)
+
+
+def _images(root: Path, name: str, n: int, site: str, seed: int) -> Path:
+    generate_dataset(root / name, n=n, site=site, seed=seed)
+    return root / name / "images"
+
+
+@pytest.fixture(scope="module")
+def monitor_env(tiny_pipeline, tmp_path_factory) -> MonitorEnv:
+    """A copy of the tiny package with 120 more hospital_a reference rows, and two batches."""
+    root = tmp_path_factory.mktemp("monitor")
+    package_dir = root / "package"
+    shutil.copytree(tiny_pipeline.package_dir, package_dir)
+    extra = _images(root, "reference_a", 120, "hospital_a", 101)
+    predictions = Predictor(package_dir).predict(sorted(extra.iterdir()), {"site": "hospital_a"})
+    rows = pd.DataFrame([p.features for p in predictions])
+    rows.insert(0, "split", "val")
+    rows["y_true"] = (rows["label"] == "abnormal").astype(int)  # unused by monitoring
+    reference = pd.concat([load_reference(package_dir), rows], ignore_index=True)
+    reference.to_parquet(package_dir / REFERENCE_FILE, index=False)
+
+    data = tiny_params_data(root)
+    data["paths"]["package_dir"] = str(package_dir)
+    params_file = root / "params.yaml"
+    params_file.write_text(yaml.safe_dump(data))
+    return MonitorEnv(
+        root=root,
+        package_dir=package_dir,
+        params=parse_section(Params, data, ""),
+        params_file=params_file,
+        same_site=_images(root, "batch_a", 40, "hospital_a", 102),
+        new_site=_images(root, "batch_new", 40, "new_hospital", 103),
+    )
+
+
+def _assert_self_contained_html(path: Path) -> None:
+    page = path.read_text(encoding="utf-8")
+    assert len(page) > 100_000  # the Evidently page with its scripts and plots inlined
+    assert not re.search(r"<script[^>]*\bsrc\s*=\s*[\"']?https?:", page, re.IGNORECASE)
+    assert not re.search(r"<link[^>]*\bhref\s*=\s*[\"']?https?:", page, re.IGNORECASE)
+
+
+def test_monitor_same_site_batch_is_no_drift(monitor_env):
+    current, unreadable = current_from_images(
+        monitor_env.package_dir, monitor_env.same_site, site="hospital_a"
+    )
+    assert unreadable == [] and len(current) == 40
+
+    result = run_monitoring(
+        monitor_env.params, current=current, out_dir=monitor_env.root / "same_site_run"
+    )
+
+    s = result.summary
+    assert result.status == "no_drift" and result.drift is False, result.one_line()
+    assert s["scope"] == "site hospital_a"  # compared with hospital_a's rows only
+    assert s["n_reference"] >= 120 and s["n_current"] == 40
+    assert s["failed_tests"] == []
+    assert s["drift_share"] < s["drift_share_threshold"]
+    assert s["embedding_drift"]["score"] <= s["embedding_drift"]["threshold"]
+    assert "site" in s["ignored_columns"]
+    assert result.one_line().startswith("NO DRIFT: ")
+    assert json.loads(result.json_path.read_text()) == s
+
+
+def test_monitor_cli_new_hospital_images_is_drift_with_evidence(monitor_env, tmp_path):
+    folder = tmp_path / "incoming"
+    shutil.copytree(monitor_env.new_site, folder)
+    (folder / "broken.dcm").write_bytes(b"\x00" * 400)
+    (folder / "notes.txt").write_text("not an image")
+
+    result = runner.invoke(
+        app,
+        [
+            "monitor",
+            "--images",
+            str(folder),
+            "--site",
+            "new_hospital",
+            "--params",
+            str(monitor_env.params_file),
+            "--json",
+        ],
+    )
+
+    assert result.exit_code == 3, result.output  # 3: drift detected
+    s = json.loads(result.stdout)
+    assert s["drift"] is True and s["status"] == "drift" and s["n_current"] == 40
+    # Unreadable files are counted and listed, not skipped silently.
+    source = s["source"]
+    assert source["kind"] == "images" and source["n_unreadable"] == 2
+    assert {Path(u["file"]).name for u in source["unreadable"]} == {"broken.dcm", "notes.txt"}
+    assert all(u["reason"].startswith("not_an_image") for u in source["unreadable"])
+    assert "unreadable: " in result.stderr
+    # A new site is compared with the whole reference.
+    assert s["scope"] == "all" and "not in the reference" in s["scope_reason"]
+    # The evidence: embeddings beyond their calibrated threshold, and the new vendor's noisy,
+    # hard-contrast, larger 16-bit images in the image statistics and acquisition columns.
+    embedding = s["embedding_drift"]
+    assert embedding["drift"] is True and embedding["method"] == "mmd"
+    assert embedding["score"] > embedding["threshold"] > 0
+    assert embedding["calibration"]["repeats"] == monitor_env.params.monitor.calibration_repeats
+    assert {"img_noise", "img_std"} & set(s["image_statistics_drifted"])
+    assert {"orig_rows", "bits_stored", "manufacturer"} <= set(s["drifted_columns"])
+    assert s["columns"]["manufacturer"]["current_top"] == {"Contoso Imaging": 1.0}
+    assert {"column drift share", "embedding drift"} <= set(s["failed_tests"])
+
+    # Outputs: one run folder under <monitor_dir>/runs, a self-contained page, the workspace run.
+    html_path = Path(s["reports"]["html"])
+    assert html_path.parent.parent == monitor_env.monitor_dir / "runs"
+    assert html_path.parent.name.endswith("-new_hospital")
+    assert json.loads(Path(s["reports"]["json"]).read_text()) == s
+    _assert_self_contained_html(html_path)
+    from evidently.ui.workspace import Workspace
+
+    workspace = Workspace.create(s["reports"]["workspace"])
+    (project,) = workspace.search_project("cxr-drift-new_hospital")
+    assert s["reports"]["run_id"] in [str(r) for r in workspace.list_runs(project.id)]
+
+
+def test_monitor_cli_log_window_no_drift_then_insufficient_data(monitor_env, tmp_path):
+    predictor = Predictor(monitor_env.package_dir)
+    log_path = tmp_path / "predictions.sqlite"
+    predictions = PredictionLog(log_path)
+    files = sorted(monitor_env.same_site.iterdir())
+    rows = [
+        {
+            **p.features,
+            "request_id": f"req-{i}",
+            "model_tag": p.model_tag,
+            "threshold": p.threshold,
+        }
+        for i, p in enumerate(predictor.predict(files, {"site": "hospital_a"}))
+    ]
+    predictions.append(rows)
+    predictions.close()
+    base = ["monitor", "--log", str(log_path), "--params", str(monitor_env.params_file)]
+
+    result = runner.invoke(app, [*base, "--json", "--since", "2000-01-01"])
+
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["status"] == "no_drift" and summary["n_current"] == 40
+    assert summary["site"] == "hospital_a"  # inferred: every logged row says hospital_a
+    assert summary["source"]["kind"] == "log"
+    assert summary["current_model_tags"] == {rows[0]["model_tag"]: 40}
+
+    result = runner.invoke(app, [*base, "--last", "5"])
+
+    assert result.exit_code == 0, result.output
+    assert result.stdout.startswith("INSUFFICIENT DATA: 5 current rows < monitor.min_current_rows")
+    result = runner.invoke(app, [*base, "--last", "5", "--json"])
+    insufficient = json.loads(result.stdout)
+    assert insufficient["status"] == "insufficient_data" and insufficient["drift"] is False
+    assert set(insufficient) - {"reason"} == set(summary)  # one schema for the flow to read
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _get_json(url: str) -> object:
+    with urllib.request.urlopen(url, timeout=10) as response:  # noqa: S310 - loopback only
+        return json.loads(response.read())
+
+
+@pytest.mark.slow
+def test_monitor_run_is_served_by_evidently_ui(monitor_env):
+    current, _ = current_from_images(monitor_env.package_dir, monitor_env.new_site)
+    result = run_monitoring(
+        monitor_env.params, current=current, out_dir=monitor_env.root / "ui_run"
+    )
+    reports = result.summary["reports"]
+    port = _free_port()
+    evidently = Path(sys.executable).with_name("evidently")
+    server = subprocess.Popen(
+        [str(evidently), "ui", "--workspace", reports["workspace"]]
+        + ["--host", "127.0.0.1", "--port", str(port)],
+        env={**os.environ, "DO_NOT_TRACK": "1"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        base = f"http://127.0.0.1:{port}/api/projects"
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                projects = _get_json(base)
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "evidently ui did not start within 60 s"
+                time.sleep(0.5)
+        assert {"cxr-drift-all"} <= {p["name"] for p in projects}
+        project = reports["project_id"]
+        runs = _get_json(f"{base}/{project}/snapshots")
+        assert reports["run_id"] in {r["id"] for r in runs}
+        data = json.dumps(_get_json(f"{base}/{project}/{reports['run_id']}/data"))
+        assert "Drift in embeddings" in data and "embedding drift" in data
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
