@@ -23,7 +23,7 @@ def pipeline_repo(tmp_path_factory, tiny_params_data) -> Path:
     """This repo's dvc.yaml, params.yaml and sources, with a tiny synthetic dataset."""
     repo = tmp_path_factory.mktemp("repo")
     shutil.copytree(REPO / "src", repo / "src", ignore=shutil.ignore_patterns("__pycache__"))
-    for name in ("dvc.yaml", ".dvcignore", ".gitignore"):
+    for name in ("dvc.yaml", ".dvcignore", ".gitignore", "bentofile.yaml"):
         shutil.copy(REPO / name, repo / name)
     (repo / "params.yaml").write_text(yaml.safe_dump(tiny_params_data(), sort_keys=False))
     _run(["git", "init", "-q"], repo)
@@ -46,6 +46,7 @@ def test_dvc_repro_runs_every_stage_then_nothing(pipeline_repo):
         "compare",
         "threshold",
         "evaluate",
+        "package",
     )
     for stage in stages:
         assert f"Running stage '{stage}'" in out
@@ -56,7 +57,7 @@ def test_dvc_repro_runs_every_stage_then_nothing(pipeline_repo):
     counts = json.loads((pipeline_repo / "data/split/counts.json").read_text())
     assert sum(c["n_images"] for c in counts.values()) == 72
     metrics = _run(["dvc", "metrics", "show"], pipeline_repo)
-    for name in ("test_auroc", "val_auroc", "sensitivity", "n_images"):
+    for name in ("test_auroc", "val_auroc", "sensitivity", "n_images", "n_reference"):
         assert name in metrics
 
     again = _run(["dvc", "repro"], pipeline_repo)
@@ -74,4 +75,5 @@ def test_dvc_repro_after_param_change_reruns_only_downstream(pipeline_repo):
     assert "Running stage 'split'" in out
     assert "Running stage 'ingest'" not in out and "Running stage 'synth'" not in out
     assert "Running stage 'evaluate'" in out  # everything downstream of split re-runs
+    assert "Running stage 'package'" in out
     assert "split.val_frac" in _run(["dvc", "params", "diff"], pipeline_repo)

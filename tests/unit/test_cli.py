@@ -13,7 +13,8 @@ runner = CliRunner()
 
 
 @pytest.mark.parametrize(
-    "command", [[], ["synth"], ["ingest"], ["inspect"], ["predict"], ["register"], ["promote"]]
+    "command",
+    [[], ["synth"], ["ingest"], ["inspect"], ["predict"], ["register"], ["promote"], ["monitor"]],
 )
 def test_cli_help_on_every_subcommand(command):
     result = runner.invoke(app, [*command, "--help"])
