@@ -6,6 +6,7 @@ network, calibrator, threshold and monitoring reference), not a mock.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,8 +56,16 @@ class TinyPipeline:
         return Path(self.params.paths.package_dir)
 
 
-def build_tiny_pipeline(root: Path) -> TinyPipeline:
-    """Run every stage's ``run()`` from synth to package under ``root``."""
+def build_tiny_pipeline(
+    root: Path, after_synth: Callable[[Params], None] | None = None
+) -> TinyPipeline:
+    """Run every stage's ``run()`` from synth to package under ``root``.
+
+    Args:
+        root: the folder every path goes under.
+        after_synth: called with the params once the synthetic source exists (e.g. to corrupt
+            its labels for a deliberately worse model).
+    """
     from cxr_triage.stages import (
         backbone,
         compare,
@@ -72,7 +81,10 @@ def build_tiny_pipeline(root: Path) -> TinyPipeline:
     )
 
     params = parse_section(Params, tiny_params_data(root), "")
-    stages = (synth, ingest, split, backbone, embed, transfer, finetune, compare, threshold)
+    synth.run(params)
+    if after_synth is not None:
+        after_synth(params)
+    stages = (ingest, split, backbone, embed, transfer, finetune, compare, threshold)
     for stage in (*stages, evaluate, package):
         stage.run(params)
     return TinyPipeline(root, params)

@@ -25,7 +25,7 @@ import pytest
 import yaml
 from commands import run_command
 
-from cxr_triage.config import Params, PromoteParams, parse_section
+from cxr_triage.config import Params, PromoteParams
 from cxr_triage.data.synth import SynthConfig, generate_dataset
 from cxr_triage.errors import LeakageError
 from cxr_triage.serving import registry
@@ -278,35 +278,17 @@ def test_ingestion_flow_versions_accepted_images_and_lists_rejects(
 @pytest.fixture(scope="module")
 def worse_pipeline(tmp_path_factory):
     """A tiny pipeline trained on inverted labels: a deliberately worse model."""
-    from cxr_triage.stages import (
-        backbone,
-        compare,
-        embed,
-        evaluate,
-        finetune,
-        ingest,
-        package,
-        split,
-        synth,
-        threshold,
-        transfer,
-    )
-    from pipeline_fixture import TinyPipeline, tiny_params_data
+    from pipeline_fixture import build_tiny_pipeline
 
-    root = tmp_path_factory.mktemp("worse_pipeline")
-    params = parse_section(Params, tiny_params_data(root), "")
-    synth.run(params)
-    for table_path in Path(params.paths.synth_dir).glob("*/labels.csv"):
-        table = pd.read_csv(table_path)
-        normal = table["Finding Labels"] == "No Finding"
-        # Inverted labels: it learns that a visible lesion means "normal".
-        table["Finding Labels"] = np.where(normal, "Effusion", "No Finding")
-        table.to_csv(table_path, index=False)
-    for stage in (ingest, split, backbone, embed, transfer, finetune, compare, threshold):
-        stage.run(params)
-    evaluate.run(params)
-    package.run(params)
-    return TinyPipeline(root, params)
+    def invert_labels(params: Params) -> None:
+        for table_path in Path(params.paths.synth_dir).glob("*/labels.csv"):
+            table = pd.read_csv(table_path)
+            normal = table["Finding Labels"] == "No Finding"
+            # Inverted labels: it learns that a visible lesion means "normal".
+            table["Finding Labels"] = np.where(normal, "Effusion", "No Finding")
+            table.to_csv(table_path, index=False)
+
+    return build_tiny_pipeline(tmp_path_factory.mktemp("worse_pipeline"), invert_labels)
 
 
 @pytest.fixture(scope="module")

@@ -34,6 +34,7 @@ __all__ = [
     "embedding_columns",
     "image_statistics",
     "monitoring_frame",
+    "monitoring_rows",
     "monitoring_columns",
 ]
 
@@ -125,15 +126,18 @@ def _category(value: Any) -> str:
     return text if text and text.lower() not in ("nan", "none") else UNKNOWN
 
 
-def monitoring_frame(
+def monitoring_rows(
     images: np.ndarray,
     *,
     summary: np.ndarray,
     prob_abnormal: np.ndarray,
     labels: Sequence[str],
     metadata: Sequence[Mapping[str, Any]],
-) -> pd.DataFrame:
-    """One row of monitoring features per scored image.
+) -> list[dict[str, Any]]:
+    """One row (a dict of plain Python values) of monitoring features per scored image.
+
+    Plain dicts, not a DataFrame: the service builds one per request, and pandas would cost
+    more than the statistics themselves.
 
     Args:
         images: the prepared ``uint8`` images ``(N, S, S)``.
@@ -146,23 +150,44 @@ def monitoring_frame(
             identifiers can never reach the table.
 
     Returns:
-        The columns of :func:`monitoring_columns` in that order.
+        Rows with the keys of :func:`monitoring_columns`, in that order.
     """
     n = len(images)
     if not (len(summary) == len(prob_abnormal) == len(labels) == len(metadata) == n):
         raise ValueError("images, summary, probabilities, labels and metadata differ in length")
-    stats = image_statistics(images) if n else {c: np.zeros(0) for c in IMAGE_STAT_COLUMNS}
-    frame = pd.DataFrame(stats)
-    for column in ACQUISITION_COLUMNS:
-        frame[column] = [float(m.get(column) or np.nan) for m in metadata]
-    for column in METADATA_COLUMNS:
-        if column == "age_band":
-            frame[column] = [age_band(m.get("age")) for m in metadata]
-        else:
-            frame[column] = [_category(m.get(column)) for m in metadata]
-    frame["prob_abnormal"] = np.asarray(prob_abnormal, dtype=np.float64)
-    frame["label"] = list(labels)
+    if n == 0:
+        return []
+    stats = {k: v.tolist() for k, v in image_statistics(images).items()}
     summary = np.asarray(summary, dtype=np.float64).reshape(n, -1)
-    for name, values in zip(embedding_columns(summary.shape[1] - 1), summary.T, strict=True):
-        frame[name] = values
-    return frame
+    emb_names = embedding_columns(summary.shape[1] - 1)
+    probs = np.asarray(prob_abnormal, dtype=np.float64).tolist()
+    rows = []
+    for i, meta in enumerate(metadata):
+        row: dict[str, Any] = {c: stats[c][i] for c in IMAGE_STAT_COLUMNS}
+        row.update({c: float(meta.get(c) or np.nan) for c in ACQUISITION_COLUMNS})
+        for column in METADATA_COLUMNS:
+            row[column] = (
+                age_band(meta.get("age")) if column == "age_band" else _category(meta.get(column))
+            )
+        row["prob_abnormal"] = probs[i]
+        row["label"] = labels[i]
+        row.update(zip(emb_names, summary[i].tolist(), strict=True))
+        rows.append(row)
+    return rows
+
+
+def monitoring_frame(
+    images: np.ndarray,
+    *,
+    summary: np.ndarray,
+    prob_abnormal: np.ndarray,
+    labels: Sequence[str],
+    metadata: Sequence[Mapping[str, Any]],
+) -> pd.DataFrame:
+    """:func:`monitoring_rows` as a table (same arguments), columns in :func:`monitoring_columns`
+    order."""
+    rows = monitoring_rows(
+        images, summary=summary, prob_abnormal=prob_abnormal, labels=labels, metadata=metadata
+    )
+    k = np.asarray(summary).reshape(len(images), -1).shape[1] - 1 if len(images) else 0
+    return pd.DataFrame(rows, columns=monitoring_columns(k))

@@ -29,7 +29,7 @@ from cxr_triage.errors import DataError
 from cxr_triage.io.images import read_image
 from cxr_triage.io.records import ImageLimits
 from cxr_triage.models.artifacts import read_json
-from cxr_triage.monitoring.features import monitoring_frame
+from cxr_triage.monitoring.features import monitoring_rows
 from cxr_triage.serving.package import (
     CLASSIFIER_FILE,
     NETWORK_FILE,
@@ -216,7 +216,7 @@ class Predictor:
         if not prepared:
             return []
         labels = [self.label_of(float(p)) for p in scores.prob_abnormal]
-        frame = monitoring_frame(
+        rows = monitoring_rows(
             np.stack([p.pixels for p in prepared]),
             summary=scores.summary,
             prob_abnormal=scores.prob_abnormal,
@@ -231,9 +231,7 @@ class Predictor:
                 model_tag=self.model_tag,
                 features=row,
             )
-            for prob, label, row in zip(
-                scores.prob_abnormal, labels, frame.to_dict(orient="records"), strict=True
-            )
+            for prob, label, row in zip(scores.prob_abnormal, labels, rows, strict=True)
         ]
 
     def predict(
