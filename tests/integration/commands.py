@@ -3,8 +3,15 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+# What a copy of the pipeline needs besides src/ (bentofile.yaml is a dep of `package`).
+PIPELINE_FILES = ("dvc.yaml", ".dvcignore", ".gitignore", "bentofile.yaml")
 
 
 def run_command(
@@ -25,3 +32,16 @@ def run_command(
     proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout}\n{proc.stderr}"
     return proc.stdout + proc.stderr if include_stderr else proc.stdout
+
+
+def init_pipeline_repo(repo: Path, params: dict) -> Path:
+    """This repository's pipeline (dvc.yaml, sources) with ``params`` in a new Git + DVC repo."""
+    shutil.copytree(REPO / "src", repo / "src", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in PIPELINE_FILES:
+        shutil.copy(REPO / name, repo / name)
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    run_command(["git", "init", "-q"], repo)
+    run_command(["dvc", "init", "-q"], repo)
+    run_command(["git", "add", "-A"], repo)
+    run_command(["git", "commit", "-qm", "init"], repo)
+    return repo

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import yaml
-from commands import run_command
+from commands import init_pipeline_repo, run_command
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
@@ -21,16 +20,7 @@ _run = run_command
 @pytest.fixture(scope="module")
 def pipeline_repo(tmp_path_factory, tiny_params_data) -> Path:
     """This repo's dvc.yaml, params.yaml and sources, with a tiny synthetic dataset."""
-    repo = tmp_path_factory.mktemp("repo")
-    shutil.copytree(REPO / "src", repo / "src", ignore=shutil.ignore_patterns("__pycache__"))
-    for name in ("dvc.yaml", ".dvcignore", ".gitignore", "bentofile.yaml"):
-        shutil.copy(REPO / name, repo / name)
-    (repo / "params.yaml").write_text(yaml.safe_dump(tiny_params_data(), sort_keys=False))
-    _run(["git", "init", "-q"], repo)
-    _run(["dvc", "init", "-q"], repo)
-    _run(["git", "add", "-A"], repo)
-    _run(["git", "commit", "-qm", "init"], repo)
-    return repo
+    return init_pipeline_repo(tmp_path_factory.mktemp("repo"), tiny_params_data())
 
 
 def test_dvc_repro_runs_every_stage_then_nothing(pipeline_repo):

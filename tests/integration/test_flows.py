@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from commands import run_command
+from commands import init_pipeline_repo, run_command
 
 from cxr_triage.config import Params, PromoteParams
 from cxr_triage.data.synth import SynthConfig, generate_dataset
@@ -173,16 +173,7 @@ def test_failing_flow_run_alerts_the_webhook(receiver):
 @pytest.fixture(scope="module")
 def pipeline_repo(tmp_path_factory, tiny_params_data) -> Path:
     """This repo's dvc.yaml and sources with tiny params, in a temporary Git + DVC repo."""
-    repo = tmp_path_factory.mktemp("flow_repo")
-    shutil.copytree(REPO / "src", repo / "src", ignore=shutil.ignore_patterns("__pycache__"))
-    for name in ("dvc.yaml", ".dvcignore", ".gitignore"):
-        shutil.copy(REPO / name, repo / name)
-    (repo / "params.yaml").write_text(yaml.safe_dump(tiny_params_data(), sort_keys=False))
-    run_command(["git", "init", "-q"], repo)
-    run_command(["dvc", "init", "-q"], repo)
-    run_command(["git", "add", "-A"], repo)
-    run_command(["git", "commit", "-qm", "init"], repo)
-    return repo
+    return init_pipeline_repo(tmp_path_factory.mktemp("flow_repo"), tiny_params_data())
 
 
 def test_training_flow_runs_stages_in_dvc_graph_order(prefect_server, pipeline_repo):
