@@ -17,9 +17,6 @@ from cxr_triage.stages import (
     embed,
     evaluate,
     finetune,
-    ingest,
-    split,
-    synth,
     threshold,
     transfer,
 )
@@ -30,12 +27,9 @@ BEFORE_TEST = (backbone, embed, transfer, finetune, compare, threshold)
 
 
 @pytest.fixture(scope="module")
-def pipeline(tmp_path_factory, tiny_params_data) -> tuple[Path, Params]:
-    root = tmp_path_factory.mktemp("pipeline")
-    params = parse_section(Params, tiny_params_data(root), "")
-    for stage in (synth, ingest, split, *BEFORE_TEST, evaluate):
-        stage.run(params)
-    return root, params
+def pipeline(tiny_pipeline) -> tuple[Path, Params]:
+    """The session's tiny pipeline (synth .. package), which these tests only read or copy."""
+    return tiny_pipeline.root, tiny_pipeline.params
 
 
 def test_comparison_stages_write_a_complete_evaluation(pipeline):

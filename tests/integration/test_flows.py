@@ -111,17 +111,13 @@ def prefect_server(tmp_path_factory):
             proc.kill()
             raise RuntimeError((home / "server.log").read_text()[-3000:])
         time.sleep(0.5)
-    saved = {k: os.environ.get(k) for k in ("PREFECT_API_URL", "PREFECT_HOME")}
-    os.environ.update(PREFECT_API_URL=url, PREFECT_HOME=str(home))
     try:
-        with temporary_settings(updates={PREFECT_API_URL: url}):
-            yield url
+        with pytest.MonkeyPatch.context() as env:
+            env.setenv("PREFECT_API_URL", url)
+            env.setenv("PREFECT_HOME", str(home))
+            with temporary_settings(updates={PREFECT_API_URL: url}):
+                yield url
     finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
         proc.terminate()
         try:
             proc.wait(timeout=20)

@@ -25,17 +25,10 @@ pytestmark = [
 def service_module(tiny_pipeline, tmp_path_factory) -> Iterator[ModuleType]:
     """``cxr_triage.serving.service`` imported for the tiny package, logging to a temp file."""
     tag = register_package(tiny_pipeline.package_dir)
-    saved = {k: os.environ.get(k) for k in ("CXR_TRIAGE_MODEL_TAG", "CXR_TRIAGE_PREDICTION_LOG")}
-    os.environ["CXR_TRIAGE_MODEL_TAG"] = tag
-    os.environ["CXR_TRIAGE_PREDICTION_LOG"] = str(tmp_path_factory.mktemp("log") / "p.sqlite")
-    try:
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("CXR_TRIAGE_MODEL_TAG", tag)
+        env.setenv("CXR_TRIAGE_PREDICTION_LOG", str(tmp_path_factory.mktemp("log") / "p.sqlite"))
         yield importlib.import_module("cxr_triage.serving.service")
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 @pytest.fixture(scope="module")
@@ -83,17 +76,13 @@ def test_service_in_process_unusable_image_is_a_4xx_response(svc, make_dicom) ->
     assert b"wrong_modality" in response.body and b"CR or DX" in response.body
 
 
-def test_service_prediction_log_failure_is_503(service_module, tiny_pipeline, tmp_path) -> None:
+def test_service_prediction_log_failure_is_503(
+    service_module, tiny_pipeline, tmp_path, monkeypatch
+) -> None:
     blocker = tmp_path / "a-file"
     blocker.write_text("the log folder cannot be created under a file")
-    os.environ["CXR_TRIAGE_PREDICTION_LOG"], saved = (
-        str(blocker / "p.sqlite"),
-        os.environ["CXR_TRIAGE_PREDICTION_LOG"],
-    )
-    try:
-        broken = service_module.CxrTriage()
-    finally:
-        os.environ["CXR_TRIAGE_PREDICTION_LOG"] = saved
+    monkeypatch.setenv("CXR_TRIAGE_PREDICTION_LOG", str(blocker / "p.sqlite"))
+    broken = service_module.CxrTriage()
     response = asyncio.run(broken.predict(image=_synth_dicom(tiny_pipeline)))
     assert response.status_code == 503
     assert b"prediction_log_unavailable" in response.body

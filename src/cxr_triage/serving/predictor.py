@@ -82,6 +82,14 @@ class Prediction:
         }
 
 
+def _network_outputs(network: Any, images: np.ndarray, batch_size: int) -> list[np.ndarray]:
+    """The package network's outputs for prepared ``uint8`` images, one array per batch."""
+    return [
+        network.embed(to_model_input(np.asarray(images[i : i + batch_size])))
+        for i in range(0, len(images), batch_size)
+    ]
+
+
 def _sigmoid(z: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-np.asarray(z, dtype=np.float64)))
 
@@ -180,10 +188,7 @@ class Predictor:
                 f"expected prepared images of shape (N, {self.image_size}, {self.image_size}), "
                 f"got {images.shape}"
             )
-        outputs = [
-            self._network.embed(to_model_input(images[i : i + batch_size]))
-            for i in range(0, len(images), batch_size)
-        ]
+        outputs = _network_outputs(self._network, images, batch_size)
         out = (
             np.concatenate(outputs)
             if outputs
@@ -252,12 +257,7 @@ class Predictor:
         """Embeddings ``(N, D)`` of prepared images from a package's ``network.onnx``."""
         from cxr_triage.models.weights import OnnxEmbedder
 
-        embedder = OnnxEmbedder(network)
-        parts = [
-            embedder.embed(to_model_input(np.asarray(images[i : i + _SCORE_BATCH])))
-            for i in range(0, len(images), _SCORE_BATCH)
-        ]
-        out = np.concatenate(parts)
+        out = np.concatenate(_network_outputs(OnnxEmbedder(network), images, _SCORE_BATCH))
         return out[:, :-1] if kind == "finetuned" else out
 
     def info_summary(self) -> dict[str, Any]:
