@@ -44,9 +44,10 @@ test-all: setup ## Run every test
 bench: setup ## Run the benchmarks and print their figures
 	@for b in benchmarks/bench_*.py; do echo "== $$b"; python $$b || exit 1; done
 
-lint: setup ## Check style (ruff)
+lint: setup ## Check style (ruff) and the import direction between layers (import-linter)
 	ruff check src tests benchmarks flows
 	ruff format --check src tests benchmarks flows
+	lint-imports
 
 format: setup ## Apply ruff fixes and formatting
 	ruff check --fix src tests benchmarks flows

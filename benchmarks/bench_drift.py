@@ -28,8 +28,8 @@ import numpy as np
 import pandas as pd
 
 from cxr_triage.config import load_params
-from cxr_triage.monitoring.features import IMAGE_STAT_COLUMNS
-from cxr_triage.serving.package import REFERENCE_FILE
+from cxr_triage.inference.features import IMAGE_STAT_COLUMNS
+from cxr_triage.inference.layout import REFERENCE_FILE
 
 logger = logging.getLogger("bench_drift")
 

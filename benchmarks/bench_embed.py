@@ -31,7 +31,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from cxr_triage.data.preprocess import to_model_input
-from cxr_triage.features.embed import EMBED_MODES, embed_images
+from cxr_triage.models.embed import EMBED_MODES, embed_images
 from cxr_triage.models.networks import ARCHITECTURES, Backbone, build_backbone
 from cxr_triage.models.weights import OnnxEmbedder, export_onnx
 

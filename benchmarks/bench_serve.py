@@ -166,8 +166,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench_serve-") as tmp:
         root = Path(tmp)
         os.environ["BENTOML_HOME"] = str(root / "bentoml")
-        from cxr_triage.serving.predictor import Predictor
-        from cxr_triage.serving.registry import register_package
+        from cxr_triage.inference.predictor import Predictor
+        from cxr_triage.inference.registry import register_package
 
         tag = register_package(args.package)
         dicom = make_dicom(root / "dx2048.dcm")

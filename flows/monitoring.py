@@ -22,6 +22,7 @@ from prefect.events import emit_event
 
 from cxr_triage.config import load_params
 from cxr_triage.orchestration.events import drift_event
+from cxr_triage.state import state_layout
 
 __all__ = ["RETRAINING_DEPLOYMENT", "monitoring_flow", "trigger_retraining"]
 
@@ -32,7 +33,7 @@ def _package_dir(params: Any, repo: Path, package_dir: str | None) -> Path:
     """The package whose reference is compared: given, else the serving one, else the built one."""
     if package_dir:
         return Path(package_dir)
-    from cxr_triage.serving.registry import serving_tag, stored_package_dir
+    from cxr_triage.inference.registry import serving_tag, stored_package_dir
 
     tag = serving_tag()
     return stored_package_dir(tag) if tag else repo / params.paths.package_dir
@@ -60,7 +61,7 @@ def drift_report(
     else:
         hours = window_hours or params.schedule.monitoring_window_hours
         since = datetime.now(UTC) - timedelta(hours=hours)
-        current = current_from_log(repo / params.paths.prediction_log, since=since)
+        current = current_from_log(state_layout().prediction_log, since=since)
     if len(current) == 0:
         logger.info("no current data (empty window or folder): no drift check")
         return None
@@ -69,7 +70,6 @@ def drift_report(
         current=current,
         package_dir=package,
         site=site,
-        out_dir=repo / params.paths.monitor_dir,
     )
     summary = dict(result.summary)
     summary.setdefault("html_path", str(result.html_path))

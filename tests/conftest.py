@@ -181,6 +181,19 @@ def isolated_bentoml_home(tmp_path_factory) -> Path:
     return home
 
 
+@pytest.fixture(scope="session", autouse=True)
+def isolated_state_dir(tmp_path_factory) -> Path:
+    """Every test run gets its own state folder (prediction log, monitoring, serving record)."""
+    import os
+
+    from cxr_triage.state import PREDICTION_LOG_ENV, STATE_DIR_ENV
+
+    state = tmp_path_factory.mktemp("state")
+    os.environ[STATE_DIR_ENV] = str(state)
+    os.environ.pop(PREDICTION_LOG_ENV, None)
+    return state
+
+
 @pytest.fixture(scope="session")
 def tiny_pipeline(tmp_path_factory):
     """A tiny trained pipeline (synth .. package) under a temporary folder, built once."""

@@ -16,10 +16,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 __all__ = [
+    "atomic_dir",
     "atomic_path",
     "remove_stale_tmp_dirs",
-    "replace_dir_atomically",
-    "temporary_dir_for",
     "write_json_atomically",
 ]
 
@@ -51,7 +50,7 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def temporary_dir_for(out_dir: Path) -> Path:
+def _temporary_dir_for(out_dir: Path) -> Path:
     """A fresh temporary sibling of ``out_dir`` to build an output in (stale ones removed)."""
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_tmp_dirs(out_dir)
@@ -60,7 +59,7 @@ def temporary_dir_for(out_dir: Path) -> Path:
     return tmp
 
 
-def replace_dir_atomically(tmp_dir: Path, out_dir: Path) -> None:
+def _replace_dir(tmp_dir: Path, out_dir: Path) -> None:
     """Move a finished ``tmp_dir`` to ``out_dir``, replacing any previous output."""
     old = out_dir.with_name(f".{out_dir.name}.old")
     if old.exists():
@@ -70,6 +69,29 @@ def replace_dir_atomically(tmp_dir: Path, out_dir: Path) -> None:
     tmp_dir.rename(out_dir)
     if old.exists():
         shutil.rmtree(old)
+
+
+@contextlib.contextmanager
+def atomic_dir(out_dir: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield an empty temporary sibling of ``out_dir`` to fill; on success it becomes ``out_dir``.
+
+    The previous ``out_dir`` (if any) is replaced as a whole only when the block finishes; an
+    exception (or a kill) leaves it untouched and the temporary folder is removed (a killed
+    run's folder by the next run, see :func:`remove_stale_tmp_dirs`).
+
+    Example::
+
+        with atomic_dir("data/ingest") as tmp:
+            write_manifest(tmp / "manifest.csv")
+    """
+    out_dir = Path(out_dir)
+    tmp = _temporary_dir_for(out_dir)
+    try:
+        yield tmp
+        _replace_dir(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 @contextlib.contextmanager

@@ -145,16 +145,11 @@ def inspect(
 
 def _load_predictor(package: Path | None, model_tag: str | None):  # noqa: ANN202
     """The Predictor for ``--package`` or ``--model-tag``; default: the serving package."""
-    from cxr_triage.serving.predictor import Predictor
+    from cxr_triage.inference.predictor import Predictor
+    from cxr_triage.inference.registry import resolve_package
 
-    if package is not None and model_tag is not None:
-        raise CxrError("give --package or --model-tag, not both")
-    if package is not None:
-        return Predictor(package)
-    from cxr_triage.serving.registry import resolve_model_tag, stored_package_dir
-
-    tag = model_tag or resolve_model_tag()
-    return Predictor(stored_package_dir(tag), model_tag=tag)
+    resolved = resolve_package(package, model_tag)
+    return Predictor(resolved.path, model_tag=resolved.tag)
 
 
 @app.command()
@@ -186,7 +181,7 @@ def predict(
     Unreadable files are result rows with their reason (the run goes on); exits 2 if any.
     Not for clinical use.
     """
-    from cxr_triage.serving.batch import collect_files, score_files, write_results
+    from cxr_triage.inference.batch import collect_files, score_files, write_results
 
     predictor = _load_predictor(package, model_tag)
     files = collect_files(paths)
@@ -226,7 +221,7 @@ def register(
     package: Annotated[Path, typer.Argument(help="A model package folder (models/package).")],
 ) -> None:
     """Save a model package into the BentoML model store ($BENTOML_HOME) and print its tag."""
-    from cxr_triage.serving.registry import register_package
+    from cxr_triage.inference.registry import register_package
 
     typer.echo(register_package(package))
 
@@ -241,7 +236,7 @@ def promote(
 
     The service loads the serving model when it starts: restart it to switch.
     """
-    from cxr_triage.serving.registry import promote as promote_tag
+    from cxr_triage.inference.registry import promote as promote_tag
 
     record = promote_tag(model_tag, reason=reason, evidence={"by": "cxr-triage promote"})
     before = record["history"][-1]["tag"] if record["history"] else "nothing"
@@ -256,7 +251,7 @@ EXIT_DRIFT = 3  # `cxr-triage monitor`: drift detected
 def monitor(
     log_path: Annotated[
         Path | None,
-        typer.Option("--log", help="Prediction log (SQLite). Default: paths.prediction_log."),
+        typer.Option("--log", help="Prediction log (SQLite). Default: the state folder's."),
     ] = None,
     since: Annotated[
         str | None, typer.Option(help="Log window start, ISO 8601 (UTC if no offset).")
@@ -277,7 +272,8 @@ def monitor(
         typer.Option(help="Site of the current data: only its rows, against its reference rows."),
     ] = None,
     out: Annotated[
-        Path | None, typer.Option("--out", help="Monitoring folder. Default: paths.monitor_dir.")
+        Path | None,
+        typer.Option("--out", help="Monitoring folder. Default: <state folder>/monitor."),
     ] = None,
     params_file: Annotated[Path, typer.Option("--params", help="The params.yaml to read.")] = Path(
         "params.yaml"
@@ -303,6 +299,7 @@ def monitor(
         current_from_log,
         run_monitoring,
     )
+    from cxr_triage.state import state_layout
 
     params = load_params(params_file)
     package_dir = package or Path(params.paths.package_dir)
@@ -322,7 +319,7 @@ def monitor(
         if len(unreadable) > 20:
             typer.echo(f"... and {len(unreadable) - 20} more (see summary.json)", err=True)
     else:
-        path = log_path or Path(params.paths.prediction_log)
+        path = log_path or state_layout().prediction_log
         current = current_from_log(path, since=since, until=until, last=last)
         source = {"kind": "log", "log": str(path), "since": since, "until": until, "last": last}
     result = run_monitoring(

@@ -28,7 +28,7 @@ from commands import init_pipeline_repo, run_command
 from cxr_triage.config import Params, PromoteParams
 from cxr_triage.data.synth import SynthConfig, generate_dataset
 from cxr_triage.errors import LeakageError
-from cxr_triage.serving import registry
+from cxr_triage.inference import registry
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
@@ -368,9 +368,9 @@ def test_gate_promotes_better_and_refuses_worse_with_notifications(
 def monitored_package(tiny_pipeline, tmp_path_factory) -> Path:
     """The tiny package plus 120 scored hospital_a reference rows (its own ~22 are too few)."""
     pytest.importorskip("cxr_triage.monitoring.drift", reason="monitoring/drift.py not landed")
+    from cxr_triage.inference.layout import REFERENCE_FILE
+    from cxr_triage.inference.predictor import Predictor
     from cxr_triage.monitoring.drift import load_reference
-    from cxr_triage.serving.package import REFERENCE_FILE
-    from cxr_triage.serving.predictor import Predictor
 
     root = tmp_path_factory.mktemp("monitored")
     package_dir = root / "package"
@@ -392,7 +392,6 @@ def test_monitoring_alerts_on_a_shifted_site_only(
     from flows.monitoring import monitoring_flow
 
     params = yaml.safe_load(yaml.safe_dump(dataclasses.asdict(tiny_pipeline.params)))
-    params["paths"]["monitor_dir"] = str(tmp_path / "monitor")
     params["monitor"]["retrain_on_drift"] = True
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     same, shifted = tmp_path / "same_site", tmp_path / "new_hospital"

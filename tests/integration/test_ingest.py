@@ -120,8 +120,9 @@ def test_ingest_outputs_and_logs_contain_no_phi(synthetic_source, tmp_path):
         assert not leaked, f"PHI {leaked[:3]} found in {name}"
 
 
-def _png(path: Path, value: int = 100, mode: str = "L") -> None:
-    rng = np.random.default_rng(value)
+def _png(path: Path, mode: str = "L") -> None:
+    # Distinct pixels per file name: an image is identified by its content.
+    rng = np.random.default_rng(list(path.name.encode()))
     arr = rng.integers(0, 255, (48, 40), dtype=np.uint8)
     if mode == "RGB":
         Image.fromarray(np.dstack([arr, 255 - arr, arr // 2])).save(path)
@@ -135,6 +136,7 @@ def test_ingest_folder_source_reports_every_problem(tmp_path, synthetic_source):
     for name in ("a.png", "b.png", "unlisted.png"):
         _png(src / "imgs" / name)
     _png(src / "imgs" / "colour.png", mode="RGB")
+    shutil.copy(src / "imgs" / "a.png", src / "imgs" / "a_copy.png")  # same image, other name
     dicom = next(synthetic_source.glob("hospital_a/images/*.dcm"))
     shutil.copy(dicom, src / "imgs" / "c.dcm")
     ct = pydicom.dcmread(dicom)
@@ -143,9 +145,17 @@ def test_ingest_folder_source_reports_every_problem(tmp_path, synthetic_source):
     (src / "notes.txt").write_text("not an image")
     pd.DataFrame(
         {
-            "image": ["imgs/a.png", "b.png", "c.dcm", "colour.png", "ct.dcm", "gone.png"],
-            "label": ["normal", "abnormal", "abnormal", "normal", "normal", "normal"],
-            "patient_id": ["p1", "p1", "p2", "p3", "p4", "p5"],
+            "image": [
+                "imgs/a.png",
+                "b.png",
+                "c.dcm",
+                "colour.png",
+                "ct.dcm",
+                "gone.png",
+                "a_copy.png",
+            ],
+            "label": ["normal", "abnormal", "abnormal", "normal", "normal", "normal", "normal"],
+            "patient_id": ["p1", "p1", "p2", "p3", "p4", "p5", "p6"],
         }
     ).to_csv(src / "labels.csv", index=False)
     out = tmp_path / "out"
@@ -163,6 +173,7 @@ def test_ingest_folder_source_reports_every_problem(tmp_path, synthetic_source):
         "imgs/unlisted.png": "no_label_row",
         "imgs/colour.png": "unsupported_image_type",
         "imgs/ct.dcm": "wrong_modality",
+        "imgs/a_copy.png": "duplicate",
     }
     manifest = pd.read_csv(out / "manifest.csv", keep_default_na=False)
     assert summary.n_ingested == 3 and len(manifest) == 3
@@ -172,7 +183,7 @@ def test_ingest_folder_source_reports_every_problem(tmp_path, synthetic_source):
     assert set(manifest["site"]) == {"clinic"}
     counts = json.loads((out / "counts.json").read_text())
     assert counts["ignored_non_image_files"] == 1
-    assert counts["n_rejected"] == 4
+    assert counts["n_rejected"] == 5
 
 
 def test_ingest_dicom_tree_without_labels(tmp_path, synthetic_source):
@@ -297,3 +308,30 @@ def test_cli_ingest_real_data_without_salt_fails_with_instructions(tmp_path):
     assert proc.returncode == 1
     assert "CXR_TRIAGE_SALT" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_one_png_gets_one_image_id_from_the_ingest_stage_and_the_ingestion_flow(tmp_path):
+    """The ``ingest`` stage and the ingestion flow (``data/raw``) key an image the same way.
+
+    Both go through ``read_item``; before it, the stage keyed a PNG by its path and the flow by
+    its content, so the same image had two ids (and could be in two data versions twice).
+    """
+    from cxr_triage.data.ingest import ingest_source
+    from cxr_triage.orchestration.rawdata import add_batch_to_raw
+
+    batch = tmp_path / "batch"
+    (batch / "sub").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (64, 64), dtype=np.uint8)).save(batch / "sub/a.png")
+    pd.DataFrame({"image": ["sub/a.png"], "label": ["abnormal"]}).to_csv(
+        batch / "labels.csv", index=False
+    )
+    os.environ[SALT_ENV] = SALT
+    try:
+        ingest_source("folder", batch, tmp_path / "ingest", image_size=32, workers=1)
+    finally:
+        del os.environ[SALT_ENV]
+    stage_id = pd.read_csv(tmp_path / "ingest/manifest.csv", dtype=str)["image_id"].item()
+    result = add_batch_to_raw(batch, tmp_path / "raw", salt=SALT)
+    flow_image = result.accepted[0]["image"]
+    assert flow_image == f"images/{stage_id}.png"

@@ -28,10 +28,11 @@ from typer.testing import CliRunner
 from cxr_triage.cli import app
 from cxr_triage.config import Params, parse_section
 from cxr_triage.data.synth import generate_dataset
+from cxr_triage.inference.layout import REFERENCE_FILE
+from cxr_triage.inference.predictor import Predictor
+from cxr_triage.inference.predlog import PredictionLog
 from cxr_triage.monitoring.drift import current_from_images, load_reference, run_monitoring
-from cxr_triage.serving.package import REFERENCE_FILE
-from cxr_triage.serving.predictor import Predictor
-from cxr_triage.serving.predlog import PredictionLog
+from cxr_triage.state import state_layout
 from pipeline_fixture import tiny_params_data
 
 pytestmark = pytest.mark.integration
@@ -50,7 +51,7 @@ class MonitorEnv:
 
     @property
     def monitor_dir(self) -> Path:
-        return Path(self.params.paths.monitor_dir)
+        return state_layout().monitor_dir
 
 
 def _images(root: Path, name: str, n: int, site: str, seed: int) -> Path:

@@ -11,8 +11,8 @@ import pytest
 
 from cxr_triage.data.dataset import load_dataset
 from cxr_triage.errors import DataError, InvalidImageError
-from cxr_triage.monitoring.features import monitoring_columns
-from cxr_triage.serving.predictor import Predictor
+from cxr_triage.inference.features import monitoring_columns
+from cxr_triage.inference.predictor import Predictor
 
 pytestmark = pytest.mark.integration
 
@@ -68,3 +68,23 @@ def test_predictor_refuses_bad_input_and_bad_folders(tiny_pipeline, tmp_path):
         predictor.prepare(b"this is not an image")
     with pytest.raises(DataError, match="not a model package"):
         Predictor(tmp_path)
+
+
+def test_predictor_accepts_dicom_when_the_package_lists_modalities_in_lower_case(
+    tiny_pipeline, tmp_path, make_dicom
+):
+    """``ingest.allowed_modalities: [cr, dx]`` is valid params; every consumer must read it so.
+
+    Before ImageLimits normalised the case, the stage ingested such files (it upper-cased) but
+    the Predictor (service, predict, gate) refused every DICOM as "wrong modality".
+    """
+    import json
+    import shutil
+
+    package = tmp_path / "package"
+    shutil.copytree(tiny_pipeline.package_dir, package)
+    info = json.loads((package / "package.json").read_text())
+    info["limits"]["allowed_modalities"] = ["cr", "dx"]
+    (package / "package.json").write_text(json.dumps(info))
+    prediction = Predictor(package).predict([make_dicom(modality="DX")])[0]
+    assert prediction.label in ("normal", "abnormal")

@@ -11,8 +11,8 @@ import pytest
 from typer.testing import CliRunner
 
 from cxr_triage.cli import app
-from cxr_triage.serving.predictor import Predictor
-from cxr_triage.serving.registry import serving_record
+from cxr_triage.inference.predictor import Predictor
+from cxr_triage.inference.registry import serving_record
 
 pytestmark = pytest.mark.integration
 runner = CliRunner()

@@ -12,8 +12,8 @@ from types import ModuleType
 import httpx
 import pytest
 
-from cxr_triage.serving.predlog import PredictionLog
-from cxr_triage.serving.registry import register_package
+from cxr_triage.inference.predlog import PredictionLog
+from cxr_triage.inference.registry import register_package
 
 pytestmark = [
     pytest.mark.integration,
@@ -56,7 +56,7 @@ def test_service_in_process_predict_labels_at_threshold_and_logs(svc, tiny_pipel
 def test_service_in_process_matches_predictor_and_batch_isolates_errors(
     svc, tiny_pipeline, tmp_path
 ) -> None:
-    from cxr_triage.serving.predictor import Predictor
+    from cxr_triage.inference.predictor import Predictor
 
     path = _synth_dicom(tiny_pipeline)
     expected = Predictor(tiny_pipeline.package_dir).predict([path])[0].prob_abnormal

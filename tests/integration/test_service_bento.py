@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from cxr_triage.serving.registry import register_package
+from cxr_triage.inference.registry import register_package
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -29,8 +29,8 @@ from PIL import Image
 from pydicom.encaps import encapsulate
 from pydicom.uid import MPEG2MPML
 
-from cxr_triage.serving.predlog import PredictionLog
-from cxr_triage.serving.registry import register_package
+from cxr_triage.inference.predlog import PredictionLog
+from cxr_triage.inference.registry import register_package
 
 pytestmark = pytest.mark.integration
 

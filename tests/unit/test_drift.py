@@ -15,14 +15,14 @@ from typer.testing import CliRunner
 from cxr_triage.cli import app
 from cxr_triage.config import MonitorParams, Params, load_params, parse_section
 from cxr_triage.errors import ConfigError, DataError
+from cxr_triage.inference.features import monitoring_columns
+from cxr_triage.inference.layout import REFERENCE_FILE
+from cxr_triage.inference.predlog import PredictionLog
 from cxr_triage.monitoring.drift import (
     current_from_log,
     load_reference,
     run_monitoring,
 )
-from cxr_triage.monitoring.features import monitoring_columns
-from cxr_triage.serving.package import REFERENCE_FILE
-from cxr_triage.serving.predlog import PredictionLog
 from pipeline_fixture import REPO, tiny_params_data
 
 runner = CliRunner()

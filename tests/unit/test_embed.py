@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from cxr_triage.data.preprocess import to_model_input
+from cxr_triage.data.preprocess import iter_model_input, to_model_input
 from cxr_triage.errors import ConfigError
-from cxr_triage.features.embed import embed_images, iter_model_input
+from cxr_triage.models.embed import embed_images
 from cxr_triage.models.networks import Backbone, build_backbone
 from cxr_triage.models.weights import OnnxEmbedder, export_onnx
 

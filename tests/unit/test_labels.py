@@ -3,8 +3,9 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from cxr_triage.data.labels import FINDING_COLUMNS, normalise_labels_table, read_labels_table
+from cxr_triage.data.labels import normalise_labels_table, read_labels_table
 from cxr_triage.errors import DataError
+from cxr_triage.vocabulary import FINDING_COLUMNS
 
 NIH_HEADER = (
     "Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,View Position,"

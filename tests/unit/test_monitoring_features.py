@@ -1,12 +1,12 @@
-"""cxr_triage.monitoring.features: the one layout of monitoring rows."""
+"""cxr_triage.inference.features: the one layout of monitoring rows."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from cxr_triage.monitoring.features import image_statistics, monitoring_columns, monitoring_frame
-from cxr_triage.serving.package import fit_projection
+from cxr_triage.inference.features import image_statistics, monitoring_columns, monitoring_frame
+from cxr_triage.inference.package import fit_projection
 
 
 def _images(noise: float, seed: int = 0) -> np.ndarray:

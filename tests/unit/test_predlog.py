@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from cxr_triage.errors import ConfigError, DataError
-from cxr_triage.serving.predlog import PredictionLog
+from cxr_triage.inference.predlog import PredictionLog
 
 
 def _row(request_id: str, **extra: object) -> dict[str, object]:
@@ -24,7 +24,7 @@ def test_prediction_log_concurrent_appends_from_processes_lose_nothing(tmp_path:
     writer = textwrap.dedent(
         """
         import sys
-        from cxr_triage.serving.predlog import PredictionLog
+        from cxr_triage.inference.predlog import PredictionLog
         log = PredictionLog(sys.argv[1])
         for i in range(int(sys.argv[3])):
             log.append([{"request_id": f"{sys.argv[2]}-{i}", "model_tag": "m", "threshold": 0.5,

@@ -12,7 +12,6 @@ from pydicom import dcmread
 from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
 from cxr_triage.data import synth
-from cxr_triage.data.labels import FINDINGS
 from cxr_triage.data.synth import (
     LABEL_COLUMNS,
     SITE_PRESETS,
@@ -22,6 +21,7 @@ from cxr_triage.data.synth import (
     site_profile,
 )
 from cxr_triage.errors import ConfigError
+from cxr_triage.vocabulary import FINDINGS
 
 SMALL = SynthConfig(image_size=64)
 CHESTXRAY14_HEADER = (

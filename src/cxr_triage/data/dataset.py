@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cxr_triage.data.labels import FINDING_COLUMNS
 from cxr_triage.data.split import SPLITS, assert_patient_disjoint
 from cxr_triage.errors import DataError
+from cxr_triage.vocabulary import ABNORMAL, FINDING_COLUMNS
 
 __all__ = ["Dataset", "load_dataset", "read_manifest"]
 
@@ -30,7 +30,7 @@ class Dataset:
 
     def labels(self, rows: np.ndarray) -> np.ndarray:
         """1 = abnormal, 0 = normal."""
-        return self.manifest.loc[rows, "label"].eq("abnormal").to_numpy(dtype=np.int64)
+        return self.manifest.loc[rows, "label"].eq(ABNORMAL).to_numpy(dtype=np.int64)
 
     def findings(self, rows: np.ndarray) -> np.ndarray:
         """The 14 finding flags ``(n, 14)`` as float32 (multi-label targets)."""

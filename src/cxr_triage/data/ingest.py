@@ -16,12 +16,12 @@ so they never cross into the parent process, the logs or the outputs.
 from __future__ import annotations
 
 import ctypes
+import hashlib
 import json
 import logging
 import math
 import multiprocessing as mp
 import os
-import shutil
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,16 +30,25 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from cxr_triage.atomic import replace_dir_atomically, temporary_dir_for
+from cxr_triage.atomic import atomic_dir
 from cxr_triage.data.deid import Pseudonymiser, salt_from_env
-from cxr_triage.data.labels import FINDING_COLUMNS
 from cxr_triage.data.preprocess import prepare_image
 from cxr_triage.data.sources import Discovery, SourceItem, discover
 from cxr_triage.errors import InvalidImageError
 from cxr_triage.io.images import read_image
-from cxr_triage.io.records import ImageLimits
+from cxr_triage.io.records import DecodedImage, ImageLimits
+from cxr_triage.vocabulary import FINDING_COLUMNS, LABELS
 
-__all__ = ["MANIFEST_COLUMNS", "IngestSummary", "ingest", "ingest_source"]
+__all__ = [
+    "MANIFEST_COLUMNS",
+    "IngestSummary",
+    "Reject",
+    "Row",
+    "content_key",
+    "ingest",
+    "ingest_source",
+    "read_item",
+]
 
 log = logging.getLogger(__name__)
 
@@ -103,33 +112,102 @@ def _keep_freed_buffers() -> None:
         pass
 
 
-def _process(item: SourceItem) -> tuple[np.ndarray | None, dict[str, object]]:
-    """Read, check and prepare one file; return (pixels, manifest fields) or (None, reject)."""
-    pseudo: Pseudonymiser = _WORKER["pseudo"]  # type: ignore[assignment]
+@dataclass(frozen=True)
+class Row:
+    """One accepted file: its decoded image and its manifest fields (pseudonymised, no PHI).
+
+    ``fields`` holds every :data:`MANIFEST_COLUMNS` column but ``row``, plus
+    ``_no_patient_id`` (the file named no patient: it is its own patient).
+    """
+
+    image: DecodedImage
+    fields: dict[str, object]
+
+    @property
+    def image_id(self) -> str:
+        return str(self.fields["image_id"])
+
+
+@dataclass(frozen=True)
+class Reject:
+    """One refused file: its path relative to the source, a reason code and a message."""
+
+    source_path: str
+    reason: str
+    message: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {"source_path": self.source_path, "reason": self.reason, "message": self.message}
+
+
+def content_key(path: Path) -> str:
+    """``sha256:<hex>`` of a file's bytes: the identity of an image without a SOP Instance UID."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return "sha256:" + digest.hexdigest()
+
+
+def read_item(
+    item: SourceItem,
+    *,
+    pseudonymiser: Pseudonymiser,
+    limits: ImageLimits,
+    require_label: bool = False,
+) -> Row | Reject:
+    """Read, check and pseudonymise one discovered file: the one implementation every ingest uses.
+
+    The ``ingest`` stage, ``cxr-triage ingest``, the ingestion flow (``data/raw``) and the
+    promotion gate's frozen set all go through it, so an image gets the same ``image_id``
+    whichever of them reads it: the keyed digest of its DICOM SOP Instance UID, else of its
+    content (:func:`content_key`), never of its path.
+
+    Args:
+        item: the file and its label row (:func:`~cxr_triage.data.sources.discover`).
+        pseudonymiser: the keyed hash for identifiers (``CXR_TRIAGE_SALT``).
+        limits: the image guards.
+        require_label: refuse a file whose label row gives no normal/abnormal label.
+
+    Returns:
+        The accepted image with its manifest fields, or why it was refused. Any failure of this
+        one file is a :class:`Reject`; nothing raises for a bad file.
+    """
+    labels = item.labels
+    if require_label and labels.get("label", "") not in LABELS:
+        return Reject(
+            item.rel_path,
+            "no_label",
+            "the labels table gives no label for this image; fill label (normal/abnormal) or "
+            "finding",
+        )
     try:
-        image = read_image(item.path, _WORKER["limits"])  # type: ignore[arg-type]
-        pixels = prepare_image(image.pixels, _WORKER["size"])  # type: ignore[arg-type]
+        image = read_image(item.path, limits)
+        image_key = image.identifiers.sop_instance_uid or content_key(item.path)
     except InvalidImageError as exc:
-        return None, {"source_path": item.rel_path, "reason": exc.reason, "message": str(exc)}
+        return Reject(item.rel_path, exc.reason, str(exc))
     except (OSError, MemoryError) as exc:
-        return None, {
-            "source_path": item.rel_path,
-            "reason": "read_error",
-            "message": f"{type(exc).__name__}: {exc}",
-        }
-    labels, meta, ids = item.labels, image.meta, image.identifiers
+        return Reject(item.rel_path, "read_error", f"{type(exc).__name__}: {exc}")
+    except Exception as exc:  # noqa: BLE001 - one bad file must never stop the others
+        log.warning("unexpected failure reading %s", item.rel_path, exc_info=True)
+        return Reject(
+            item.rel_path,
+            "unreadable",
+            f"the file could not be read ({type(exc).__name__}: {exc}); re-export it, and "
+            "report this file to the maintainers",
+        )
+    meta, ids = image.meta, image.identifiers
     raw_patient = str(labels.get("patient_id") or ids.patient_id or "")
     raw_study = str(labels.get("study_id") or ids.study_uid or "")
-    image_key = ids.sop_instance_uid or item.rel_path
     age = labels.get("age")
     if age is None or (isinstance(age, float) and math.isnan(age)):
         age = meta.age_years
-    image_id = pseudo.image(image_key)
-    row = {
+    image_id = pseudonymiser.image(image_key)
+    fields: dict[str, object] = {
         "image_id": image_id,
         # An image with no patient identity is its own patient: the split stays patient-safe.
-        "patient_id": pseudo.patient(raw_patient) if raw_patient else f"img-{image_id}",
-        "study_id": pseudo.study(raw_study) if raw_study else f"img-{image_id}",
+        "patient_id": pseudonymiser.patient(raw_patient) if raw_patient else f"img-{image_id}",
+        "study_id": pseudonymiser.study(raw_study) if raw_study else f"img-{image_id}",
         "sex": labels.get("sex") or meta.sex,
         "age": age,
         "view_position": labels.get("view_position") or meta.view_position,
@@ -146,7 +224,23 @@ def _process(item: SourceItem) -> tuple[np.ndarray | None, dict[str, object]]:
         "orig_cols": meta.cols,
         "_no_patient_id": not raw_patient,
     }
-    return pixels, row
+    return Row(image, fields)
+
+
+def _process(item: SourceItem) -> tuple[np.ndarray | None, dict[str, object]]:
+    """Pool worker: :func:`read_item`, then the training representation; (None, reject) if not.
+
+    Only the small prepared image crosses back to the parent process, never the full-size
+    pixels or a raw identifier.
+    """
+    outcome = read_item(
+        item,
+        pseudonymiser=_WORKER["pseudo"],  # type: ignore[arg-type]
+        limits=_WORKER["limits"],  # type: ignore[arg-type]
+    )
+    if isinstance(outcome, Reject):
+        return None, outcome.to_dict()
+    return prepare_image(outcome.image.pixels, _WORKER["size"]), outcome.fields  # type: ignore[arg-type]
 
 
 def ingest_source(
@@ -201,8 +295,7 @@ def ingest(
     items = discovery.items
     n = len(items)
     workers = workers or os.cpu_count() or 1
-    tmp_dir = temporary_dir_for(out_dir)
-    try:
+    with atomic_dir(out_dir) as tmp_dir:
         rows, rejects = [], list(discovery.rejects)
         pixels = np.lib.format.open_memmap(
             tmp_dir / "pixels.partial.npy",
@@ -231,7 +324,7 @@ def ingest(
                         {
                             "source_path": item.rel_path,
                             "reason": "duplicate",
-                            "message": "the same image (SOP Instance UID or path) was "
+                            "message": "the same image (SOP Instance UID or content) was "
                             "already ingested; remove the copy",
                         }
                     )
@@ -240,10 +333,6 @@ def ingest(
                     pixels[len(rows)] = array
                     rows.append(fields)
         counts = _write_outputs(tmp_dir, pixels, rows, rejects, discovery, n)
-        replace_dir_atomically(tmp_dir, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp_dir, ignore_errors=True)
-        raise
     log.info(
         "ingest: %d of %d files accepted, %d rejected (%s)",
         counts["n_ingested"],

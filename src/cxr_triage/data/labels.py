@@ -27,34 +27,21 @@ from pathlib import Path
 import pandas as pd
 
 from cxr_triage.errors import DataError
+from cxr_triage.vocabulary import (
+    ABNORMAL,
+    FINDING_COLUMNS,
+    FINDINGS,
+    NO_FINDING,
+    NORMAL,
+    finding_column,
+)
 
 __all__ = [
-    "FINDINGS",
-    "FINDING_COLUMNS",
     "finding_flags",
     "normalise_labels_table",
     "read_labels_table",
 ]
 
-# ChestX-ray14's 14 findings, in its own spelling; columns use snake_case.
-FINDINGS = (
-    "Atelectasis",
-    "Cardiomegaly",
-    "Effusion",
-    "Infiltration",
-    "Mass",
-    "Nodule",
-    "Pneumonia",
-    "Pneumothorax",
-    "Consolidation",
-    "Edema",
-    "Emphysema",
-    "Fibrosis",
-    "Pleural_Thickening",
-    "Hernia",
-)
-FINDING_COLUMNS = tuple(f.lower() for f in FINDINGS)
-_NO_FINDING = "no finding"
 
 _ALIASES = {
     "image": ("image index", "image", "file", "filename", "path", "image_path"),
@@ -93,13 +80,13 @@ def finding_flags(finding: str) -> dict[str, int]:
     """
     flags = dict.fromkeys(FINDING_COLUMNS, 0)
     for name in filter(None, (part.strip() for part in finding.split("|"))):
-        key = name.lower().replace(" ", "_")
-        if key == "no_finding":
+        key = finding_column(name.replace(" ", "_"))
+        if key == finding_column(NO_FINDING.replace(" ", "_")):
             continue
         if key not in flags:
             raise DataError(
                 f"unknown finding {name!r}; use the ChestX-ray14 names ({', '.join(FINDINGS)}) "
-                "or 'No Finding'"
+                f"or {NO_FINDING!r}"
             )
         flags[key] = 1
     return flags
@@ -141,15 +128,15 @@ def normalise_labels_table(raw: pd.DataFrame, where: str) -> pd.DataFrame:
     for col in FINDING_COLUMNS:
         df[col] = flags[col].astype(int)
     if "label" in df:
-        label = df["label"].str.strip().str.lower().replace({"0": "normal", "1": "abnormal"})
-        bad = ~label.isin(["normal", "abnormal", ""])
+        label = df["label"].str.strip().str.lower().replace({"0": NORMAL, "1": ABNORMAL})
+        bad = ~label.isin([NORMAL, ABNORMAL, ""])
         if bad.any():
             rows = (df.index[bad] + 2).tolist()[:5]
             raise DataError(
                 f"{where}: label must be normal or abnormal (or 0/1); bad value on line(s) {rows}"
             )
         if "finding" in df:
-            conflict = (label == "normal") & (flags.sum(axis=1) > 0)
+            conflict = (label == NORMAL) & (flags.sum(axis=1) > 0)
             if conflict.any():
                 rows = (df.index[conflict] + 2).tolist()[:5]
                 raise DataError(
@@ -157,7 +144,7 @@ def normalise_labels_table(raw: pd.DataFrame, where: str) -> pd.DataFrame:
                 )
         df["label"] = label
     elif labelled:
-        df["label"] = ["abnormal" if n else "normal" for n in flags.sum(axis=1)]
+        df["label"] = [ABNORMAL if n else NORMAL for n in flags.sum(axis=1)]
     else:
         df["label"] = ""
     for col in ("patient_id", "study_id", "sex", "view_position", "site", "official_split"):

@@ -8,16 +8,30 @@ scores goes through :func:`prepare_image`; models then see :func:`to_model_input
 
 from __future__ import annotations
 
+import contextlib
+import queue
+import threading
+from collections.abc import Iterator
+
 import numpy as np
 from PIL import Image
 
-__all__ = ["MODEL_INPUT_MEAN", "MODEL_INPUT_STD", "prepare_image", "to_model_input"]
+__all__ = [
+    "MODEL_INPUT_MEAN",
+    "MODEL_INPUT_STD",
+    "iter_model_input",
+    "prepare_image",
+    "to_model_input",
+]
 
 # Fixed (not fitted) so that the mapping can never depend on a split; stored with every model.
 MODEL_INPUT_MEAN = 0.5
 MODEL_INPUT_STD = 0.25
 # Robust contrast stretch: a few saturated pixels (markers, wires) must not set the range.
 _LOW_PERCENTILE, _HIGH_PERCENTILE = 0.5, 99.5
+# Two batches in flight: one being converted while the model consumes the other.
+_PREFETCH = 2
+_DONE = object()
 
 
 def prepare_image(pixels: np.ndarray, image_size: int) -> np.ndarray:
@@ -70,3 +84,49 @@ def to_model_input(batch: np.ndarray) -> np.ndarray:
         batch = batch[None]
     x = batch.astype(np.float32)[:, None] / np.float32(255.0)
     return (x - np.float32(MODEL_INPUT_MEAN)) / np.float32(MODEL_INPUT_STD)
+
+
+def iter_model_input(
+    images: np.ndarray, batch_size: int, *, prefetch: int = _PREFETCH
+) -> Iterator[np.ndarray]:
+    """Yield normalised float32 batches ``(b, 1, S, S)`` converted in a background thread.
+
+    Args:
+        images: ``uint8`` ``(N, S, S)``; may be a memory map, read one batch at a time.
+        batch_size: images per batch.
+        prefetch: batches converted ahead of the consumer.
+
+    Returns:
+        An iterator over batches in order; the worker's exceptions are re-raised here.
+    """
+    slots: queue.Queue[object] = queue.Queue(maxsize=prefetch)
+    stop = threading.Event()
+
+    def work() -> None:
+        try:
+            for start in range(0, len(images), batch_size):
+                if stop.is_set():
+                    return
+                batch = to_model_input(np.asarray(images[start : start + batch_size]))
+                slots.put(batch)
+            slots.put(_DONE)
+        except BaseException as exc:  # handed to the consumer, which re-raises it
+            slots.put(exc)
+
+    worker = threading.Thread(target=work, name="embed-prefetch", daemon=True)
+    worker.start()
+    try:
+        while True:
+            item = slots.get()
+            if item is _DONE:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item  # type: ignore[misc]
+    finally:
+        stop.set()
+        # Unblock a worker waiting on a full queue so that it can see `stop` and exit.
+        with contextlib.suppress(queue.Empty):
+            while True:
+                slots.get_nowait()
+        worker.join(timeout=5)

@@ -17,6 +17,7 @@ from sklearn.model_selection import train_test_split
 
 from cxr_triage.config import SplitParams
 from cxr_triage.errors import DataError, LeakageError
+from cxr_triage.vocabulary import ABNORMAL, CLASS_NAMES, NORMAL
 
 __all__ = ["SPLITS", "assert_patient_disjoint", "split_by_patient"]
 
@@ -59,14 +60,14 @@ def split_by_patient(manifest: pd.DataFrame, params: SplitParams, *, seed: int) 
         DataError: unlabelled images, or too few patients.
         LeakageError: the official lists put one patient in both train_val and test.
     """
-    unlabelled = ~manifest["label"].isin(["normal", "abnormal"])
+    unlabelled = ~manifest["label"].isin(CLASS_NAMES)
     if unlabelled.any():
         raise DataError(
             f"{int(unlabelled.sum())} images have no normal/abnormal label; a training "
             "split needs labels (ingest the source with its labels table)"
         )
-    abnormal = manifest["label"].eq("abnormal").groupby(manifest["patient_id"]).any()
-    patients = abnormal.map({True: "abnormal", False: "normal"})
+    abnormal = manifest["label"].eq(ABNORMAL).groupby(manifest["patient_id"]).any()
+    patients = abnormal.map({True: ABNORMAL, False: NORMAL})
     official = manifest.get("official_split", pd.Series("", index=manifest.index)).fillna("")
     assignment: dict[str, str] = {}
     if params.use_official and official.eq("test").any():
@@ -122,9 +123,7 @@ def split_counts(splits: pd.DataFrame) -> dict[str, dict[str, float]]:
         out[name] = {
             "n_images": int(len(part)),
             "n_patients": int(part["patient_id"].nunique()),
-            "n_abnormal": int(part["label"].eq("abnormal").sum()),
-            "prevalence": round(float(part["label"].eq("abnormal").mean()), 4)
-            if len(part)
-            else 0.0,
+            "n_abnormal": int(part["label"].eq(ABNORMAL).sum()),
+            "prevalence": round(float(part["label"].eq(ABNORMAL).mean()), 4) if len(part) else 0.0,
         }
     return out

@@ -30,7 +30,6 @@ import hashlib
 import logging
 import math
 import re
-import shutil
 import time
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -42,9 +41,9 @@ import pandas as pd
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian, generate_uid
 
-from cxr_triage.atomic import replace_dir_atomically, temporary_dir_for
-from cxr_triage.data.labels import FINDINGS
+from cxr_triage.atomic import atomic_dir
 from cxr_triage.errors import ConfigError
+from cxr_triage.vocabulary import FINDINGS, NO_FINDING
 
 __all__ = [
     "LABEL_COLUMNS",
@@ -57,7 +56,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-NO_FINDING = "No Finding"
 
 # Columns as pandas reads Data_Entry_2017.csv: its header "OriginalImage[Width,Height]" holds an
 # unquoted comma, so one header name spans two value columns (and the same for the spacing).
@@ -1135,8 +1133,7 @@ def generate_dataset(
         )
     start = time.perf_counter()
     specs = _plan(n, profile, seed, config)
-    tmp = temporary_dir_for(out_dir)
-    try:
+    with atomic_dir(out_dir) as tmp:
         images = tmp / "images"
         images.mkdir()
         jobs = [(spec, profile, config, seed, str(images)) for spec in specs]
@@ -1147,10 +1144,6 @@ def generate_dataset(
             [_label_row(spec, profile) for spec in specs], columns=list(LABEL_COLUMNS)
         )
         table.to_csv(tmp / "labels.csv", index=False, lineterminator="\n")
-        replace_dir_atomically(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     elapsed = time.perf_counter() - start
     logger.info(
         "synth %s: wrote %d images (%d patients, %.0f%% abnormal) to %s in %.1f s (%.1f images/s)",

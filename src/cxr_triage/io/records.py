@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from cxr_triage.config import IngestParams
 
 __all__ = ["DecodedImage", "Identifiers", "ImageLimits", "ImageMeta"]
 
@@ -27,6 +31,33 @@ class ImageLimits:
     bomb_ratio: float = 100.0
     allowed_modalities: tuple[str, ...] = ("CR", "DX")
     allowed_body_parts: tuple[str, ...] = ("CHEST", "THORAX", "LUNG", "CHEST_LAT", "CHESTPA")
+
+    def __post_init__(self) -> None:
+        # DICOM code strings are upper case; `[cr, dx]` in params.yaml or a package must not
+        # refuse every CR/DX file as "wrong modality".
+        for name in ("allowed_modalities", "allowed_body_parts"):
+            values = tuple(str(v).strip().upper() for v in getattr(self, name))
+            object.__setattr__(self, name, values)
+
+    @classmethod
+    def from_params(cls, ingest: IngestParams) -> ImageLimits:
+        """The guards ``params.yaml`` ``ingest`` configures (the one place they are read)."""
+        return cls(
+            max_pixels=ingest.max_pixels, allowed_modalities=tuple(ingest.allowed_modalities)
+        )
+
+    def to_dict(self) -> dict[str, object]:
+        """JSON-safe form, as a model package records the limits it was validated with."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, object]) -> ImageLimits:
+        """Inverse of :meth:`to_dict`; keys it does not know are refused, missing ones default."""
+        known = {f for f in cls.__dataclass_fields__}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown image limit(s) {unknown}; known: {sorted(known)}")
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ Formats are safe to load (safetensors + JSON, skops for scikit-learn; never pick
 - fine-tune dir: ``model.safetensors`` + ``model.json``;
 - transfer dir: ``<candidate>.skops`` per classifier.
 
-Scoring a trained candidate goes through a model package (:mod:`cxr_triage.serving`).
+Scoring a trained candidate goes through a model package (:mod:`cxr_triage.inference`).
 """
 
 from __future__ import annotations

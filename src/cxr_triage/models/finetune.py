@@ -33,9 +33,8 @@ from torch import nn
 
 from cxr_triage.atomic import atomic_path
 from cxr_triage.config import FinetuneOptions
-from cxr_triage.data.preprocess import to_model_input
+from cxr_triage.data.preprocess import iter_model_input, to_model_input
 from cxr_triage.errors import ConfigError
-from cxr_triage.features.embed import iter_model_input
 from cxr_triage.models.augment import augment_batch
 
 __all__ = [

@@ -1,1 +1,1 @@
-"""Drift monitoring: the monitoring features of an image and Evidently reports on them."""
+"""Drift monitoring: Evidently reports comparing current monitoring features with the reference."""

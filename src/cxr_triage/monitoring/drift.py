@@ -8,7 +8,7 @@ The only module that imports Evidently (lazily: importing this module does nothi
   used, so a batch from one training hospital is not flagged because the reference mixes
   hospitals; otherwise the whole reference. ``summary["scope"]`` says which, and why.
 - **Current**: a window of the prediction log (:func:`current_from_log`) or a folder of images
-  scored through the :class:`~cxr_triage.serving.predictor.Predictor`
+  scored through the :class:`~cxr_triage.inference.predictor.Predictor`
   (:func:`current_from_images`).
 - **Report**: per-column drift of the image statistics, acquisition and metadata columns and the
   prediction (``prob_abnormal``, ``label``) with ``DataDriftPreset``, and ``EmbeddingsDrift`` on
@@ -59,19 +59,20 @@ import pandas as pd
 from threadpoolctl import threadpool_limits
 
 from cxr_triage.atomic import (
-    replace_dir_atomically,
-    temporary_dir_for,
+    _replace_dir,
+    _temporary_dir_for,
     write_json_atomically,
 )
 from cxr_triage.config import MonitorParams, Params
 from cxr_triage.errors import ConfigError, DataError, InvalidImageError
-from cxr_triage.monitoring.features import (
+from cxr_triage.inference.features import (
     ACQUISITION_COLUMNS,
     IMAGE_STAT_COLUMNS,
     METADATA_COLUMNS,
     UNKNOWN,
 )
-from cxr_triage.serving.package import PACKAGE_FILE, REFERENCE_FILE
+from cxr_triage.inference.layout import PACKAGE_FILE, REFERENCE_FILE
+from cxr_triage.state import state_layout
 
 __all__ = [
     "EMBEDDING_NAME",
@@ -205,7 +206,7 @@ def current_from_log(
         DataError: the log does not exist.
         ConfigError: a time is not ISO 8601 or ``last`` is below 1.
     """
-    from cxr_triage.serving.predlog import PredictionLog
+    from cxr_triage.inference.predlog import PredictionLog
 
     path = Path(log_path)
     if not path.is_file():
@@ -244,8 +245,8 @@ def current_from_images(
     Raises:
         DataError: ``folder`` is not a folder or holds no files; the package is incomplete.
     """
-    from cxr_triage.serving.batch import collect_files
-    from cxr_triage.serving.predictor import Predictor
+    from cxr_triage.inference.batch import collect_files
+    from cxr_triage.inference.predictor import Predictor
 
     folder = Path(folder)
     if not folder.is_dir():
@@ -316,7 +317,7 @@ def run_monitoring(
     """
     monitor = params.monitor
     package_dir = Path(package_dir or params.paths.package_dir)
-    out_dir = Path(out_dir or params.paths.monitor_dir)
+    out_dir = Path(out_dir) if out_dir else state_layout().monitor_dir
     reference = load_reference(package_dir)
     embedding = _embedding_columns(reference)
     current, site, n_other_sites = _select_site(_clean(current, embedding), site)
@@ -339,7 +340,7 @@ def run_monitoring(
         "retrain_on_drift": monitor.retrain_on_drift,
     }
     run_dir = _run_dir(out_dir, created, site)
-    tmp = temporary_dir_for(run_dir)
+    tmp = _temporary_dir_for(run_dir)
     html_tmp, json_tmp = tmp / "report.html", tmp / "summary.json"
     html_path, json_path = run_dir / "report.html", run_dir / "summary.json"
     summary["reports"] = {"html": str(html_path), "json": str(json_path)}
@@ -373,7 +374,7 @@ def run_monitoring(
             summary["timings_s"] = {k: round(v, 3) for k, v in timings.items()}
         summary = _json_safe(summary)
         write_json_atomically(json_tmp, summary)
-        replace_dir_atomically(tmp, run_dir)
+        _replace_dir(tmp, run_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)  # what a failed run left
     result = MonitorResult(

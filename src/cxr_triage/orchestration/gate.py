@@ -24,7 +24,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,15 +31,16 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from cxr_triage.atomic import replace_dir_atomically, temporary_dir_for
+from cxr_triage.atomic import atomic_dir
 from cxr_triage.config import Params, PromoteParams
 from cxr_triage.data.deid import Pseudonymiser, salt_from_env
+from cxr_triage.data.ingest import Reject, read_item
 from cxr_triage.data.preprocess import prepare_image
 from cxr_triage.data.sources import discover
-from cxr_triage.errors import ConfigError, DataError, InvalidImageError, LeakageError
+from cxr_triage.errors import ConfigError, DataError, LeakageError
 from cxr_triage.evaluation.metrics import auroc, binary_metrics_at_threshold, bootstrap_ci
-from cxr_triage.io.images import read_image
 from cxr_triage.io.records import ImageLimits
+from cxr_triage.vocabulary import ABNORMAL, NORMAL
 
 __all__ = [
     "FrozenTestSet",
@@ -155,7 +155,7 @@ def decide_on_scores(
     n_pos = int(y.sum())
     if n_pos == 0 or n_pos == y.size:
         raise DataError(
-            f"the frozen test set has only {'normal' if n_pos == 0 else 'abnormal'} images "
+            f"the frozen test set has only {NORMAL if n_pos == 0 else ABNORMAL} images "
             f"({y.size}); it needs both classes to compare AUROCs: add the other class"
         )
     diff = _paired_auroc_difference(y, serving, candidate, groups, rule.n_boot, seed, rule.alpha)
@@ -246,26 +246,18 @@ def load_frozen_set(
             "`python -m flows.retraining --make-frozen-test-set`) or set promote.frozen_test_dir"
         )
     discovery = discover(source, frozen_dir)
-    pseudo = Pseudonymiser(salt)
+    pseudonymiser = Pseudonymiser(salt)
     y, patients, rejects = [], [], list(discovery.rejects)
     images: dict[int, list[np.ndarray]] = {size: [] for size in image_sizes}
     for item in discovery.items:
-        label = item.labels.get("label", "")
-        if label not in ("normal", "abnormal"):
-            rejects.append({"source_path": item.rel_path, "reason": "no_label", "message": ""})
+        outcome = read_item(item, pseudonymiser=pseudonymiser, limits=limits, require_label=True)
+        if isinstance(outcome, Reject):
+            rejects.append(outcome.to_dict())
             continue
-        try:
-            image = read_image(item.path, limits)
-        except InvalidImageError as exc:
-            rejects.append(
-                {"source_path": item.rel_path, "reason": exc.reason, "message": str(exc)}
-            )
-            continue
-        raw_patient = str(item.labels.get("patient_id") or image.identifiers.patient_id or "")
-        patients.append(pseudo.patient(raw_patient) if raw_patient else f"img-{item.rel_path}")
-        y.append(1 if label == "abnormal" else 0)
+        patients.append(outcome.fields["patient_id"])
+        y.append(int(outcome.fields["label"] == ABNORMAL))
         for size in image_sizes:
-            images[size].append(prepare_image(image.pixels, size))
+            images[size].append(prepare_image(outcome.image.pixels, size))
     if len(y) < min_images:
         raise DataError(
             f"the frozen test set {frozen_dir} has {len(y)} usable labelled images, fewer than "
@@ -364,8 +356,7 @@ def make_synthetic_frozen_set(
             f"{out} already exists; a frozen test set must stay frozen (delete it by hand to "
             "regenerate it, or pass overwrite=True)"
         )
-    tmp = temporary_dir_for(out)
-    try:
+    with atomic_dir(out) as tmp:
         for site in params.synth.sites:
             site_dir = tmp / site
             generate_dataset(
@@ -385,10 +376,6 @@ def make_synthetic_frozen_set(
                 ds = pydicom.dcmread(path)
                 ds.PatientID = renamed.get(str(ds.PatientID), FROZEN_PATIENT_PREFIX + "UNKNOWN")
                 ds.save_as(path, enforce_file_format=True)
-        replace_dir_atomically(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     log.info("frozen test set: %d sites written to %s", len(params.synth.sites), out)
     return out
 
@@ -416,7 +403,7 @@ def evaluate_candidate(
         LeakageError: the frozen set shares patients with the training data.
         DataError, ConfigError: unusable frozen set.
     """
-    from cxr_triage.serving.predictor import Predictor
+    from cxr_triage.inference.predictor import Predictor
 
     if serving_tag is None:
         return GateDecision(
@@ -443,10 +430,7 @@ def evaluate_candidate(
         params.promote.frozen_test_source,
         {candidate.image_size, serving.image_size},
         salt=salt,
-        limits=ImageLimits(
-            max_pixels=params.ingest.max_pixels,
-            allowed_modalities=tuple(params.ingest.allowed_modalities),
-        ),
+        limits=ImageLimits.from_params(params.ingest),
         min_images=params.promote.min_images,
     )
     check_frozen_set_disjoint(frozen.patient_id, params, repo_dir)
@@ -474,14 +458,14 @@ def promote_if_better(params: Params, repo_dir: str | os.PathLike[str] = ".") ->
 
     The candidate is ``paths.package_dir`` (saved into the BentoML store if it is not there
     yet); the serving package is the registry's serving tag. A promotion goes through
-    :func:`cxr_triage.serving.registry.promote` with the decision as evidence. The decision is
+    :func:`cxr_triage.inference.registry.promote` with the decision as evidence. The decision is
     also written to ``<paths.package_report_dir>/promotion.json``.
 
     Raises:
         LeakageError, DataError, ConfigError: see :func:`evaluate_candidate`.
     """
     from cxr_triage.atomic import write_json_atomically
-    from cxr_triage.serving import registry
+    from cxr_triage.inference import registry
 
     repo_dir = Path(repo_dir)
     package_dir = repo_dir / params.paths.package_dir
@@ -492,7 +476,9 @@ def promote_if_better(params: Params, repo_dir: str | os.PathLike[str] = ".") ->
         package_dir,
         candidate_tag=candidate_tag,
         serving_tag=serving_tag,
-        serving_package_dir=registry.stored_package_dir(serving_tag) if serving_tag else None,
+        serving_package_dir=registry.resolve_package(tag=serving_tag).path
+        if serving_tag
+        else None,
         repo_dir=repo_dir,
     )
     if decision.promoted:

@@ -16,16 +16,15 @@ The raw data folder (``data/raw``) is itself a ``folder`` source, so
       labels.csv              one row per image: image, label, finding, patient_id, study_id
                               (pseudonyms), sex, age, view_position, site, batch, ingested_at
 
-``<image_id>`` is the keyed digest of the DICOM SOP Instance UID (else of the file's content), so
-the same image sent twice is refused as a duplicate. ``dvc add data/raw`` then records the new
+``<image_id>`` is the keyed digest of the DICOM SOP Instance UID (else of the file's content), as
+the ``ingest`` stage computes it (:func:`cxr_triage.data.ingest.read_item`), so the same image
+sent twice is refused as a duplicate. ``dvc add data/raw`` then records the new
 data version in ``data/raw.dvc``. Every refused file is listed with its reason, never dropped.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import math
 import os
 import shutil
 import subprocess
@@ -40,11 +39,11 @@ import pandas as pd
 
 from cxr_triage.atomic import atomic_path
 from cxr_triage.data.deid import Pseudonymiser
-from cxr_triage.data.labels import FINDING_COLUMNS, FINDINGS
-from cxr_triage.data.sources import discover
-from cxr_triage.errors import DataError, InvalidImageError
-from cxr_triage.io.images import read_image
+from cxr_triage.data.ingest import Reject, Row, read_item
+from cxr_triage.data.sources import Discovery, discover
+from cxr_triage.errors import DataError
 from cxr_triage.io.records import ImageLimits
+from cxr_triage.vocabulary import FINDING_COLUMNS, FINDINGS, NO_FINDING, NORMAL
 
 __all__ = [
     "RAW_COLUMNS",
@@ -126,15 +125,7 @@ def _finding(labels: dict[str, Any]) -> str:
     names = [_FINDING_NAME[c] for c in FINDING_COLUMNS if int(labels.get(c, 0) or 0)]
     if names:
         return "|".join(names)
-    return "No Finding" if labels.get("label") == "normal" else ""
-
-
-def _content_key(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return "sha256:" + digest.hexdigest()
+    return NO_FINDING if labels.get("label") == NORMAL else ""
 
 
 def _write_png16(pixels: np.ndarray, path: Path) -> None:
@@ -152,6 +143,47 @@ def _read_raw_labels(raw_dir: Path) -> pd.DataFrame:
     return pd.read_csv(path, dtype=str, keep_default_na=False)
 
 
+def _discover_batch(
+    incoming_dir: Path, labels_csv: str | None, site: str | None, batch_id: str
+) -> tuple[Discovery, RawBatchResult]:
+    """The batch's files and label rows; refuses a batch without labels or files."""
+    discovery = discover("folder", incoming_dir, labels_csv, site)
+    if not discovery.labelled:
+        raise DataError(
+            f"{incoming_dir} has no labels table ({labels_csv or 'labels.csv'}); training needs "
+            "a label per image: add labels.csv with columns image and label (normal/abnormal) "
+            "or finding"
+        )
+    result = RawBatchResult(
+        batch_id=batch_id,
+        n_candidates=len(discovery.items) + len(discovery.rejects),
+        rejected=list(discovery.rejects),
+        ignored_files=discovery.ignored_files,
+    )
+    if result.n_candidates == 0:
+        raise DataError(f"{incoming_dir} holds no image file; nothing to ingest")
+    return discovery, result
+
+
+def _raw_row(row: Row, name: str, batch_id: str, ingested_at: str) -> dict[str, Any]:
+    """The raw labels table's row of an accepted image (pseudonyms only)."""
+    fields = row.fields
+    age = fields["age"]
+    return {
+        "image": name,
+        "label": fields["label"],
+        "finding": _finding(fields),
+        "patient_id": fields["patient_id"],
+        "study_id": fields["study_id"],
+        "sex": fields["sex"],
+        "age": "" if age is None or pd.isna(age) else f"{float(age):g}",
+        "view_position": fields["view_position"],
+        "site": fields["site"],
+        "batch": batch_id,
+        "ingested_at": ingested_at,
+    }
+
+
 def add_batch_to_raw(
     incoming_dir: str | os.PathLike[str],
     raw_dir: str | os.PathLike[str],
@@ -163,6 +195,10 @@ def add_batch_to_raw(
     batch_id: str | None = None,
 ) -> RawBatchResult:
     """Validate and de-identify an incoming batch and add the accepted images to ``raw_dir``.
+
+    Each file goes through :func:`cxr_triage.data.ingest.read_item`, the reader the ``ingest``
+    stage uses, so an image keeps one ``image_id`` (and a patient one pseudonym) whichever way
+    it arrives.
 
     Args:
         incoming_dir: the batch, in the ``folder`` source layout with a labels table.
@@ -184,96 +220,36 @@ def add_batch_to_raw(
     incoming_dir, raw_dir = Path(incoming_dir), Path(raw_dir)
     now = datetime.now(UTC)
     batch_id = batch_id or now.strftime("batch-%Y%m%dT%H%M%SZ")
-    discovery = discover("folder", incoming_dir, labels_csv, site)
-    if not discovery.labelled:
-        raise DataError(
-            f"{incoming_dir} has no labels table ({labels_csv or 'labels.csv'}); training needs "
-            "a label per image: add labels.csv with columns image and label (normal/abnormal) "
-            "or finding"
-        )
-    result = RawBatchResult(
-        batch_id=batch_id,
-        n_candidates=len(discovery.items) + len(discovery.rejects),
-        rejected=list(discovery.rejects),
-        ignored_files=discovery.ignored_files,
-    )
-    if result.n_candidates == 0:
-        raise DataError(f"{incoming_dir} holds no image file; nothing to ingest")
+    discovery, result = _discover_batch(incoming_dir, labels_csv, site, batch_id)
     existing = _read_raw_labels(raw_dir)
     known = set(existing["image"])
-    pseudo = Pseudonymiser(salt)
+    pseudonymiser = Pseudonymiser(salt)
     (raw_dir / RAW_IMAGES).mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []
     written: list[Path] = []
     try:
         for item in discovery.items:
-            labels = item.labels
-            if labels.get("label", "") not in ("normal", "abnormal"):
-                result.rejected.append(
-                    {
-                        "source_path": item.rel_path,
-                        "reason": "no_label",
-                        "message": "the labels table gives no label for this image; fill "
-                        "label (normal/abnormal) or finding",
-                    }
-                )
-                continue
-            try:
-                image = read_image(item.path, limits)
-            except InvalidImageError as exc:
-                result.rejected.append(
-                    {"source_path": item.rel_path, "reason": exc.reason, "message": str(exc)}
-                )
-                continue
-            except (OSError, MemoryError) as exc:
-                result.rejected.append(
-                    {
-                        "source_path": item.rel_path,
-                        "reason": "read_error",
-                        "message": f"{type(exc).__name__}: {exc}",
-                    }
-                )
-                continue
-            ids, meta = image.identifiers, image.meta
-            image_id = pseudo.image(ids.sop_instance_uid or _content_key(item.path))
-            name = f"{RAW_IMAGES}/{image_id}.png"
+            outcome = read_item(
+                item, pseudonymiser=pseudonymiser, limits=limits, require_label=True
+            )
+            name = None if isinstance(outcome, Reject) else f"{RAW_IMAGES}/{outcome.image_id}.png"
             if name in known:
-                result.rejected.append(
-                    {
-                        "source_path": item.rel_path,
-                        "reason": "duplicate",
-                        "message": "this image (same SOP Instance UID or content) is already in "
-                        "the raw data; remove the copy",
-                    }
+                outcome = Reject(
+                    item.rel_path,
+                    "duplicate",
+                    "this image (same SOP Instance UID or content) is already in the raw data; "
+                    "remove the copy",
                 )
+            if isinstance(outcome, Reject):
+                result.rejected.append(outcome.to_dict())
                 continue
-            raw_patient = str(labels.get("patient_id") or ids.patient_id or "")
-            raw_study = str(labels.get("study_id") or ids.study_uid or "")
-            age = labels.get("age")
-            if age is None or (isinstance(age, float) and math.isnan(age)):
-                age = meta.age_years
-            _write_png16(image.pixels, raw_dir / name)
+            _write_png16(outcome.image.pixels, raw_dir / name)
             written.append(raw_dir / name)
             known.add(name)
-            rows.append(
-                {
-                    "image": name,
-                    "label": labels["label"],
-                    "finding": _finding(labels),
-                    # No identity: the image is its own patient (the split stays patient-safe).
-                    "patient_id": pseudo.patient(raw_patient)
-                    if raw_patient
-                    else f"img-{image_id}",
-                    "study_id": pseudo.study(raw_study) if raw_study else f"img-{image_id}",
-                    "sex": labels.get("sex") or meta.sex,
-                    "age": "" if age is None or pd.isna(age) else f"{float(age):g}",
-                    "view_position": labels.get("view_position") or meta.view_position,
-                    "site": item.site,
-                    "batch": batch_id,
-                    "ingested_at": now.isoformat(timespec="seconds"),
-                }
+            rows.append(_raw_row(outcome, name, batch_id, now.isoformat(timespec="seconds")))
+            result.accepted.append(
+                {"image": name, "label": outcome.fields["label"], "site": item.site}
             )
-            result.accepted.append({"image": name, "label": labels["label"], "site": item.site})
         table = pd.concat([existing, pd.DataFrame(rows, columns=list(RAW_COLUMNS))])
         with atomic_path(raw_dir / RAW_LABELS) as tmp:
             table.to_csv(tmp, index=False, lineterminator="\n")

@@ -1,2 +1,1 @@
-"""Serving: the model package, the one inference core (``Predictor``), the prediction log and
-the BentoML service around them."""
+"""Serving over HTTP: the BentoML service around the ``Predictor`` and the Bento build."""

@@ -24,7 +24,7 @@ from typing import Any
 import yaml
 
 from cxr_triage.errors import ConfigError
-from cxr_triage.serving.registry import MODEL_TAG_ENV
+from cxr_triage.inference.registry import MODEL_TAG_ENV
 
 __all__ = ["BENTOFILE", "BUILD_CONTEXT", "build_bento", "pin_installed", "main"]
 
@@ -137,8 +137,8 @@ def build_bento(
 
 def main(argv: Sequence[str] | None = None) -> None:
     """``python -m cxr_triage.serving.bento [MODEL_TAG]``: build and print the Bento tag."""
+    from cxr_triage.inference.registry import resolve_model_tag
     from cxr_triage.logs import configure_logging
-    from cxr_triage.serving.registry import resolve_model_tag
 
     configure_logging()
     args = list(sys.argv[1:] if argv is None else argv)

@@ -1,11 +1,11 @@
-"""The BentoML service: HTTP around :class:`~cxr_triage.serving.predictor.Predictor`, nothing more.
+"""The BentoML service: HTTP around the :class:`~cxr_triage.inference.predictor.Predictor`.
 
 Two BentoML services, composed with ``bentoml.depends``:
 
 - :class:`CxrTriage` (public, on ``127.0.0.1:3000``): ``/predict`` (one image), ``/predict_batch``
   (several images, a result or an error for each) and ``/model_info``. It decodes and
   preprocesses uploads (:meth:`Predictor.prepare`), labels them (:meth:`Predictor.predictions`)
-  and appends every prediction to the :class:`~cxr_triage.serving.predlog.PredictionLog`
+  and appends every prediction to the :class:`~cxr_triage.inference.predlog.PredictionLog`
   *before* answering.
 - :class:`CxrScorer` (internal, reached over a Unix socket): one batchable API around
   :meth:`Predictor.score`. BentoML's adaptive batching merges the images of concurrent requests,
@@ -35,7 +35,7 @@ Status codes (``reason`` in the body):
 ====  =========================================================================================
 
 Configuration (environment, read when the service is defined or started):
-``CXR_TRIAGE_MODEL_TAG`` (see :func:`~cxr_triage.serving.registry.resolve_model_tag`),
+``CXR_TRIAGE_MODEL_TAG`` (see :func:`~cxr_triage.inference.registry.resolve_model_tag`),
 ``CXR_TRIAGE_API_KEY``, ``CXR_TRIAGE_PREDICTION_LOG``, ``CXR_TRIAGE_MAX_BODY_MB`` (64),
 ``CXR_TRIAGE_WORKERS`` (1), ``CXR_TRIAGE_THREADS`` (2, decode threads per worker),
 ``CXR_TRIAGE_SCORE_THREADS`` (2, onnxruntime threads), ``CXR_TRIAGE_MAX_BATCH_SIZE`` (32),
@@ -61,7 +61,7 @@ import numpy as np
 from pydantic import BaseModel, BeforeValidator, Field, StringConstraints
 
 from cxr_triage.errors import ConfigError, CxrError, InvalidImageError
-from cxr_triage.serving.registry import resolve_model_tag
+from cxr_triage.inference.registry import resolve_model_tag
 
 __all__ = [
     "API_KEY_ENV",
@@ -232,7 +232,7 @@ class CxrScorer:
     model = bentoml.models.BentoModel(_MODEL_TAG)
 
     def __init__(self) -> None:
-        from cxr_triage.serving.predictor import Predictor
+        from cxr_triage.inference.predictor import Predictor
 
         self.predictor = Predictor(
             self.model.path,
@@ -266,13 +266,12 @@ class CxrTriage:
     scorer = bentoml.depends(CxrScorer)
 
     def __init__(self) -> None:
-        from cxr_triage.config import PathsParams
-        from cxr_triage.serving.predictor import Predictor
-        from cxr_triage.serving.predlog import LOG_PATH_ENV
+        from cxr_triage.inference.predictor import Predictor
+        from cxr_triage.state import state_layout
 
         # The network runs in CxrScorer; this copy only decodes, labels and describes.
         self.predictor = Predictor(self.model.path, num_threads=1, model_tag=str(self.model.tag))
-        self.log_path = Path(os.environ.get(LOG_PATH_ENV) or PathsParams().prediction_log)
+        self.log_path = state_layout().prediction_log
         self._log: Any = None
         self._threads = _env_int("CXR_TRIAGE_THREADS", 2)
         self._limiter: Any = None
@@ -289,7 +288,7 @@ class CxrTriage:
         return await anyio.to_thread.run_sync(func, *args, limiter=self._limiter)
 
     async def _score(self, prepared: Sequence[Any]) -> Any:
-        from cxr_triage.serving.predictor import Scores
+        from cxr_triage.inference.predictor import Scores
 
         vectors: list[np.ndarray] = []
         for start in range(0, len(prepared), _MAX_BATCH_SIZE):
@@ -299,7 +298,7 @@ class CxrTriage:
         return Scores(prob_abnormal=out[:, 0], raw=out[:, 1], summary=out[:, 2:])
 
     def _append(self, rows: list[dict[str, Any]]) -> None:
-        from cxr_triage.serving.predlog import PredictionLog
+        from cxr_triage.inference.predlog import PredictionLog
 
         if self._log is None:
             self._log = PredictionLog(self.log_path)
@@ -388,7 +387,7 @@ class CxrTriage:
                 items[index] = BatchItem(
                     index=index, status=200, prediction=self._response(prediction, rid)
                 )
-        from cxr_triage.serving.predictor import NOT_FOR_CLINICAL_USE
+        from cxr_triage.inference.predictor import NOT_FOR_CLINICAL_USE
 
         results = [item for item in items if item is not None]
         return BatchResponse(

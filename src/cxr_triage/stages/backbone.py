@@ -18,11 +18,11 @@ import numpy as np
 from cxr_triage.atomic import write_json_atomically
 from cxr_triage.config import Params
 from cxr_triage.data.dataset import load_dataset
-from cxr_triage.data.labels import FINDING_COLUMNS
 from cxr_triage.errors import ConfigError
 from cxr_triage.models.artifacts import save_backbone
 from cxr_triage.stages._entry import run_stage
 from cxr_triage.stages._training import checkpoint_dir_for
+from cxr_triage.vocabulary import FINDING_COLUMNS
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 
 def run(params: Params) -> dict[str, object]:
     """Write ``paths.embed_dir/embeddings.npy`` (float32 ``(N, D)``) and ``embed.json``."""
-    from cxr_triage.features.embed import embed_images
+    from cxr_triage.models.embed import embed_images
 
     data = load_dataset(params.paths.ingest_dir, params.paths.split_dir)
     model, info = load_backbone(Path(params.paths.backbone_dir))

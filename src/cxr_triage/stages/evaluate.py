@@ -27,9 +27,9 @@ from cxr_triage.evaluation.metrics import (
 from cxr_triage.evaluation.model_card import render_model_card
 from cxr_triage.evaluation.plots import render_roc_png, roc_points
 from cxr_triage.evaluation.threshold import auto_clear_share
+from cxr_triage.inference.package import package_from_params
+from cxr_triage.inference.predictor import Predictor
 from cxr_triage.models.artifacts import read_json
-from cxr_triage.serving.package import package_from_params
-from cxr_triage.serving.predictor import Predictor
 from cxr_triage.stages._entry import data_note, run_stage
 
 log = logging.getLogger(__name__)

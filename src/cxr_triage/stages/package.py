@@ -1,6 +1,6 @@
 """``package`` stage: the winner as a model package, saved in the BentoML model store.
 
-Writes ``paths.package_dir`` (see :mod:`cxr_triage.serving.package`): the network, classifier,
+Writes ``paths.package_dir`` (see :mod:`cxr_triage.inference.package`): the network, classifier,
 calibrator, threshold, class names, preprocessing settings, metrics, data and code versions, and
 the monitoring reference (features of the val and test images, scored by the package itself).
 Then saves it into the BentoML model store and builds the Bento (``package.register`` and
@@ -21,12 +21,13 @@ from typing import Any
 import numpy as np
 import yaml
 
-from cxr_triage.atomic import replace_dir_atomically, temporary_dir_for, write_json_atomically
+from cxr_triage.atomic import atomic_dir, write_json_atomically
 from cxr_triage.config import Params
 from cxr_triage.data.dataset import Dataset, load_dataset
 from cxr_triage.errors import ConfigError
+from cxr_triage.inference.layout import REFERENCE_FILE
+from cxr_triage.inference.package import finalise_package, package_from_params
 from cxr_triage.models.artifacts import read_json
-from cxr_triage.serving.package import REFERENCE_FILE, finalise_package, package_from_params
 from cxr_triage.stages._entry import data_note, run_stage
 
 log = logging.getLogger(__name__)
@@ -35,7 +36,7 @@ REFERENCE_SPLITS = ("val", "test")
 
 def reference_features(package_dir: Path, data: Dataset) -> Any:
     """Monitoring features of the val and test images, scored through the package."""
-    from cxr_triage.serving.predictor import Predictor, PreparedImage
+    from cxr_triage.inference.predictor import Predictor, PreparedImage
 
     predictor = Predictor(package_dir)
     rows = np.concatenate([data.rows(s) for s in REFERENCE_SPLITS])
@@ -106,21 +107,20 @@ def run(params: Params) -> dict[str, Any]:
         **read_json(Path(paths.evaluate_dir) / "metrics.json"),
     }
     target = Path(paths.package_dir)
-    tmp = temporary_dir_for(target)
-    package_from_params(
-        params, tmp, data, extra={"metrics": metrics, "versions": versions(params)}
-    )
-    reference = reference_features(tmp, data)
-    reference.to_parquet(tmp / REFERENCE_FILE, index=False)
-    tag = finalise_package(tmp)
-    replace_dir_atomically(tmp, target)
+    with atomic_dir(target) as tmp:
+        package_from_params(
+            params, tmp, data, extra={"metrics": metrics, "versions": versions(params)}
+        )
+        reference = reference_features(tmp, data)
+        reference.to_parquet(tmp / REFERENCE_FILE, index=False)
+        tag = finalise_package(tmp)
     record: dict[str, Any] = {
         "model_tag": tag,
         "candidate": read_json(target / "package.json")["candidate"],
         "n_reference": len(reference),
     }
     if params.package.register:
-        from cxr_triage.serving.registry import promote, register_package, serving_tag
+        from cxr_triage.inference.registry import promote, register_package, serving_tag
 
         register_package(target)
         if serving_tag() is None:

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 from pathlib import Path
 
-from cxr_triage.atomic import replace_dir_atomically, temporary_dir_for
+from cxr_triage.atomic import atomic_dir
 from cxr_triage.config import Params
 from cxr_triage.data.synth import generate_dataset
 from cxr_triage.stages._entry import run_stage
@@ -18,9 +17,8 @@ log = logging.getLogger(__name__)
 def run(params: Params) -> dict[str, int]:
     """Write ``paths.synth_dir/<site>/`` (DICOM files + ChestX-ray14-style labels.csv) per site."""
     out_dir = Path(params.paths.synth_dir)
-    tmp = temporary_dir_for(out_dir)
-    try:
-        counts = {}
+    counts = {}
+    with atomic_dir(out_dir) as tmp:
         for site, n in params.synth.sites.items():
             table = generate_dataset(
                 tmp / site,
@@ -31,10 +29,6 @@ def run(params: Params) -> dict[str, int]:
             )
             counts[site] = len(table)
             log.info("synth: %d images for site %s", len(table), site)
-        replace_dir_atomically(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return counts
 
 

@@ -5,7 +5,7 @@ SQLite in WAL mode: many readers and one writer at a time across processes (serv
 transaction committed with ``synchronous=FULL``, *before* the service answers, so every
 acknowledged prediction is on disk even if the machine loses power right after.
 
-Rows are stored as their monitoring columns (see :mod:`cxr_triage.monitoring.features`) plus
+Rows are stored as their monitoring columns (see :mod:`cxr_triage.inference.features`) plus
 ``request_id``, ``ts`` (UTC, ISO 8601), ``model_tag`` and ``threshold``. Columns are added when
 a row brings a new one (a package with more summary components), never removed.
 """
@@ -23,13 +23,12 @@ from typing import Any
 
 import pandas as pd
 
-from cxr_triage.config import PathsParams
 from cxr_triage.errors import ConfigError, DataError
+from cxr_triage.state import PREDICTION_LOG_ENV, state_layout
 
-__all__ = ["DEFAULT_LOG_PATH", "LOG_PATH_ENV", "PredictionLog", "utc_now"]
+__all__ = ["LOG_PATH_ENV", "PredictionLog", "utc_now"]
 
-LOG_PATH_ENV = "CXR_TRIAGE_PREDICTION_LOG"
-DEFAULT_LOG_PATH = Path(PathsParams().prediction_log)  # params.yaml paths.prediction_log
+LOG_PATH_ENV = PREDICTION_LOG_ENV
 _TABLE = "predictions"
 _FIXED = {
     "id": "INTEGER PRIMARY KEY AUTOINCREMENT",
@@ -64,12 +63,12 @@ class PredictionLog:
     """Append-only log of predictions in a SQLite database.
 
     Args:
-        path: the database file (created with its folder); default ``$CXR_TRIAGE_PREDICTION_LOG``
-            or ``data/monitoring/predictions.sqlite``.
+        path: the database file (created with its folder); default: the state folder's
+            (:func:`cxr_triage.state.state_layout`).
     """
 
     def __init__(self, path: str | os.PathLike[str] | None = None) -> None:
-        self.path = Path(path or os.environ.get(LOG_PATH_ENV) or DEFAULT_LOG_PATH)
+        self.path = Path(path) if path else state_layout().prediction_log
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:

@@ -26,20 +26,26 @@ import numpy as np
 
 from cxr_triage.data.preprocess import prepare_image, to_model_input
 from cxr_triage.errors import DataError
-from cxr_triage.io.images import read_image
-from cxr_triage.io.records import ImageLimits
-from cxr_triage.models.artifacts import read_json
-from cxr_triage.monitoring.features import monitoring_rows
-from cxr_triage.serving.package import (
+from cxr_triage.inference.features import monitoring_rows
+from cxr_triage.inference.layout import (
     CLASSIFIER_FILE,
     NETWORK_FILE,
-    PACKAGE_FILE,
     PROJECTION_FILE,
+    read_package_info,
 )
+from cxr_triage.io.images import read_image
+from cxr_triage.io.records import ImageLimits
+from cxr_triage.vocabulary import NOT_FOR_CLINICAL_USE
 
-__all__ = ["NOT_FOR_CLINICAL_USE", "Prediction", "PreparedImage", "Predictor", "Scores"]
-
-NOT_FOR_CLINICAL_USE = "Not for clinical use: research triage signal, not a diagnosis."
+__all__ = [
+    "CALLER_METADATA",
+    "Prediction",
+    "PreparedImage",
+    "Predictor",
+    "Scores",
+    "embed_with_network",
+    "network_outputs",
+]
 # Metadata a caller may pass with an image (e.g. the site a PACS router knows); nothing else.
 CALLER_METADATA = ("site", "view_position", "sex", "age", "manufacturer")
 _SCORE_BATCH = 64
@@ -82,12 +88,32 @@ class Prediction:
         }
 
 
-def _network_outputs(network: Any, images: np.ndarray, batch_size: int) -> list[np.ndarray]:
-    """The package network's outputs for prepared ``uint8`` images, one array per batch."""
+def network_outputs(
+    network: Any, images: np.ndarray, batch_size: int = _SCORE_BATCH
+) -> list[np.ndarray]:
+    """The package network's outputs for prepared ``uint8`` images ``(N, S, S)``, per batch.
+
+    The one loop over a package network: scoring (:meth:`Predictor.score`) and package
+    assembly (:func:`embed_with_network`) both go through it.
+    """
     return [
         network.embed(to_model_input(np.asarray(images[i : i + batch_size])))
         for i in range(0, len(images), batch_size)
     ]
+
+
+def embed_with_network(network: Path, kind: str, images: np.ndarray) -> np.ndarray:
+    """Embeddings ``(N, D)`` of prepared images from a package's ``network.onnx``.
+
+    Args:
+        network: the ONNX file.
+        kind: ``finetuned`` (its last output column is the logit, dropped) or ``transfer``.
+        images: prepared ``uint8`` images ``(N, S, S)``.
+    """
+    from cxr_triage.models.weights import OnnxEmbedder
+
+    out = np.concatenate(network_outputs(OnnxEmbedder(network), images))
+    return out[:, :-1] if kind == "finetuned" else out
 
 
 def _sigmoid(z: np.ndarray) -> np.ndarray:
@@ -98,7 +124,7 @@ class Predictor:
     """Calibrated Normal/Abnormal predictions from a model package folder.
 
     Args:
-        package_dir: a folder written by :func:`~cxr_triage.serving.package.assemble_package`.
+        package_dir: a folder written by :func:`~cxr_triage.inference.package.assemble_package`.
         num_threads: onnxruntime threads (None: onnxruntime's default, all cores).
         model_tag: overrides the tag recorded in ``package.json`` (e.g. the model store's).
 
@@ -117,21 +143,13 @@ class Predictor:
         from cxr_triage.models.weights import OnnxEmbedder
 
         self.package_dir = Path(package_dir)
-        if not (self.package_dir / PACKAGE_FILE).is_file():
-            raise DataError(
-                f"{self.package_dir} is not a model package (no {PACKAGE_FILE}); "
-                "run `dvc repro package` or pass the folder it wrote (models/package)"
-            )
-        self.info: dict[str, Any] = read_json(self.package_dir / PACKAGE_FILE)
+        self.info: dict[str, Any] = read_package_info(self.package_dir)
         self.kind: str = self.info["kind"]
         self.image_size = int(self.info["image_size"])
         self.threshold = float(self.info["threshold"])
         self.class_names: tuple[str, str] = tuple(self.info["class_names"])  # type: ignore[assignment]
         self.model_tag: str = model_tag or self.info.get("model_tag", "unregistered")
-        self.limits = ImageLimits(
-            max_pixels=int(self.info["limits"]["max_pixels"]),
-            allowed_modalities=tuple(self.info["limits"]["allowed_modalities"]),
-        )
+        self.limits = ImageLimits.from_dict(self.info["limits"])
         self._calibrator = calibrator_from_dict(self.info["calibrator"])
         self._network = OnnxEmbedder(self.package_dir / NETWORK_FILE, num_threads=num_threads)
         self._classifier = None
@@ -188,7 +206,7 @@ class Predictor:
                 f"expected prepared images of shape (N, {self.image_size}, {self.image_size}), "
                 f"got {images.shape}"
             )
-        outputs = _network_outputs(self._network, images, batch_size)
+        outputs = network_outputs(self._network, images, batch_size)
         out = (
             np.concatenate(outputs)
             if outputs
@@ -249,16 +267,6 @@ class Predictor:
         if not prepared:
             return []
         return self.predictions(prepared, self.score(np.stack([p.pixels for p in prepared])))
-
-    # -- package building ------------------------------------------------------------------
-
-    @staticmethod
-    def embed_with_network(network: Path, kind: str, images: np.ndarray) -> np.ndarray:
-        """Embeddings ``(N, D)`` of prepared images from a package's ``network.onnx``."""
-        from cxr_triage.models.weights import OnnxEmbedder
-
-        out = np.concatenate(_network_outputs(OnnxEmbedder(network), images, _SCORE_BATCH))
-        return out[:, :-1] if kind == "finetuned" else out
 
     def info_summary(self) -> dict[str, Any]:
         """What ``model_info`` reports: tag, candidate, threshold, operating point, metrics."""

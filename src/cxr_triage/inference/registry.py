@@ -1,39 +1,45 @@
-"""Model packages in the BentoML model store, and which one is serving.
+"""Model packages in the BentoML model store, which one is serving, and which one to use.
 
 Packages are saved as BentoML models named ``cxr-triage`` whose version is the package's
 content hash, so saving the same package twice is a no-op and a tag names exactly one model.
 
-Which tag serves is recorded in ``$BENTOML_HOME/cxr-triage-serving.json`` (written atomically,
-with the history of promotions and their evidence). The service loads, in order: the tag in
-``$CXR_TRIAGE_MODEL_TAG``, the serving tag, or the most recently saved package.
+Which tag serves is recorded in the state folder's ``serving.json`` (:mod:`cxr_triage.state`;
+written atomically, with the history of promotions and their evidence).
+
+:func:`resolve_package` is the one rule every consumer (``cxr-triage predict`` and ``monitor``,
+the flows, the promotion gate, the service) uses to pick a package: a folder given, else a tag
+given, else ``$CXR_TRIAGE_MODEL_TAG``, else the serving tag, else the most recently saved one.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from cxr_triage.atomic import write_json_atomically
 from cxr_triage.errors import ConfigError, DataError
+from cxr_triage.inference.layout import MODEL_NAME, read_package_info
 from cxr_triage.models.artifacts import read_json
-from cxr_triage.serving.package import MODEL_NAME, PACKAGE_FILE
+from cxr_triage.state import state_layout
 
 __all__ = [
     "MODEL_TAG_ENV",
+    "ResolvedPackage",
     "bentoml_home",
     "promote",
     "register_package",
     "resolve_model_tag",
+    "resolve_package",
     "serving_record",
     "serving_tag",
     "stored_package_dir",
 ]
 
 MODEL_TAG_ENV = "CXR_TRIAGE_MODEL_TAG"
-_SERVING_FILE = f"{MODEL_NAME}-serving.json"
 
 
 def bentoml_home() -> Path:
@@ -42,7 +48,7 @@ def bentoml_home() -> Path:
 
 
 def _serving_path() -> Path:
-    return bentoml_home() / _SERVING_FILE
+    return state_layout().serving_record
 
 
 def register_package(package_dir: str | os.PathLike[str]) -> str:
@@ -55,7 +61,7 @@ def register_package(package_dir: str | os.PathLike[str]) -> str:
     from bentoml.exceptions import NotFound
 
     package_dir = Path(package_dir)
-    info = read_json(package_dir / PACKAGE_FILE)
+    info = read_package_info(package_dir)
     tag = info.get("model_tag")
     if not tag:
         raise DataError(
@@ -152,3 +158,42 @@ def promote(tag: str, *, reason: str, evidence: dict[str, Any] | None = None) ->
     _serving_path().parent.mkdir(parents=True, exist_ok=True)
     write_json_atomically(_serving_path(), record)
     return record
+
+
+@dataclass(frozen=True)
+class ResolvedPackage:
+    """A package folder to load, its model tag, and how it was chosen (for logs and reports)."""
+
+    path: Path
+    tag: str
+    chosen_by: str  # "package", "tag", "environment", "serving" or "latest"
+
+
+def resolve_package(
+    package: str | os.PathLike[str] | None = None, tag: str | None = None
+) -> ResolvedPackage:
+    """The package to use: ``package`` (a folder), else ``tag``, else the serving rule.
+
+    The serving rule is :func:`resolve_model_tag`'s: ``$CXR_TRIAGE_MODEL_TAG``, else the
+    serving tag, else the most recently saved package.
+
+    Raises:
+        ConfigError: both arguments given; the tag is not in the model store; nothing saved.
+        DataError: ``package`` is not a package folder.
+    """
+    if package is not None and tag is not None:
+        raise ConfigError("give a package folder or a model tag, not both")
+    if package is not None:
+        info = read_package_info(package)
+        return ResolvedPackage(Path(package), info.get("model_tag", "unregistered"), "package")
+    if tag is not None:
+        return ResolvedPackage(stored_package_dir(tag), tag, "tag")
+    chosen_by = (
+        "environment"
+        if os.environ.get(MODEL_TAG_ENV)
+        else "serving"
+        if serving_tag()
+        else "latest"
+    )
+    resolved = resolve_model_tag()
+    return ResolvedPackage(stored_package_dir(resolved), resolved, chosen_by)

@@ -1,17 +1,14 @@
-"""Embeddings of stored images from a frozen backbone.
+"""Embeddings of stored images from a frozen backbone (the transfer route's features).
 
-Batches are converted from ``uint8`` (often a ``np.memmap`` of ``pixels.npy``) to normalised
-float tensors in a background thread while the model runs on the previous batch, so reading and
-converting images costs little wall time: numpy and torch release the GIL in both.
+Batches come from :func:`~cxr_triage.data.preprocess.iter_model_input`, converted from
+``uint8`` in a background thread while the model runs on the previous batch.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import queue
 import tempfile
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,64 +17,15 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from cxr_triage.data.preprocess import to_model_input
+from cxr_triage.data.preprocess import iter_model_input
 from cxr_triage.errors import ConfigError
 from cxr_triage.models.weights import OnnxEmbedder, export_onnx
 
-__all__ = ["EMBED_MODES", "embed_images", "iter_model_input"]
+__all__ = ["EMBED_MODES", "embed_images"]
 
 logger = logging.getLogger(__name__)
 
 EMBED_MODES: tuple[str, ...] = ("eager", "channels_last", "bfloat16", "onnx")
-# Two batches in flight: one being converted while the model consumes the other.
-_PREFETCH = 2
-_DONE = object()
-
-
-def iter_model_input(
-    images: np.ndarray, batch_size: int, *, prefetch: int = _PREFETCH
-) -> Iterator[np.ndarray]:
-    """Yield normalised float32 batches ``(b, 1, S, S)`` converted in a background thread.
-
-    Args:
-        images: ``uint8`` ``(N, S, S)``; may be a memory map, read one batch at a time.
-        batch_size: images per batch.
-        prefetch: batches converted ahead of the consumer.
-
-    Returns:
-        An iterator over batches in order; the worker's exceptions are re-raised here.
-    """
-    slots: queue.Queue[object] = queue.Queue(maxsize=prefetch)
-    stop = threading.Event()
-
-    def work() -> None:
-        try:
-            for start in range(0, len(images), batch_size):
-                if stop.is_set():
-                    return
-                batch = to_model_input(np.asarray(images[start : start + batch_size]))
-                slots.put(batch)
-            slots.put(_DONE)
-        except BaseException as exc:  # handed to the consumer, which re-raises it
-            slots.put(exc)
-
-    worker = threading.Thread(target=work, name="embed-prefetch", daemon=True)
-    worker.start()
-    try:
-        while True:
-            item = slots.get()
-            if item is _DONE:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield item  # type: ignore[misc]
-    finally:
-        stop.set()
-        # Unblock a worker waiting on a full queue so that it can see `stop` and exit.
-        with contextlib.suppress(queue.Empty):
-            while True:
-                slots.get_nowait()
-        worker.join(timeout=5)
 
 
 def _check_images(images: np.ndarray) -> None:

@@ -1,22 +1,9 @@
-"""The model package: everything the :class:`~cxr_triage.serving.predictor.Predictor` needs, in
-one folder, safe to load (ONNX, skops, JSON, npz; never pickle).
-
-Layout of a package folder:
-
-- ``package.json``: candidate, kind (``finetuned`` or ``transfer``), image size, class names,
-  threshold and its operating point, the calibrator, metrics, data and code versions, the model
-  tag (``cxr-triage:<content hash>``), the input limits;
-- ``network.onnx``: the network on normalised images. For a fine-tuned winner its output is the
-  embedding followed by the logit, ``(B, D + 1)``; for a transfer winner the frozen embedding
-  ``(B, D)``;
-- ``classifier.skops``: the transfer winner's classifier (transfer only);
-- ``projection.npz``: mean and principal axes of the train embeddings, for the embedding summary
-  logged with every prediction (monitoring);
-- ``reference.parquet``: monitoring features of the val/test images (written by ``package``).
+"""Package assembly: the pipeline's winner as one model package folder (see
+:mod:`~cxr_triage.inference.layout` for what the folder holds).
 
 :func:`assemble_package` writes one from the pipeline's outputs; the ``evaluate`` stage scores
-test through a temporary one and ``package`` keeps one, so both use the same code path as the
-service.
+test through a temporary one and ``package`` keeps one, so both use the same code path as every
+other consumer of the :class:`~cxr_triage.inference.predictor.Predictor`.
 """
 
 from __future__ import annotations
@@ -32,16 +19,20 @@ import numpy as np
 
 from cxr_triage.atomic import atomic_path, write_json_atomically
 from cxr_triage.errors import DataError
+from cxr_triage.inference.layout import (
+    CLASSIFIER_FILE,
+    FORMAT_VERSION,
+    MODEL_NAME,
+    NETWORK_FILE,
+    PACKAGE_FILE,
+    PROJECTION_FILE,
+)
+from cxr_triage.inference.predictor import embed_with_network
+from cxr_triage.io.records import ImageLimits
 from cxr_triage.models.artifacts import FINETUNED, load_backbone, load_finetuned, read_json
+from cxr_triage.vocabulary import CLASS_NAMES
 
 __all__ = [
-    "CLASSIFIER_FILE",
-    "CLASS_NAMES",
-    "MODEL_NAME",
-    "NETWORK_FILE",
-    "PACKAGE_FILE",
-    "PROJECTION_FILE",
-    "REFERENCE_FILE",
     "PackageSources",
     "assemble_package",
     "content_version",
@@ -51,15 +42,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-MODEL_NAME = "cxr-triage"  # the BentoML model name; the version is the package's content hash
-PACKAGE_FILE = "package.json"
-NETWORK_FILE = "network.onnx"
-CLASSIFIER_FILE = "classifier.skops"
-PROJECTION_FILE = "projection.npz"
-REFERENCE_FILE = "reference.parquet"
-CLASS_NAMES = ("normal", "abnormal")  # index 1 is the positive class (prob_abnormal)
-FORMAT_VERSION = 1
 
 
 @dataclass(frozen=True)
@@ -148,7 +130,7 @@ def assemble_package(
     image_size: int,
     train_images: np.ndarray,
     summary_components: int,
-    limits: dict[str, Any],
+    limits: ImageLimits,
     extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Write a package folder for the pipeline's winner and return its ``package.json``.
@@ -159,11 +141,10 @@ def assemble_package(
         image_size: the training resolution.
         train_images: ``uint8`` train images ``(N, S, S)``, to fit the embedding summary.
         summary_components: principal components kept in the embedding summary.
-        limits: ``max_pixels`` and ``allowed_modalities`` applied to requests.
+        limits: the input guards every consumer of the package applies.
         extra: more keys for ``package.json`` (metrics, versions).
     """
     from cxr_triage.evaluation.calibration import calibrator_from_dict
-    from cxr_triage.serving.predictor import Predictor
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -186,11 +167,14 @@ def assemble_package(
         "operating_point": operating,
         "calibrator": winner["calibrator"],
         "winner_reason": winner.get("reason", ""),
-        "limits": limits,
+        "limits": {
+            "max_pixels": limits.max_pixels,
+            "allowed_modalities": list(limits.allowed_modalities),
+        },
         **(extra or {}),
     }
     # The network's embeddings of train images fix the summary axes (never val/test).
-    embeddings = Predictor.embed_with_network(out / NETWORK_FILE, kind, train_images)
+    embeddings = embed_with_network(out / NETWORK_FILE, kind, train_images)
     np.savez(out / PROJECTION_FILE, **fit_projection(embeddings, summary_components))
     info["embedding_dim"] = int(embeddings.shape[1])
     info["summary_components"] = int(min(summary_components, embeddings.shape[1]))
@@ -222,10 +206,7 @@ def package_from_params(
         image_size=params.ingest.image_size,
         train_images=np.asarray(data.pixels[data.rows("train")]),
         summary_components=params.package.summary_components,
-        limits={
-            "max_pixels": params.ingest.max_pixels,
-            "allowed_modalities": list(params.ingest.allowed_modalities),
-        },
+        limits=ImageLimits.from_params(params.ingest),
         extra=extra,
     )
 

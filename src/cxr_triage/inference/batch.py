@@ -1,15 +1,16 @@
-"""Batch scoring of files and folders with the :class:`Predictor` (``cxr-triage predict``).
+"""Scoring files and folders with the :class:`Predictor`: the one loop for every batch consumer.
 
-Files are decoded in a thread pool (pydicom's codecs, numpy and PIL release the GIL) while the
-network scores full batches. A file that cannot be used is a result row with its reason, never
-a stopped run or a silently missing row.
+:func:`iter_scored` is that loop (``cxr-triage predict``, monitoring on an image folder, the
+promotion gate's frozen set all go through it): files are decoded in a thread pool (pydicom's
+codecs, numpy and PIL release the GIL) while the network scores full batches. A file that
+cannot be used comes out as its refusal, in order, never as a stopped run or a missing row.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -20,9 +21,9 @@ from tqdm.auto import tqdm
 
 from cxr_triage.atomic import atomic_path
 from cxr_triage.errors import ConfigError, InvalidImageError
-from cxr_triage.serving.predictor import Predictor, PreparedImage
+from cxr_triage.inference.predictor import Prediction, Predictor, PreparedImage
 
-__all__ = ["RESULT_COLUMNS", "collect_files", "score_files", "write_results"]
+__all__ = ["RESULT_COLUMNS", "collect_files", "iter_scored", "score_files", "write_results"]
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +66,7 @@ def collect_files(paths: Iterable[str | os.PathLike[str]]) -> list[Path]:
 
 
 def _prepare(
-    predictor: Predictor, path: Path, metadata: dict[str, Any]
+    predictor: Predictor, path: Path, metadata: Mapping[str, Any]
 ) -> PreparedImage | InvalidImageError:
     try:
         return predictor.prepare(path, metadata)
@@ -73,9 +74,46 @@ def _prepare(
         return exc
 
 
-def _batches(items: Sequence[Path], size: int) -> Iterator[Sequence[Path]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
+def iter_scored(
+    predictor: Predictor,
+    files: Sequence[Path],
+    *,
+    metadata: Mapping[str, Any] | None = None,
+    batch_size: int = 32,
+    workers: int | None = None,
+) -> Iterator[tuple[Path, Prediction | InvalidImageError]]:
+    """Score files in batches; yield ``(file, prediction or refusal)`` in the given order.
+
+    Args:
+        predictor: the model.
+        files: image files (DICOM, PNG, JPEG).
+        metadata: caller metadata for every file (e.g. ``{"site": ...}``).
+        batch_size: images per network call.
+        workers: decoding threads (None: the number of cores).
+
+    Raises:
+        ConfigError: ``batch_size`` below 1.
+    """
+    if batch_size < 1:
+        raise ConfigError(f"batch size must be >= 1, got {batch_size}")
+    metadata = dict(metadata or {})
+    with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
+        for start in range(0, len(files), batch_size):
+            chunk = files[start : start + batch_size]
+            outcomes = list(pool.map(lambda p: _prepare(predictor, p, metadata), chunk))
+            prepared = [o for o in outcomes if isinstance(o, PreparedImage)]
+            predictions = iter(
+                predictor.predictions(
+                    prepared, predictor.score(np.stack([p.pixels for p in prepared]))
+                )
+                if prepared
+                else []
+            )
+            for path, outcome in zip(chunk, outcomes, strict=True):
+                yield (
+                    path,
+                    outcome if isinstance(outcome, InvalidImageError) else next(predictions),
+                )
 
 
 def score_files(
@@ -104,42 +142,32 @@ def score_files(
         :data:`RESULT_COLUMNS` (+ features): ``status`` is ``ok`` or ``unreadable`` (then
         ``reason`` and ``message`` say why).
     """
-    if batch_size < 1:
-        raise ConfigError(f"batch size must be >= 1, got {batch_size}")
-    metadata = {"site": site} if site else {}
     rows: list[dict[str, Any]] = []
-    with (
-        ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool,
-        tqdm(total=len(files), desc="predict", unit="img", disable=not progress) as bar,
+    scored = iter_scored(
+        predictor,
+        files,
+        metadata={"site": site} if site else None,
+        batch_size=batch_size,
+        workers=workers,
+    )
+    for path, outcome in tqdm(
+        scored, total=len(files), desc="predict", unit="img", disable=not progress
     ):
-        for chunk in _batches(files, batch_size):
-            outcomes = list(pool.map(lambda p: _prepare(predictor, p, metadata), chunk))
-            prepared = [o for o in outcomes if isinstance(o, PreparedImage)]
-            predictions = iter(
-                predictor.predictions(
-                    prepared, predictor.score(np.stack([p.pixels for p in prepared]))
-                )
-                if prepared
-                else []
+        if isinstance(outcome, InvalidImageError):
+            rows.append(
+                {
+                    "path": str(path),
+                    "status": "unreadable",
+                    "reason": outcome.reason,
+                    "message": str(outcome),
+                }
             )
-            for path, outcome in zip(chunk, outcomes, strict=True):
-                if isinstance(outcome, InvalidImageError):
-                    rows.append(
-                        {
-                            "path": str(path),
-                            "status": "unreadable",
-                            "reason": outcome.reason,
-                            "message": str(outcome),
-                        }
-                    )
-                    continue
-                prediction = next(predictions)
-                row = {"path": str(path), "status": "ok", **prediction.to_dict()}
-                row.pop("disclaimer")
-                if features:
-                    row.update({k: v for k, v in prediction.features.items() if k not in row})
-                rows.append(row)
-            bar.update(len(chunk))
+            continue
+        row = {"path": str(path), "status": "ok", **outcome.to_dict()}
+        row.pop("disclaimer")
+        if features:
+            row.update({k: v for k, v in outcome.features.items() if k not in row})
+        rows.append(row)
     frame = pd.DataFrame(rows)
     for column in RESULT_COLUMNS:
         if column not in frame:

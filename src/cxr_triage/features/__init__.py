@@ -1,1 +1,0 @@
-"""Embeddings from a frozen backbone."""
