@@ -144,7 +144,11 @@ def check_server(api_url: str | None, timeout: float = 10.0) -> Finding:
         version = httpx.get(f"{api_url.rstrip('/')}/admin/version", timeout=timeout)
     except httpx.HTTPError as exc:
         return Finding(
-            False, "prefect server", f"nothing answers at {api_url} ({exc})", START_SERVER
+            False,
+            "prefect server",
+            f"nothing answers at {api_url} ({exc})",
+            "start it: `prefect server start` (with the PREFECT_HOME that holds its database), "
+            "or point PREFECT_API_URL at the server that runs",
         )
     if response.status_code != 200 or response.json() is not True:
         return Finding(
