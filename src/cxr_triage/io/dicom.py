@@ -105,6 +105,18 @@ _JPEG_SYNTAXES = frozenset(uids.JPEGTransferSyntaxes) | frozenset(uids.JPEGLSTra
 _J2K_SYNTAXES = frozenset(uids.JPEG2000TransferSyntaxes)
 # Elements whose presence makes a preamble-less data set recognisably DICOM.
 _IDENTIFYING_TAGS = (0x00080016, 0x00080018, 0x00080060, 0x0020000D, _PIXEL_DATA)
+# Samples per Pixel, Photometric Interpretation, Rows, Columns, Bits Allocated/Stored, High Bit,
+# Pixel Representation.
+_IMAGE_PIXEL_TYPE1 = (
+    0x00280002,
+    0x00280004,
+    0x00280010,
+    0x00280011,
+    0x00280100,
+    0x00280101,
+    0x00280102,
+    0x00280103,
+)
 # Groups a data set (or its file meta / ACR-NEMA command group) starts with.
 _FIRST_GROUPS = (0x0000, 0x0002, 0x0008)
 
@@ -150,7 +162,21 @@ def _file_meta(data: bytes, *, preamble: bool) -> tuple[FileMetaDataset, int]:
         syntax = meta.get("TransferSyntaxUID")
     except MemoryError:
         raise
+    except (EOFError, struct.error) as exc:  # a length field cut off by the end of file
+        raise TruncatedHeaderError(
+            f"the file ends inside its DICOM file meta header ({_short(exc)}); it was cut off "
+            "in transfer: send it again"
+        ) from exc
     except Exception as exc:
+        # A value cut short fails only when converted: compare with the group length.
+        start = 132 if preamble else 0
+        if len(data) < start + 12 or len(data) < start + 12 + int.from_bytes(
+            data[start + 8 : start + 12], "little"
+        ):
+            raise TruncatedHeaderError(
+                f"the file ends inside its DICOM file meta header ({_short(exc)}); it was cut "
+                "off in transfer: send it again"
+            ) from exc
         raise CorruptHeaderError(
             f"the DICOM file meta header cannot be parsed ({_short(exc)}); {_REEXPORT}"
         ) from exc
@@ -183,9 +209,9 @@ def _check_complete(ds: Dataset, header_only: bool, stream_size: int | None) -> 
     ``stream_size`` is the length of the byte stream the data set was parsed from (None for a
     deflated one): a few bytes left after the last element are the cut-off tag of the next.
     """
-    last = None
-    for element in ds.elements():  # raw elements in tag order; nothing is converted
-        last = element
+    if len(ds) == 0:
+        return
+    last = ds.get_item(max(ds.keys()), keep_deferred=True)  # raw: nothing is converted
     if not isinstance(last, RawDataElement) or last.length == _UNDEFINED_LENGTH:
         return
     read = len(last.value) if last.value is not None else last.length
@@ -204,6 +230,29 @@ def _check_complete(ds: Dataset, header_only: bool, stream_size: int | None) -> 
             f"{last.tag.elem:04X}), before the pixel data; it was cut off in transfer: send "
             "it again"
         )
+
+
+def _check_image_complete(ds: Dataset, meta: FileMetaDataset) -> None:
+    """Refuse an image object that ends, at an element boundary, before its Image Pixel module.
+
+    An image storage SOP class (file meta) whose data set has no pixel data and lacks one of
+    the Type 1 elements of the Image Pixel module (PS3.3 C.7.6.3) was cut off; a header-only
+    export keeps them all.
+    """
+    if _PIXEL_DATA in ds or all(tag in ds for tag in _IMAGE_PIXEL_TYPE1):
+        return
+    try:
+        name = uids.UID(str(meta.get("MediaStorageSOPClassUID") or "")).name
+    except Exception:  # noqa: BLE001 - an unreadable SOP class says nothing either way
+        return
+    if "Image Storage" not in name:
+        return
+    last = max(ds.keys())
+    raise TruncatedHeaderError(
+        f"the file is a {name} but ends after header element ({last.group:04X},"
+        f"{last.elem:04X}), inside its Image Pixel module; it was cut off in transfer: send it "
+        "again"
+    )
 
 
 @dataclass
@@ -252,6 +301,8 @@ def _parse(data: bytes, limits: ImageLimits, *, header_only: bool = False) -> _P
             "not an image: the content is neither DICOM, PNG nor JPEG (it starts like a DICOM "
             f"data set without preamble, but {exc}); send one of those formats"
         ) from exc
+    if part10 and not header_only and not pixels_cut:
+        _check_image_complete(ds, meta)
     if not part10 and not any(tag in ds for tag in _IDENTIFYING_TAGS):
         # Old ACR-NEMA style exports are still DICOM; random bytes parsed with force=True are
         # not taken for one unless they name an SOP class/instance, modality, study or pixels.
@@ -648,7 +699,8 @@ def _judge_subject(ds: Dataset, limits: ImageLimits, pixels_cut: bool) -> None:
         )
     if _PIXEL_DATA not in ds:
         raise NoPixelDataError(
-            "the DICOM file has no pixel data (header only); send the image object itself"
+            "the DICOM file has no pixel data (a header-only object, or a file cut off just "
+            "before its pixel data); send the image object itself"
         )
 
 
@@ -693,7 +745,7 @@ def _transfer_syntax(ds: Dataset) -> uids.UID:
     syntax = ds.file_meta.get("TransferSyntaxUID")
     if syntax:
         return uids.UID(str(syntax))
-    element = ds.get_item(_PIXEL_DATA)
+    element = ds.get_item(_PIXEL_DATA, keep_deferred=True)
     length = element.length if isinstance(element, RawDataElement) else None
     if length == _UNDEFINED_LENGTH or (length is None and element.is_undefined_length):
         raise MissingTransferSyntaxError(
@@ -966,7 +1018,7 @@ def decode_dicom(data: bytes, limits: ImageLimits) -> DecodedImage:
     ts = _transfer_syntax(ds)
     h = _judge_image(ds, limits, len(data))
     native = _check_decoder(ts)
-    element = ds.get_item(_PIXEL_DATA)
+    element = ds.get_item(_PIXEL_DATA, keep_deferred=True)
     encapsulated = (
         element.length == _UNDEFINED_LENGTH
         if isinstance(element, RawDataElement)
