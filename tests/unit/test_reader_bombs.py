@@ -241,8 +241,20 @@ def test_file_over_max_file_bytes_is_refused_before_reading(tmp_path: Path) -> N
         fh.truncate(3 * 2**30)  # sparse: 3 GiB on paper, nothing on disk
     outcome = read_capped(path)
     assert_refused_bounded(outcome, "image_too_large", "max_file_bytes")
-    small = read_capped(path, max_file_bytes=10**12)  # readable: then it is no image at all
-    assert small["reason"] in ("not_an_image", "image_too_large")
+    allowed = read_capped(path, max_file_bytes=10**12)  # read: zeros are no image at all
+    assert allowed["reason"] == "not_an_image" and float(allowed["growth_mb"]) < GROWTH_MB
+
+
+def test_header_of_millions_of_tiny_elements_is_refused_while_parsing(make_dicom) -> None:
+    raw = make_dicom().read_bytes()
+    pixel_tag = raw.index(b"\xe0\x7f\x10\x00")
+    # 4 M empty private elements (0009,0000..) before the pixel data: 32 MB on disk, ~1 GB as
+    # parsed elements.
+    tiny = b"".join(struct.pack("<HH2sH", 0x0009, e, b"LO", 0) for e in range(0x10, 0x10000))
+    path = make_dicom(name="tiny.dcm")
+    path.write_bytes(raw[:pixel_tag] + tiny * 64 + raw[pixel_tag:])
+    outcome = read_capped(path)
+    assert_refused_bounded(outcome, "image_too_large", "max_header_elements")
 
 
 # --- PNG / JPEG files ---------------------------------------------------------------------------
@@ -278,7 +290,14 @@ def test_limits_are_explicit_fields_with_documented_defaults() -> None:
     limits = ImageLimits()
     assert limits.max_pixels == 40_000_000 and limits.bomb_ratio == 100.0
     assert limits.max_file_bytes == limits.max_inflated_bytes == 256 * 2**20
-    for name in ("max_pixels", "bomb_ratio", "max_file_bytes", "max_inflated_bytes"):
+    assert limits.max_header_elements == 50_000
+    for name in (
+        "max_pixels",
+        "bomb_ratio",
+        "max_file_bytes",
+        "max_inflated_bytes",
+        "max_header_elements",
+    ):
         assert f"{name}:" in (ImageLimits.__doc__ or "")
 
 

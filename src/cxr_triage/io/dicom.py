@@ -33,21 +33,21 @@ table of reasons in :mod:`cxr_triage.errors`):
 
 from __future__ import annotations
 
-import io
 import math
 import os
 import struct
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import BinaryIO
 
 import numpy as np
-import pydicom
 from pydicom import uid as uids
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import generate_frames
 from pydicom.errors import InvalidDicomError
-from pydicom.filereader import _read_file_meta_info  # pydicom is pinned (3.0.2)
+from pydicom.filereader import _read_file_meta_info, read_partial  # pinned pydicom 3.0.2
 from pydicom.multival import MultiValue
 from pydicom.pixels import get_decoder
 from pydicom.sequence import Sequence
@@ -117,8 +117,9 @@ _IMAGE_PIXEL_TYPE1 = (
     0x00280102,
     0x00280103,
 )
-# Groups a data set (or its file meta / ACR-NEMA command group) starts with.
-_FIRST_GROUPS = (0x0000, 0x0002, 0x0008)
+# Groups a data set (or its file meta) starts with; (0000,xxxx) command elements are left out,
+# or a file of zeros would parse as millions of empty elements.
+_FIRST_GROUPS = (0x0002, 0x0008)
 
 
 # -- parsing ------------------------------------------------------------------------------------
@@ -130,11 +131,33 @@ def _short(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[:160]}" if text else type(exc).__name__
 
 
-def _dcmread(data: bytes, *, force: bool, stop_before_pixels: bool) -> Dataset:
+class _TooManyElements(Exception):
+    pass
+
+
+def _dcmread(
+    fp: BinaryIO, limits: ImageLimits, *, force: bool, stop_before_pixels: bool
+) -> Dataset:
+    """``pydicom.dcmread`` on a file object (what it does: ``read_partial``), counting the
+    top-level elements as they are read so that a header of millions of tiny elements cannot
+    take the memory (each costs ~30 times its size in the file once parsed)."""
+    count = 0
+
+    def stop_when(tag: int, vr: str | None, length: int) -> bool:
+        nonlocal count
+        count += 1
+        if count > limits.max_header_elements:
+            raise _TooManyElements
+        return stop_before_pixels and tag in (0x7FE00010, 0x7FE00009, 0x7FE00008)
+
+    fp.seek(0)
     try:
-        return pydicom.dcmread(
-            io.BytesIO(data), force=force, stop_before_pixels=stop_before_pixels
-        )
+        return read_partial(fp, stop_when, force=force)
+    except _TooManyElements as exc:
+        raise ImageTooLargeError(
+            f"the DICOM header has more than {limits.max_header_elements:,} elements "
+            "(max_header_elements); send the original radiograph"
+        ) from exc
     except InvalidDicomError as exc:
         raise NotAnImageError(
             "not a DICOM file (no 'DICM' prefix or file meta header); send a DICOM Part 10 file, "
@@ -153,10 +176,10 @@ def _dcmread(data: bytes, *, force: bool, stop_before_pixels: bool) -> Dataset:
         ) from exc
 
 
-def _file_meta(data: bytes, *, preamble: bool) -> tuple[FileMetaDataset, int]:
+def _file_meta(fp: BinaryIO, size: int, *, preamble: bool) -> tuple[FileMetaDataset, int]:
     """The file meta group and the offset of the data set that follows it."""
-    fp = io.BytesIO(data)
-    fp.seek(132 if preamble else 0)
+    start = 132 if preamble else 0
+    fp.seek(start)
     try:
         meta = _read_file_meta_info(fp)
         syntax = meta.get("TransferSyntaxUID")
@@ -169,10 +192,9 @@ def _file_meta(data: bytes, *, preamble: bool) -> tuple[FileMetaDataset, int]:
         ) from exc
     except Exception as exc:
         # A value cut short fails only when converted: compare with the group length.
-        start = 132 if preamble else 0
-        if len(data) < start + 12 or len(data) < start + 12 + int.from_bytes(
-            data[start + 8 : start + 12], "little"
-        ):
+        fp.seek(start + 8)
+        group_length = int.from_bytes(fp.read(4), "little")
+        if size < start + 12 + group_length:
             raise TruncatedHeaderError(
                 f"the file ends inside its DICOM file meta header ({_short(exc)}); it was cut "
                 "off in transfer: send it again"
@@ -187,18 +209,24 @@ def _file_meta(data: bytes, *, preamble: bool) -> tuple[FileMetaDataset, int]:
     return meta, fp.tell()
 
 
-def _check_inflated_size(data: bytes, offset: int, limits: ImageLimits) -> None:
+def _chunks(fp: BinaryIO, offset: int, chunk: int = 1 << 16) -> Iterator[bytes]:
+    fp.seek(offset)
+    while block := fp.read(chunk):
+        yield block
+
+
+def _check_inflated_size(fp: BinaryIO, size: int, offset: int, limits: ImageLimits) -> None:
     """Refuse a deflated data set that inflates past the limit, before pydicom inflates it."""
     try:
-        size = inflated_size(memoryview(data)[offset:], limits.max_inflated_bytes)
+        inflated = inflated_size(_chunks(fp, offset), limits.max_inflated_bytes)
     except zlib.error as exc:
         raise CorruptHeaderError(
             f"the deflated DICOM data set cannot be inflated ({exc}); {_REEXPORT}"
         ) from exc
-    if size > limits.max_inflated_bytes:
+    if inflated > limits.max_inflated_bytes:
         raise DecompressionBombError(
             f"the deflated DICOM data set inflates to more than {limits.max_inflated_bytes:,} "
-            f"bytes from {len(data) - offset:,} (max_inflated_bytes; a decompression bomb); "
+            f"bytes from {size - offset:,} (max_inflated_bytes; a decompression bomb); "
             "send the original image, uncompressed or with image compression"
         )
 
@@ -269,31 +297,36 @@ def _starts_like_dataset(data: bytes) -> bool:
     return little in _FIRST_GROUPS or big in _FIRST_GROUPS
 
 
-def _parse(data: bytes, limits: ImageLimits, *, header_only: bool = False) -> _Parsed:
-    """Parse Part-10 DICOM, or a bare data set; raises NotAnImageError for anything else."""
-    part10 = data[128:132] == b"DICM"
-    if not part10 and not _starts_like_dataset(data):
+def _parse(fp: BinaryIO, size: int, limits: ImageLimits, *, header_only: bool = False) -> _Parsed:
+    """Parse Part-10 DICOM, or a bare data set, from ``fp`` (``size`` bytes long).
+
+    Raises NotAnImageError for anything that is neither.
+    """
+    fp.seek(0)
+    head = fp.read(132)
+    part10 = head[128:132] == b"DICM"
+    if not part10 and not _starts_like_dataset(head):
         raise NotAnImageError(
             "not an image: the content is neither DICOM, PNG nor JPEG; send one of those formats"
         )
     try:
-        meta, offset = _file_meta(data, preamble=part10)
+        meta, offset = _file_meta(fp, size, preamble=part10)
         deflated = meta.get("TransferSyntaxUID") == uids.DeflatedExplicitVRLittleEndian
         if deflated:
-            _check_inflated_size(data, offset, limits)
-        ds = _dcmread(data, force=not part10, stop_before_pixels=header_only)
+            _check_inflated_size(fp, size, offset, limits)
+        ds = _dcmread(fp, limits, force=not part10, stop_before_pixels=header_only)
         pixels_cut = False
         if len(ds) == 0 and not header_only:
             # pydicom only warns when the file ends inside an undefined-length element (usually
             # encapsulated pixel data cut off in transfer) and returns an empty data set: read
             # the header on its own to tell a cut in the pixels from a cut in the header.
-            ds, pixels_cut = _dcmread(data, force=not part10, stop_before_pixels=True), True
+            ds, pixels_cut = _dcmread(fp, limits, force=not part10, stop_before_pixels=True), True
         if len(ds) == 0:
             raise TruncatedHeaderError(
                 "the DICOM file ends before its data set could be read (cut off in transfer?); "
                 "send it again"
             )
-        _check_complete(ds, header_only or pixels_cut, None if deflated else len(data))
+        _check_complete(ds, header_only or pixels_cut, None if deflated else size)
     except (CorruptHeaderError, TruncatedHeaderError) as exc:
         if part10:
             raise
@@ -323,9 +356,10 @@ def read_dicom_dataset(
         CorruptHeaderError: pydicom cannot parse it.
         DecompressionBombError: a deflated data set inflates past ``limits.max_inflated_bytes``.
     """
-    from cxr_triage.io.images import load_bytes
+    from cxr_triage.io.images import open_source
 
-    return _parse(load_bytes(source, limits), limits).ds
+    with open_source(source, limits) as (fp, size):
+        return _parse(fp, size, limits).ds
 
 
 # -- header values --------------------------------------------------------------------------------
@@ -1006,17 +1040,22 @@ def _to_display(h: _PixelHeader, stored: np.ndarray) -> np.ndarray:
     return out
 
 
-def decode_dicom(data: bytes, limits: ImageLimits) -> DecodedImage:
-    """Read a DICOM chest radiograph from its bytes (the reader's DICOM path).
+def decode_dicom(fp: BinaryIO, size: int, limits: ImageLimits) -> DecodedImage:
+    """Read a DICOM chest radiograph from an open file or buffer (the reader's DICOM path).
+
+    Args:
+        fp: the content, seekable; read from its start.
+        size: its length in bytes.
+        limits: what to refuse before decoding.
 
     Raises:
         InvalidImageError: a subclass saying why the file cannot be used.
     """
-    parsed = _parse(data, limits)
+    parsed = _parse(fp, size, limits)
     ds = parsed.ds
     _judge_subject(ds, limits, parsed.pixels_cut)
     ts = _transfer_syntax(ds)
-    h = _judge_image(ds, limits, len(data))
+    h = _judge_image(ds, limits, size)
     native = _check_decoder(ts)
     element = ds.get_item(_PIXEL_DATA, keep_deferred=True)
     encapsulated = (
@@ -1032,7 +1071,7 @@ def decode_dicom(data: bytes, limits: ImageLimits) -> DecodedImage:
             f"{_REEXPORT}"
         )
     else:
-        _check_encapsulated(ds, h, ts, limits, len(data))
+        _check_encapsulated(ds, h, ts, limits, size)
     stored = _decode(ds, h)
     return DecodedImage(
         pixels=_to_display(h, stored), meta=dicom_meta(ds), identifiers=_identifiers(ds)
@@ -1054,6 +1093,10 @@ def read_dicom(
     Raises:
         InvalidImageError: a subclass saying why the file cannot be used (only those).
     """
-    from cxr_triage.io.images import guarded, load_bytes
+    from cxr_triage.io.images import guarded, open_source
 
-    return guarded(lambda: decode_dicom(load_bytes(source, limits), limits))
+    def read() -> DecodedImage:
+        with open_source(source, limits) as (fp, size):
+            return decode_dicom(fp, size, limits)
+
+    return guarded(read)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import struct
 import zlib
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 __all__ = [
@@ -165,21 +166,27 @@ def j2k_frame_header(data: bytes | memoryview) -> FrameHeader | None:
     )
 
 
-def _rle_decoded_length(segment: memoryview, limit: int) -> int:
-    """Bytes a PackBits segment decodes to (PS3.5 G.3.1), counted up to just past ``limit``."""
-    pos, n, total = 0, len(segment), 0
+def _rle_decoded_length(segment: bytes, limit: int) -> int:
+    """Bytes a PackBits segment decodes to (PS3.5 G.3.1), counted up to just past ``limit``.
+
+    Only replicate runs can expand the data (2 bytes to up to 128), so the limit is checked
+    after those; a literal run never yields more bytes than it consumes.
+    """
+    pos, n, total, header = 0, len(segment), 0, 0
     while pos < n:
         header = segment[pos]
-        if header < 128:  # literal run of header + 1 bytes (as many as the segment still has)
-            total += min(header + 1, n - pos - 1)
+        if header < 128:  # literal run of header + 1 bytes
+            total += header + 1
             pos += header + 2
-        elif header > 128:  # the next byte repeated 257 - header times (if there is one)
-            total += 257 - header if pos + 1 < n else 0
+        elif header > 128:  # the next byte repeated 257 - header times
+            total += 257 - header
             pos += 2
+            if total > limit:
+                return total
         else:  # 128: no operation
             pos += 1
-        if total > limit:
-            break
+    if pos > n:  # the last run lacks bytes: the decoder yields only what is there
+        total -= pos - n if header < 128 else 257 - header
     return total
 
 
@@ -205,7 +212,7 @@ def rle_segment_lengths(frame: bytes | memoryview, limit: int) -> list[int] | No
     if offsets[0] != 64 or any(b <= a for a, b in zip(offsets, offsets[1:], strict=False)):
         return None
     pairs = zip(offsets, offsets[1:], strict=False)
-    return [_rle_decoded_length(view[a:b], limit) for a, b in pairs]
+    return [_rle_decoded_length(bytes(view[a:b]), limit) for a, b in pairs]
 
 
 @dataclass(frozen=True)
@@ -258,20 +265,20 @@ def png_critical_chunks(data: bytes) -> tuple[bytes, bool]:
     return b"".join(out), True
 
 
-def inflated_size(data: bytes | memoryview, limit: int, chunk: int = 1 << 16) -> int:
+def inflated_size(chunks: Iterable[bytes], limit: int) -> int:
     """Bytes a raw deflate stream (no zlib header, as in PS3.5 A.5) inflates to.
 
-    The stream is inflated ``chunk`` bytes of input at a time, at most ``chunk`` * 16 bytes of
-    output per step, keeping nothing; counting stops just past ``limit``.
+    The stream is fed in the given chunks, at most 16 times a chunk's length of output per step,
+    keeping nothing; counting stops just past ``limit``.
 
     Raises:
         zlib.error: the stream is not valid deflate data.
     """
-    view = memoryview(data)
     inflater = zlib.decompressobj(-zlib.MAX_WBITS)
-    total, step = 0, chunk * 16
-    for start in range(0, len(view), chunk):
-        pending: bytes | memoryview = view[start : start + chunk]
+    total = 0
+    for chunk in chunks:
+        pending: bytes = chunk
+        step = max(len(chunk), 1 << 16) * 16
         while pending:
             total += len(inflater.decompress(pending, step))
             if total > limit:

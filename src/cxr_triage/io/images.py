@@ -26,9 +26,10 @@ import io
 import logging
 import os
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import TypeVar
+from typing import BinaryIO, TypeVar
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -49,7 +50,7 @@ from cxr_triage.io.dicom import _check_size, _parse, decode_dicom, dicom_meta
 from cxr_triage.io.guards import jpeg_frame_header, png_critical_chunks, png_header
 from cxr_triage.io.records import DecodedImage, ImageLimits, ImageMeta
 
-__all__ = ["guarded", "inspect_image", "load_bytes", "read_image", "sniff_format"]
+__all__ = ["guarded", "inspect_image", "load_bytes", "open_source", "read_image", "sniff_format"]
 
 log = logging.getLogger(__name__)
 
@@ -96,8 +97,43 @@ def guarded(read: Callable[[], T]) -> T:
         ) from exc
 
 
-def load_bytes(source: str | os.PathLike[str] | bytes, limits: ImageLimits) -> bytes:
-    """The content of a path or bytes, refused before reading when over ``max_file_bytes``.
+class _CappedReader(io.BufferedReader):
+    """A file whose reads never ask for more than it holds.
+
+    A corrupt length field in a DICOM header (up to 4 GiB) would otherwise make
+    ``BufferedReader.read`` allocate that much before finding the end of the file.
+    """
+
+    def __init__(self, raw: io.FileIO, size: int) -> None:
+        super().__init__(raw)
+        self._size = size
+
+    def read(self, size: int | None = -1) -> bytes:
+        if size is not None and size > 0:
+            size = min(size, max(self._size - self.tell(), 0))
+        return super().read(size)
+
+
+def _file_size(source: str | os.PathLike[str], limits: ImageLimits) -> int:
+    try:
+        size = os.stat(source).st_size
+        regular = Path(source).is_file()
+    except (OSError, ValueError):
+        regular = False
+    if not regular:
+        raise NotAnImageError(f"no such file: {source}")
+    if size > limits.max_file_bytes:
+        raise ImageTooLargeError(_file_too_large(size, limits))
+    return size
+
+
+@contextmanager
+def open_source(
+    source: str | os.PathLike[str] | bytes, limits: ImageLimits
+) -> Iterator[tuple[BinaryIO, int]]:
+    """A path or bytes as a seekable binary stream and its size, within ``max_file_bytes``.
+
+    A path is read by pydicom straight from the file (no copy of the whole file in memory).
 
     Raises:
         NotAnImageError: no such file, not a regular file, or unreadable.
@@ -105,24 +141,31 @@ def load_bytes(source: str | os.PathLike[str] | bytes, limits: ImageLimits) -> b
     """
     if isinstance(source, bytes | bytearray | memoryview):
         data = bytes(source)
-    else:
+        if len(data) > limits.max_file_bytes:
+            raise ImageTooLargeError(_file_too_large(len(data), limits))
+        yield io.BytesIO(data), len(data)
+        return
+    size = _file_size(source, limits)
+    try:
+        fh = _CappedReader(io.FileIO(source, "r"), size)
+    except OSError as exc:
+        raise NotAnImageError(f"cannot read the file ({exc.strerror or exc})") from exc
+    with fh:
+        yield fh, size
+
+
+def load_bytes(source: str | os.PathLike[str] | bytes, limits: ImageLimits) -> bytes:
+    """The content of a path or bytes, refused before reading when over ``max_file_bytes``.
+
+    Raises:
+        NotAnImageError: no such file, not a regular file, or unreadable.
+        ImageTooLargeError: more than ``limits.max_file_bytes``.
+    """
+    with open_source(source, limits) as (fp, _):
         try:
-            size = os.stat(source).st_size
-            regular = Path(source).is_file()
-        except (OSError, ValueError):
-            regular = False
-        if not regular:
-            raise NotAnImageError(f"no such file: {source}")
-        if size > limits.max_file_bytes:
-            raise ImageTooLargeError(_file_too_large(size, limits))
-        try:
-            with open(source, "rb") as fh:
-                data = fh.read(limits.max_file_bytes + 1)
+            return fp.read()
         except OSError as exc:
             raise NotAnImageError(f"cannot read the file ({exc.strerror or exc})") from exc
-    if len(data) > limits.max_file_bytes:
-        raise ImageTooLargeError(_file_too_large(len(data), limits))
-    return data
 
 
 def _file_too_large(size: int, limits: ImageLimits) -> str:
@@ -152,15 +195,25 @@ def sniff_format(source: str | os.PathLike[str] | bytes) -> str:
     return "unknown"
 
 
-def _decode(data: bytes, limits: ImageLimits) -> DecodedImage:
-    kind = sniff_format(data)
+def _decode(fp: BinaryIO, size: int, limits: ImageLimits) -> DecodedImage:
+    head = fp.read(132)
+    kind = sniff_format(head)
     if kind in ("png", "jpeg"):
-        return _read_raster(data, kind, limits)
-    if not data:
+        fp.seek(0)
+        return _read_raster(fp.read(), kind, limits)
+    if size == 0:
         raise NotAnImageError("the file is empty; send a DICOM, PNG or JPEG image")
     # Part 10 DICOM, or a data set without the 128-byte preamble (old ACR-NEMA style exports):
     # both are DICOM, read and then judged like any other; random bytes stay not_an_image.
-    return decode_dicom(data, limits)
+    return decode_dicom(fp, size, limits)
+
+
+def _read(source: str | os.PathLike[str] | bytes, limits: ImageLimits) -> DecodedImage:
+    try:
+        with open_source(source, limits) as (fp, size):
+            return _decode(fp, size, limits)
+    except OSError as exc:  # the file vanished or failed while being read
+        raise NotAnImageError(f"cannot read the file ({exc.strerror or exc})") from exc
 
 
 def read_image(
@@ -179,7 +232,7 @@ def read_image(
         InvalidImageError: a subclass saying what is wrong and what to send instead; never any
             other exception for a bad file.
     """
-    return guarded(lambda: _decode(load_bytes(source, limits), limits))
+    return guarded(lambda: _read(source, limits))
 
 
 # -- PNG / JPEG ----------------------------------------------------------------------------------
@@ -367,6 +420,6 @@ def _header_meta(source: str | os.PathLike[str] | bytes, limits: ImageLimits) ->
         if kind == "jpeg":
             fh = jpeg_frame_header(data)
             return None if fh is None else ImageMeta(format=kind, rows=fh.rows, cols=fh.cols)
-        return dicom_meta(_parse(data, limits, header_only=True).ds)
+        return dicom_meta(_parse(io.BytesIO(data), len(data), limits, header_only=True).ds)
     except Exception:  # noqa: BLE001 - metadata of a broken file is optional; the refusal stands
         return None

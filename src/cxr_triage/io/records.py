@@ -29,6 +29,9 @@ class ImageLimits:
         max_inflated_bytes: largest size, in bytes, a deflated DICOM data set (Deflated Explicit
             VR Little Endian) may inflate to; the inflation is streamed and stops at this bound
             (default 256 MiB).
+        max_header_elements: most top-level elements a DICOM data set may have (a radiograph
+            has a few hundred; each element costs ~30 times its size in the file once parsed,
+            so a file of tiny elements is a memory bomb of its own); default 50,000.
         allowed_modalities: DICOM Modality values accepted as projection chest radiographs.
         allowed_body_parts: accepted BodyPartExamined values; an empty or absent value is accepted
             because many CR/DX devices never fill it.
@@ -38,6 +41,7 @@ class ImageLimits:
     bomb_ratio: float = 100.0
     max_file_bytes: int = 256 * 2**20
     max_inflated_bytes: int = 256 * 2**20
+    max_header_elements: int = 50_000
     allowed_modalities: tuple[str, ...] = ("CR", "DX")
     allowed_body_parts: tuple[str, ...] = ("CHEST", "THORAX", "LUNG", "CHEST_LAT", "CHESTPA")
 
