@@ -141,27 +141,28 @@ def test_jpeg_frame_of_other_size_within_limits_is_frame_size_mismatch(make_dico
         read_image(path)
 
 
-def test_jpeg_ls_frame_larger_than_header_is_bomb(make_dicom) -> None:
-    path = make_dicom(np.zeros((64, 64)), bits_stored=8, transfer_syntax=JPEGLSLossless)
+@pytest.mark.parametrize(
+    ("syntax", "marker", "offset", "fmt", "codec"),
+    [
+        # SOF55 (ISO/IEC 14495-1 C.2.2): marker, Lf, P, then Y and X (2 bytes each).
+        (JPEGLSLossless, b"\xff\xf7", 5, ">HH", "JPEG-LS"),
+        # SIZ (ISO/IEC 15444-1 A.5.1): SOC, marker, Lsiz, Rsiz, then Xsiz and Ysiz (4 each).
+        (JPEG2000Lossless, b"\xff\x4f\xff\x51", 8, ">II", "JPEG 2000"),
+    ],
+    ids=["jpeg_ls", "jpeg2000"],
+)
+def test_codestream_larger_than_header_is_bomb(make_dicom, syntax, marker, offset, fmt, codec):
+    path = make_dicom(np.zeros((64, 64)), bits_stored=8, transfer_syntax=syntax)
+    width = struct.calcsize(fmt)
     patch_file(
         path,
-        b"\xff\xf7",
-        lambda raw, at: raw[: at + 5] + struct.pack(">HH", 60000, 60000) + raw[at + 9 :],
+        marker,
+        lambda raw, at: (
+            raw[: at + offset] + struct.pack(fmt, 60000, 60000) + raw[at + offset + width :]
+        ),
     )
     outcome = read_capped(path)
-    assert_refused_bounded(outcome, "decompression_bomb", "JPEG-LS frame declares 60000 x 60000")
-
-
-def test_jpeg2000_siz_larger_than_header_is_bomb(make_dicom) -> None:
-    path = make_dicom(np.zeros((64, 64)), transfer_syntax=JPEG2000Lossless)
-    # SIZ (ISO/IEC 15444-1 A.5.1): marker, Lsiz, Rsiz, then Xsiz and Ysiz.
-    patch_file(
-        path,
-        b"\xff\x4f\xff\x51",
-        lambda raw, at: raw[: at + 8] + struct.pack(">II", 60000, 60000) + raw[at + 16 :],
-    )
-    outcome = read_capped(path)
-    assert_refused_bounded(outcome, "decompression_bomb", "JPEG 2000 frame declares 60000 x")
+    assert_refused_bounded(outcome, "decompression_bomb", f"{codec} frame declares 60000 x 60000")
 
 
 def test_rle_segment_decoding_far_past_header_is_refused_without_decoding(make_dicom) -> None:

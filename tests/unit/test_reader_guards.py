@@ -14,6 +14,7 @@ from pydicom.encaps import generate_frames
 from pydicom.uid import JPEG2000Lossless, JPEGLSLossless, RLELossless
 
 from cxr_triage.io.guards import (
+    FrameHeader,
     inflated_size,
     j2k_frame_header,
     jpeg_frame_header,
@@ -33,14 +34,7 @@ def test_jpeg_sof_of_pillow_output_with_fill_bytes_and_garbage() -> None:
     Image.new("L", (70, 30)).save(buffer, "JPEG", progressive=True)
     data = buffer.getvalue()
     fh = jpeg_frame_header(data)
-    assert (fh.codec, fh.rows, fh.cols, fh.components, fh.precision, fh.marker) == (
-        "JPEG",
-        30,
-        70,
-        1,
-        8,
-        0xC2,
-    )
+    assert fh == FrameHeader("JPEG", rows=30, cols=70, components=1, precision=8, marker=0xC2)
     # Fill bytes before a marker and stray bytes between segments are skipped (libjpeg does).
     padded = data[:2] + b"\xff\xff\xff" + b"\x00\x12" + data[2:]
     assert jpeg_frame_header(padded) == fh
@@ -52,20 +46,13 @@ def test_jpeg_sof_of_pillow_output_with_fill_bytes_and_garbage() -> None:
 def test_jpeg_ls_sof55_of_pyjpegls_output(make_dicom) -> None:
     frame = encoded_frame(make_dicom, JPEGLSLossless, np.zeros((40, 56)))
     fh = jpeg_frame_header(frame)
-    assert (fh.codec, fh.rows, fh.cols, fh.components, fh.precision) == ("JPEG-LS", 40, 56, 1, 12)
+    assert fh == FrameHeader("JPEG-LS", rows=40, cols=56, components=1, precision=12, marker=0xF7)
 
 
 def test_j2k_siz_of_openjpeg_output_raw_and_in_jp2_box(make_dicom) -> None:
     frame = encoded_frame(make_dicom, JPEG2000Lossless, np.zeros((40, 56)))
     fh = j2k_frame_header(frame)
-    assert (fh.codec, fh.rows, fh.cols, fh.components, fh.precision, fh.tiles) == (
-        "JPEG 2000",
-        40,
-        56,
-        1,
-        12,
-        1,
-    )
+    assert fh == FrameHeader("JPEG 2000", rows=40, cols=56, components=1, precision=12)
     jp2 = b"\x00\x00\x00\x0cjP  \r\n\x87\n" + b"\x00\x00\x00\x14ftypjp2 \x00\x00\x00\x00jp2 "
     wrapped = jp2 + struct.pack(">I", 8 + len(frame)) + b"jp2c" + frame
     assert j2k_frame_header(wrapped) == fh
