@@ -12,7 +12,7 @@ export DO_NOT_TRACK := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: help setup lock audit system-deps demo test test-slow test-all bench lint format clean plots serve
+.PHONY: help setup lock audit system-deps demo test test-slow test-all bench lint format clean plots serve fuzz
 
 help: ## Show this help
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk -F':.*?## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -132,6 +132,19 @@ $(PLOTS_TEMPLATE): $(VEGA_CACHE)/.unpacked src/cxr_triage/evaluation/plots.py
 
 plots: setup $(PLOTS_TEMPLATE) ## Render the DVC plots to reports/plots_html/index.html (offline)
 	dvc plots show --html-template $(PLOTS_TEMPLATE) -o $(PLOTS_HTML)
+
+# Coverage-guided fuzzing of the image reader (atheris + libFuzzer), niced: 5-25 minutes on two
+# cores. Seeds are rebuilt into a git-ignored folder; new coverage accumulates in the corpus
+# folder across runs; a finding stops the run and is written to $(FUZZ_DIR)/artifacts/.
+FUZZ_DIR := .cache/fuzz
+FUZZ_RUNS ?= 200000
+FUZZ_RSS_MB ?= 3072
+fuzz: setup ## Fuzz read_image: FUZZ_RUNS (200000) executions under -rss_limit_mb=FUZZ_RSS_MB
+	python fuzz/build_corpus.py --out $(FUZZ_DIR)/seeds
+	mkdir -p $(FUZZ_DIR)/corpus $(FUZZ_DIR)/artifacts
+	nice -n 10 python fuzz/fuzz_read_image.py $(FUZZ_DIR)/corpus $(FUZZ_DIR)/seeds \
+	  -runs=$(FUZZ_RUNS) -rss_limit_mb=$(FUZZ_RSS_MB) -max_len=65536 -timeout=30 \
+	  -artifact_prefix=$(FUZZ_DIR)/artifacts/ -print_final_stats=1
 
 HOST ?= 127.0.0.1
 PORT ?= 3000
