@@ -9,7 +9,7 @@ and JPEG Baseline (8-bit, Pillow-encoded), this prints milliseconds per image fo
   codec frame header parse, decode, window/inversion to float32);
 - guards: the pre-decode part alone (``read_image`` on a copy whose pixel data cannot be
   decoded is not representative, so the guards are timed as ``read_image`` minus decode, by
-  timing :func:`cxr_triage.io.dicom._parse` + judgement + frame checks directly);
+  timing :func:`cxr_triage.io.dicom.read.check_dicom`, the steps before decoding, directly);
 
 and the ratio read_image / bare. Each figure is the best of ``--repeat`` rounds (the machine is
 shared: best-of is the stable statistic). Nothing here is a pass/fail assertion.
@@ -39,9 +39,10 @@ from pydicom.uid import (
     generate_uid,
 )
 
-from cxr_triage.io import dicom as reader_dicom
+from cxr_triage.io.dicom.read import check_dicom
 from cxr_triage.io.images import read_image
 from cxr_triage.io.records import ImageLimits
+from cxr_triage.io.sources import open_source
 
 DX = "1.2.840.10008.5.1.4.1.1.1.1"
 
@@ -88,16 +89,8 @@ def write(path: Path, pixels: np.ndarray, syntax: str) -> Path:
 
 def guards_only(path: Path, limits: ImageLimits) -> None:
     """Everything read_image does before handing the pixel data to the decoder."""
-    data = path.read_bytes()
-    parsed = reader_dicom._parse(data, limits)
-    ds = parsed.ds
-    reader_dicom._judge_subject(ds, limits, parsed.pixels_cut)
-    ts = reader_dicom._transfer_syntax(ds)
-    header = reader_dicom._judge_image(ds, limits, len(data))
-    if reader_dicom._check_decoder(ts):
-        reader_dicom._check_native(ds, header, False)
-    else:
-        reader_dicom._check_encapsulated(ds, header, ts, limits, len(data))
+    with open_source(path, limits) as (fp, size):
+        check_dicom(fp, size, limits)
 
 
 def best_ms(fn, paths: list[Path], repeat: int) -> float:  # noqa: ANN001
