@@ -336,5 +336,29 @@ def monitor(
         raise typer.Exit(EXIT_DRIFT)
 
 
+@app.command()
+@_user_errors
+def doctor(
+    lock: Annotated[
+        Path, typer.Option("--lock", help="The lock file the environment must match.")
+    ] = Path("requirements.lock"),
+) -> None:
+    """Check that scheduled runs will happen, and say what to do when they will not.
+
+    The installed packages match the lock file; a Prefect server answers at PREFECT_API_URL;
+    every scheduled deployment has upcoming runs made by the server's scheduler and a live
+    worker on its work pool (or its `--serve` process).
+
+    Exit codes: 0 healthy, 1 a problem (each printed with its fix).
+    """
+    from cxr_triage.orchestration.doctor import run_doctor
+
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request otherwise
+    report = run_doctor(lock)
+    typer.echo(report.text())
+    if not report.healthy:
+        raise typer.Exit(1)
+
+
 if __name__ == "__main__":  # `python -m cxr_triage.cli`, used by tests and subprocesses
     app()

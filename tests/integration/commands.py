@@ -10,8 +10,8 @@ from pathlib import Path
 import yaml
 
 REPO = Path(__file__).resolve().parents[2]
-# What a copy of the pipeline needs besides src/ (bentofile.yaml is a dep of `package`).
-PIPELINE_FILES = ("dvc.yaml", ".dvcignore", ".gitignore", "bentofile.yaml")
+# What a copy of the pipeline needs besides src/ (bentofile.yaml and the lock: deps of `package`).
+PIPELINE_FILES = ("dvc.yaml", ".dvcignore", ".gitignore", "bentofile.yaml", "requirements.lock")
 
 
 def run_command(

@@ -14,7 +14,17 @@ runner = CliRunner()
 
 @pytest.mark.parametrize(
     "command",
-    [[], ["synth"], ["ingest"], ["inspect"], ["predict"], ["register"], ["promote"], ["monitor"]],
+    [
+        [],
+        ["synth"],
+        ["ingest"],
+        ["inspect"],
+        ["predict"],
+        ["register"],
+        ["promote"],
+        ["monitor"],
+        ["doctor"],
+    ],
 )
 def test_cli_help_on_every_subcommand(command):
     result = runner.invoke(app, [*command, "--help"])

@@ -374,7 +374,7 @@ def test_read_dicom_lossless_compressed_equals_uncompressed(make_dicom, syntax) 
 def test_read_dicom_missing_decoder_plugins_names_packages(make_dicom, monkeypatch) -> None:
     path = make_dicom(transfer_syntax=RLELossless)
     missing = SimpleNamespace(is_available=False, is_native=False)
-    monkeypatch.setattr("cxr_triage.io.dicom.get_decoder", lambda uid: missing)
+    monkeypatch.setattr("cxr_triage.io.dicom.checks.get_decoder", lambda uid: missing)
     with pytest.raises(CodecUnavailableError) as info:
         read_dicom(path)
     assert info.value.reason == "codec_unavailable"

@@ -15,13 +15,27 @@ __all__ = ["DecodedImage", "Identifiers", "ImageLimits", "ImageMeta"]
 
 @dataclass(frozen=True)
 class ImageLimits:
-    """Guards applied before any pixel is decoded.
+    """Guards applied before any pixel is decoded (and before a deflated data set is inflated).
+
+    Every way an input can ask for memory is checked against these numbers first: the file size,
+    the DICOM header's Rows x Columns x NumberOfFrames, the frame header of the compressed
+    codestream (JPEG SOF, JPEG-LS SOF55, JPEG 2000 SIZ, the RLE segment lengths), the PNG IHDR
+    and JPEG SOF of raster files, and the inflated size of a deflated DICOM data set.
 
     Args:
-        max_pixels: largest accepted Rows x Columns; larger images are refused (a 4k x 4k
-            detector image has 17 M pixels, so the default leaves ample room).
+        max_pixels: largest accepted Rows x Columns x frames (DICOM header, codec frame header
+            or PNG/JPEG header); larger images are refused as ``image_too_large`` (a 4k x 4k
+            detector image has 17 M pixels, so the default of 40 M leaves ample room).
         bomb_ratio: an oversize image whose decoded size exceeds its file size by more than this
-            factor is reported as a decompression bomb rather than merely too large.
+            factor is reported as a ``decompression_bomb`` rather than merely too large.
+        max_file_bytes: largest file (or upload) read at all, in bytes; the default 256 MiB is
+            three times an uncompressed 40 M pixel 16-bit image.
+        max_inflated_bytes: largest size, in bytes, a deflated DICOM data set (Deflated Explicit
+            VR Little Endian) may inflate to; the inflation is streamed and stops at this bound
+            (default 256 MiB).
+        max_header_elements: most top-level elements a DICOM data set may have (a radiograph
+            has a few hundred; each element costs ~30 times its size in the file once parsed,
+            so a file of tiny elements is a memory bomb of its own); default 50,000.
         allowed_modalities: DICOM Modality values accepted as projection chest radiographs.
         allowed_body_parts: accepted BodyPartExamined values; an empty or absent value is accepted
             because many CR/DX devices never fill it.
@@ -29,6 +43,9 @@ class ImageLimits:
 
     max_pixels: int = 40_000_000
     bomb_ratio: float = 100.0
+    max_file_bytes: int = 256 * 2**20
+    max_inflated_bytes: int = 256 * 2**20
+    max_header_elements: int = 50_000
     allowed_modalities: tuple[str, ...] = ("CR", "DX")
     allowed_body_parts: tuple[str, ...] = ("CHEST", "THORAX", "LUNG", "CHEST_LAT", "CHESTPA")
 

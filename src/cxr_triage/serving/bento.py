@@ -3,8 +3,9 @@
 The Bento is built with the build context ``src/`` (the package lives there), pins the model it
 was built for (``CXR_TRIAGE_MODEL_TAG`` in the Bento's envs, so serving the Bento serves that
 model whatever is promoted later), and lists exact requirement pins. Offline builds need ``uv``
-installed and no lock step (``python.lock_packages: false``); see STACK.md §3. Before building,
-every requirement is pinned to the version installed here, so the Bento runs what was tested.
+installed and no lock step (``python.lock_packages: false``); see STACK.md §3. ``bentofile.yaml``
+lists package names; each gets its exact version from the project's lock file
+(``requirements.lock``, what ``make setup`` installs), so the Bento runs what was tested.
 
 Run ``python -m cxr_triage.serving.bento [MODEL_TAG]`` (default: the tag the service would load),
 or let the ``package`` stage do it (``package.build_bento``).
@@ -13,20 +14,22 @@ or let the ``package`` stage do it (``package.build_bento``).
 from __future__ import annotations
 
 import contextlib
-import importlib.metadata
 import logging
 import os
+import re
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import yaml
+from packaging.utils import canonicalize_name
 
 from cxr_triage.errors import ConfigError
 from cxr_triage.inference.registry import MODEL_TAG_ENV
+from cxr_triage.lockfile import LOCKFILE, read_lock
 
-__all__ = ["BENTOFILE", "BUILD_CONTEXT", "build_bento", "pin_installed", "main"]
+__all__ = ["BENTOFILE", "BUILD_CONTEXT", "build_bento", "main", "pins_from_lock"]
 
 log = logging.getLogger(__name__)
 
@@ -34,44 +37,36 @@ BENTOFILE = Path("bentofile.yaml")
 BUILD_CONTEXT = Path("src")
 
 
-def _canonical(name: str) -> str:
-    return name.lower().replace("_", "-")
+def pins_from_lock(names: Sequence[str], lockfile: str | os.PathLike[str] = LOCKFILE) -> list[str]:
+    """Pin every package name to its version in the lock file: ``numpy`` -> ``numpy==2.4.6``.
 
+    Args:
+        names: ``bentofile.yaml``'s ``python.packages``: plain names, no versions.
+        lockfile: the project's lock file.
 
-def pin_installed(requirements: Sequence[str]) -> list[str]:
-    """Pin every requirement to the version installed here, so the Bento runs what was tested.
-
-    ``bentofile.yaml`` lists names (``numpy``) or exact pins (``torch==2.13.0``); a name gets
-    the installed version, a pin must equal it.
+    Returns:
+        ``name==version`` for each name, in order (``torch==2.13.0+cpu``: the local label names
+        the CPU build, which the Bento's extra index serves).
 
     Raises:
-        ConfigError: naming every requirement that is not installed, not a plain name or exact
-            pin, or pinned to another version than the installed one.
+        ConfigError: naming every entry that carries a version or is not in the lock file.
     """
-    pinned_list, problems = [], []
-    for requirement in requirements:
-        name, sep, pinned = (part.strip() for part in requirement.partition("=="))
-        if any(c in name + pinned for c in "<>=!~,;[ "):
-            problems.append(f"{requirement!r} is neither a name nor an exact pin (name==version)")
-            continue
-        try:
-            installed = importlib.metadata.version(_canonical(name))
-        except importlib.metadata.PackageNotFoundError:
-            problems.append(f"{requirement!r}: {name} is not installed here")
-            continue
-        # Local build tags (torch 2.13.0+cpu) come from the index, not the version.
-        installed = installed.split("+")[0]
-        if sep and installed != pinned:
-            problems.append(f"{requirement!r}: {installed} is installed")
-            continue
-        pinned_list.append(f"{name}=={installed}")
+    lock = read_lock(lockfile)
+    pinned, problems = [], []
+    for name in names:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
+            problems.append(f"{name!r} is not a plain package name (the lock sets versions)")
+        elif canonicalize_name(name) not in lock:
+            problems.append(f"{name!r} is not in {lockfile}")
+        else:
+            pinned.append(f"{name}=={lock[canonicalize_name(name)]}")
     if problems:
         raise ConfigError(
-            "bentofile.yaml python.packages must name installed packages: "
+            "bentofile.yaml python.packages must name packages of the lock file: "
             + "; ".join(problems)
-            + "; fix the list (or the environment) and build again"
+            + "; fix the list, or add the package to pyproject.toml and run `make lock`"
         )
-    return pinned_list
+    return pinned
 
 
 @contextlib.contextmanager
@@ -92,11 +87,13 @@ def build_bento(
     *,
     bentofile: str | os.PathLike[str] = BENTOFILE,
     build_ctx: str | os.PathLike[str] = BUILD_CONTEXT,
+    lockfile: str | os.PathLike[str] = LOCKFILE,
 ) -> str:
     """Build the Bento serving ``model_tag`` (which must be in the model store); return its tag.
 
     Raises:
-        ConfigError: bentofile.yaml is missing or its pins differ from the installed versions.
+        ConfigError: bentofile.yaml or the lock file is missing, or a package bentofile.yaml
+            lists is not in the lock file.
     """
     import bentoml
     from bentoml._internal.bento.build_config import BentoEnvSchema
@@ -108,7 +105,7 @@ def build_bento(
         )
     options: dict[str, Any] = yaml.safe_load(bentofile.read_text()) or {}
     python = dict(options.get("python") or {})
-    python["packages"] = pin_installed(python.get("packages", []))
+    python["packages"] = pins_from_lock(python.get("packages", []), lockfile)
     envs = [e for e in options.get("envs", []) if e.get("name") != MODEL_TAG_ENV]
     envs.append({"name": MODEL_TAG_ENV, "value": model_tag})
     labels = {**options.get("labels", {}), "model_version": model_tag.partition(":")[2]}
