@@ -83,10 +83,7 @@ def ingestion_flow(
         logger.info("no new data in %s: nothing to ingest", incoming)
         return {"skipped": True, "accepted": [], "rejected": [], "incoming_dir": str(incoming)}
     params = load_params(repo / "params.yaml")
-    limits = ImageLimits(
-        max_pixels=params.ingest.max_pixels,
-        allowed_modalities=tuple(params.ingest.allowed_modalities),
-    )
+    limits = ImageLimits.from_params(params.ingest)
     result = add_batch(str(incoming), str(repo / raw_dir), limits, synthetic)
     result["skipped"] = False
     if result["accepted"]:

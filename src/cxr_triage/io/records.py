@@ -60,7 +60,12 @@ class ImageLimits:
     def from_params(cls, ingest: IngestParams) -> ImageLimits:
         """The guards ``params.yaml`` ``ingest`` configures (the one place they are read)."""
         return cls(
-            max_pixels=ingest.max_pixels, allowed_modalities=tuple(ingest.allowed_modalities)
+            max_pixels=ingest.max_pixels,
+            bomb_ratio=ingest.bomb_ratio,
+            max_file_bytes=int(ingest.max_file_mb * 2**20),
+            max_inflated_bytes=int(ingest.max_inflated_mb * 2**20),
+            max_header_elements=ingest.max_header_elements,
+            allowed_modalities=tuple(ingest.allowed_modalities),
         )
 
     def to_dict(self) -> dict[str, object]:

@@ -4,17 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cxr_triage.config import IngestParams, Params
+from cxr_triage.config import Params
 from cxr_triage.data.ingest import IngestSummary, ingest_source
 from cxr_triage.io.records import ImageLimits
 from cxr_triage.stages._entry import run_stage
-
-
-def limits_from(params: IngestParams) -> ImageLimits:
-    return ImageLimits(
-        max_pixels=params.max_pixels,
-        allowed_modalities=tuple(m.upper() for m in params.allowed_modalities),
-    )
 
 
 def run(params: Params) -> IngestSummary:
@@ -27,7 +20,7 @@ def run(params: Params) -> IngestSummary:
         labels_csv=p.labels_csv,
         site=p.site,
         image_size=p.image_size,
-        limits=limits_from(p),
+        limits=ImageLimits.from_params(p),
         workers=p.workers,
     )
 
