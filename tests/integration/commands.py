@@ -11,7 +11,15 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 # What a copy of the pipeline needs besides src/ (bentofile.yaml and the lock: deps of `package`).
-PIPELINE_FILES = ("dvc.yaml", ".dvcignore", ".gitignore", "bentofile.yaml", "requirements.lock")
+PIPELINE_FILES = (
+    "dvc.yaml",
+    ".dvcignore",
+    ".gitignore",
+    "bentofile.yaml",
+    "requirements.lock",
+    "models/weights/README.md",
+    "models/weights/.gitignore",
+)
 
 
 def run_command(
@@ -38,6 +46,7 @@ def init_pipeline_repo(repo: Path, params: dict) -> Path:
     """This repository's pipeline (dvc.yaml, sources) with ``params`` in a new Git + DVC repo."""
     shutil.copytree(REPO / "src", repo / "src", ignore=shutil.ignore_patterns("__pycache__"))
     for name in PIPELINE_FILES:
+        (repo / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(REPO / name, repo / name)
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     run_command(["git", "init", "-q"], repo)

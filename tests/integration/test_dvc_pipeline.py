@@ -10,7 +10,7 @@ import pytest
 import yaml
 from commands import init_pipeline_repo, run_command
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]  # whole pipelines: minutes each
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -67,3 +67,24 @@ def test_dvc_repro_after_param_change_reruns_only_downstream(pipeline_repo):
     assert "Running stage 'evaluate'" in out  # everything downstream of split re-runs
     assert "Running stage 'package'" in out
     assert "split.val_frac" in _run(["dvc", "params", "diff"], pipeline_repo)
+
+
+def test_replacing_a_weights_file_reruns_the_backbone_and_a_commit_keeps_the_model_tag(
+    pipeline_repo,
+):
+    """Item 8 of the consolidation: weights are a dependency; the tag is the model's content."""
+    _run(["dvc", "repro"], pipeline_repo)
+    tag = json.loads((pipeline_repo / "models/package/package.json").read_text())["model_tag"]
+    (pipeline_repo / "models/weights/chexnet.pth").write_bytes(b"any bytes: a new file")
+    status = _run(["dvc", "status", "backbone"], pipeline_repo)
+    assert "models/weights" in status and "changed deps" in status
+
+    (pipeline_repo / "models/weights/chexnet.pth").unlink()
+    _run(["git", "commit", "-q", "--allow-empty", "-m", "a commit that changes no code"],
+         pipeline_repo)  # fmt: skip
+    _run(["dvc", "repro", "--force", "--single-item", "package"], pipeline_repo)
+    info = json.loads((pipeline_repo / "models/package/package.json").read_text())
+    assert info["versions"]["code"].startswith(
+        _run(["git", "rev-parse", "HEAD"], pipeline_repo, include_stderr=False).strip()
+    )
+    assert info["model_tag"] == tag

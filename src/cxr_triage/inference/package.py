@@ -9,6 +9,7 @@ other consumer of the :class:`~cxr_triage.inference.predictor.Predictor`.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import shutil
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ from cxr_triage.inference.layout import (
     NETWORK_FILE,
     PACKAGE_FILE,
     PROJECTION_FILE,
+    PROVENANCE_KEYS,
 )
 from cxr_triage.inference.predictor import embed_with_network
 from cxr_triage.io.records import ImageLimits
@@ -109,14 +111,23 @@ def fit_projection(embeddings: np.ndarray, n_components: int) -> dict[str, np.nd
     return {"mean": mean.astype(np.float32), "components": axes.astype(np.float32)}
 
 
-def content_version(directory: Path, exclude: tuple[str, ...] = ()) -> str:
-    """A short hash of every file in ``directory`` (names and bytes), for the model tag."""
+def content_version(directory: Path) -> str:
+    """A short hash of what a package computes, for the model tag (16 hex characters).
+
+    Every file's name and bytes count, except ``package.json``'s provenance keys
+    (:data:`~cxr_triage.inference.layout.PROVENANCE_KEYS`: the tag itself, and the code, data
+    and params versions it was built from): re-packaging the same weights, classifier,
+    calibrator, threshold and reference after a commit gives the same tag.
+    """
     digest = hashlib.sha256()
     for path in sorted(p for p in Path(directory).rglob("*") if p.is_file()):
         rel = path.relative_to(directory).as_posix()
-        if rel in exclude:
-            continue
         digest.update(rel.encode() + b"\0")
+        if rel == PACKAGE_FILE:
+            info = json.loads(path.read_text(encoding="utf-8"))
+            kept = {k: v for k, v in info.items() if k not in PROVENANCE_KEYS}
+            digest.update(json.dumps(kept, sort_keys=True).encode())
+            continue
         with path.open("rb") as f:
             for block in iter(lambda: f.read(1 << 20), b""):
                 digest.update(block)
@@ -167,10 +178,7 @@ def assemble_package(
         "operating_point": operating,
         "calibrator": winner["calibrator"],
         "winner_reason": winner.get("reason", ""),
-        "limits": {
-            "max_pixels": limits.max_pixels,
-            "allowed_modalities": list(limits.allowed_modalities),
-        },
+        "limits": limits.to_dict(),
         **(extra or {}),
     }
     # The network's embeddings of train images fix the summary axes (never val/test).
@@ -212,10 +220,8 @@ def package_from_params(
 
 
 def finalise_package(out: Path) -> str:
-    """Stamp ``package.json`` with the model tag (content hash of everything else); return it."""
+    """Stamp ``package.json`` with the model tag (:func:`content_version`); return the tag."""
     info = read_json(Path(out) / PACKAGE_FILE)
-    info.pop("model_tag", None)
-    write_json_atomically(Path(out) / PACKAGE_FILE, info)
     tag = f"{MODEL_NAME}:{content_version(out)}"
     info["model_tag"] = tag
     write_json_atomically(Path(out) / PACKAGE_FILE, info)

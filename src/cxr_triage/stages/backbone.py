@@ -9,6 +9,7 @@ with a genuinely pretrained encoder. Test images are never read here.
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 from dataclasses import replace
 from pathlib import Path
@@ -27,6 +28,36 @@ from cxr_triage.vocabulary import FINDING_COLUMNS
 log = logging.getLogger(__name__)
 
 
+def weights_file(name: str | None, weights_dir: Path) -> Path | None:
+    """The weights file ``backbone.weights`` names, inside ``paths.weights_dir`` (None: pretrain).
+
+    The folder is a dependency of the ``backbone`` stage in ``dvc.yaml``, so replacing a weights
+    file (even under the same name) re-runs the stage; a file outside it would go unnoticed.
+
+    Raises:
+        ConfigError: the name points outside the folder, or the file does not exist.
+    """
+    if not name:
+        return None
+    path = Path(name)
+    if not path.is_absolute() and len(path.parts) == 1:
+        path = weights_dir / path
+    inside = os.path.normpath(path.absolute()).startswith(
+        os.path.normpath(weights_dir.absolute()) + os.sep
+    )
+    if not inside:
+        raise ConfigError(
+            f"backbone.weights: {name} is outside {weights_dir}/, which DVC tracks as a "
+            f"dependency of the backbone stage; copy (or link) it there, e.g. `cp {name} "
+            f"{weights_dir}/`, and set backbone.weights to its file name"
+        )
+    if not path.is_file():
+        raise ConfigError(
+            f"backbone.weights: {path} not found; put the weights file in {weights_dir}/"
+        )
+    return path
+
+
 def run(params: Params) -> dict[str, object]:
     """Write ``paths.backbone_dir/{backbone.safetensors|backbone.onnx, backbone.json}``."""
     import torch
@@ -39,27 +70,26 @@ def run(params: Params) -> dict[str, object]:
     for old in out.iterdir():
         old.unlink() if old.is_file() else shutil.rmtree(old)
     image_size = params.ingest.image_size
-    if p.weights and Path(p.weights).suffix.lower() == ".onnx":
-        if not Path(p.weights).is_file():
-            raise ConfigError(f"backbone.weights: {p.weights} not found")
-        shutil.copyfile(p.weights, out / "backbone.onnx")
+    weights = weights_file(p.weights, Path(params.paths.weights_dir))
+    if weights is not None and weights.suffix.lower() == ".onnx":
+        shutil.copyfile(weights, out / "backbone.onnx")
         info = {
             "format": "onnx",
             "arch": "onnx",
-            "source": Path(p.weights).name,
+            "source": weights.name,
             "image_size": image_size,
         }
         write_json_atomically(out / "backbone.json", info)
         return info
     torch.manual_seed(params.seed)  # initial weights are part of a reproducible run
     backbone = build_backbone(p.arch)
-    if p.weights:
+    if weights is not None:
         from cxr_triage.models.weights import load_backbone_weights
 
-        report = load_backbone_weights(backbone, p.weights)
+        report = load_backbone_weights(backbone, weights)
         info = {
             "arch": p.arch,
-            "source": Path(p.weights).name,
+            "source": weights.name,
             "n_tensors": report.n_tensors,
             "reduced_first_conv": report.reduced_first_conv,
         }
