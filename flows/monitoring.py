@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -21,65 +20,36 @@ from prefect.cache_policies import NO_CACHE
 from prefect.events import emit_event
 
 from cxr_triage.config import load_params
+from cxr_triage.monitoring import DriftSummary, ImageFolder, LogWindow, check_drift
+from cxr_triage.monitoring.summary import INSUFFICIENT_DATA
 from cxr_triage.orchestration.events import drift_event
-from cxr_triage.state import state_layout
 
-__all__ = ["RETRAINING_DEPLOYMENT", "monitoring_flow", "trigger_retraining"]
+__all__ = ["RETRAINING_DEPLOYMENT", "drift_check", "monitoring_flow", "trigger_retraining"]
 
 RETRAINING_DEPLOYMENT = "cxr-retraining/weekly"
 
 
-def _package_dir(params: Any, repo: Path, package_dir: str | None) -> Path:
-    """The package whose reference is compared: given, else the serving one, else the built one."""
-    if package_dir:
-        return Path(package_dir)
-    from cxr_triage.inference.registry import serving_tag, stored_package_dir
-
-    tag = serving_tag()
-    return stored_package_dir(tag) if tag else repo / params.paths.package_dir
-
-
-@task(name="drift-report", cache_policy=NO_CACHE)
-def drift_report(
+@task(name="drift-check", cache_policy=NO_CACHE)
+def drift_check(
     repo_dir: str,
-    package_dir: str | None,
     folder: str | None,
     site: str | None,
     window_hours: float | None,
-) -> dict[str, Any] | None:
-    """Build the current data and run the Evidently report; None when there is nothing to check."""
-    from cxr_triage.monitoring.drift import current_from_images, current_from_log, run_monitoring
-
+    package_dir: str | None,
+    model_tag: str | None,
+) -> DriftSummary:
+    """The drift check on a folder, or on the last window of the prediction log."""
     logger = get_run_logger()
-    repo = Path(repo_dir)
-    params = load_params(repo / "params.yaml")
-    package = _package_dir(params, repo, package_dir)
-    if folder:
-        current, rejects = current_from_images(package, Path(folder), site=site)
-        for path, reason in rejects:
-            logger.warning("not monitored: %s (%s)", path, reason)
-    else:
-        hours = window_hours or params.schedule.monitoring_window_hours
-        since = datetime.now(UTC) - timedelta(hours=hours)
-        current = current_from_log(state_layout().prediction_log, since=since)
-    if len(current) == 0:
-        logger.info("no current data (empty window or folder): no drift check")
-        return None
-    result = run_monitoring(
-        params,
-        current=current,
-        package_dir=package,
-        site=site,
+    params = load_params(Path(repo_dir) / "params.yaml")
+    source = (
+        ImageFolder(Path(folder))
+        if folder
+        else LogWindow.past_hours(window_hours or params.schedule.monitoring_window_hours)
     )
-    summary = dict(result.summary)
-    summary.setdefault("html_path", str(result.html_path))
-    summary.setdefault("json_path", str(result.json_path))
-    return {
-        "drift": bool(result.drift),
-        "status": result.status,
-        "one_line": result.one_line(),
-        "summary": summary,
-    }
+    summary = check_drift(params, source, package=package_dir, model_tag=model_tag, site=site)
+    for entry in summary.source.get("unreadable", []):
+        logger.warning("not monitored: %s (%s)", entry["file"], entry["reason"])
+    return summary
 
 
 @task(name="trigger-retraining", cache_policy=NO_CACHE)
@@ -111,6 +81,7 @@ def monitoring_flow(
     site: str | None = None,
     window_hours: float | None = None,
     package_dir: str | None = None,
+    model_tag: str | None = None,
     retraining_deployment: str = RETRAINING_DEPLOYMENT,
 ) -> dict[str, Any]:
     """Check drift once; alert (event) and optionally retrain on drift.
@@ -120,27 +91,33 @@ def monitoring_flow(
         folder: monitor this folder of images instead of the prediction log.
         site: restrict to (and name the alert after) this site.
         window_hours: prediction-log window (default ``schedule.monitoring_window_hours``).
-        package_dir: package whose reference is used (default: the serving package).
+        package_dir: package whose reference is used; with ``model_tag``, chosen as by
+            ``cxr-triage monitor`` (default: the serving model).
+        model_tag: a model tag in the BentoML store.
         retraining_deployment: started on drift when ``monitor.retrain_on_drift`` is true.
 
     Returns:
-        ``drift``, ``one_line``, ``summary`` (with report paths), ``event`` (emitted or None)
-        and ``retraining_run`` (flow run id or None); ``skipped`` when there was no data.
+        ``drift``, ``status``, ``one_line``, ``summary`` (``summary.json`` as written),
+        ``event`` (emitted or None) and ``retraining_run`` (flow run id or None).
     """
     logger = get_run_logger()
     repo = Path(repo_dir).resolve()
-    params = load_params(repo / "params.yaml")
-    report = drift_report(str(repo), package_dir, folder, site, window_hours)
-    if report is None:
-        return {"skipped": True, "drift": False, "event": None, "retraining_run": None}
+    summary = drift_check(str(repo), folder, site, window_hours, package_dir, model_tag)
+    report: dict[str, Any] = {
+        "drift": summary.drift,
+        "status": summary.status,
+        "one_line": summary.one_line(),
+        "summary": summary.to_json(),
+        "event": None,
+        "retraining_run": None,
+    }
     create_markdown_artifact(
         key="cxr-drift-report",
         markdown=f"## Drift check\n\n{report['one_line']}\n\n```json\n"
-        f"{json.dumps(report['summary'], indent=2, default=str)}\n```\n",
+        f"{json.dumps(report['summary'], indent=2)}\n```\n",
         description="Evidently drift check",
     )
-    report.update(event=None, retraining_run=None, skipped=False)
-    if report["status"] == "insufficient_data":
+    if summary.status == INSUFFICIENT_DATA:
         # Too few images to decide: neither an all-clear nor an alert (say so loudly).
         logger.warning("no verdict: %s", report["one_line"])
         return report
@@ -148,9 +125,9 @@ def monitoring_flow(
         logger.info("no drift: %s", report["one_line"])
         return report
     logger.warning("drift: %s", report["one_line"])
-    event = emit_event(**drift_event(report["summary"], report["one_line"], site))
+    event = emit_event(**drift_event(report["summary"], report["one_line"]))
     report["event"] = str(event.id) if event else None
-    if getattr(params.monitor, "retrain_on_drift", False):
+    if summary.retrain_on_drift:
         report["retraining_run"] = trigger_retraining(
             retraining_deployment, f"drift: {report['one_line']}"
         )

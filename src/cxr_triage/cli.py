@@ -244,6 +244,7 @@ def promote(
 
 
 EXIT_DRIFT = 3  # `cxr-triage monitor`: drift detected
+_MAX_LISTED = 20  # unreadable files listed on stderr (all of them are in summary.json)
 
 
 @app.command()
@@ -265,7 +266,14 @@ def monitor(
         typer.Option("--images", help="Score this image folder (recursed) instead of the log."),
     ] = None,
     package: Annotated[
-        Path | None, typer.Option(help="Model package folder. Default: paths.package_dir.")
+        Path | None,
+        typer.Option(
+            help="A model package folder (e.g. models/package). Default: the serving "
+            "model in the BentoML store (the monitoring flow's default too)."
+        ),
+    ] = None,
+    model_tag: Annotated[
+        str | None, typer.Option(help="A model tag in the BentoML store, e.g. cxr-triage:abc123.")
     ] = None,
     site: Annotated[
         str | None,
@@ -289,50 +297,39 @@ def monitor(
 
     Writes report.html and summary.json under <monitor_dir>/runs/ and adds
     the run to the Evidently workspace <monitor_dir>/workspace, which
-    `evidently ui --workspace reports/monitor/workspace` shows.
+    `evidently ui --workspace <monitor_dir>/workspace` shows.
 
     Exit codes: 0 no drift or insufficient data, 3 drift detected, 1 error.
     """
     from cxr_triage.config import load_params
-    from cxr_triage.monitoring.drift import (
-        current_from_images,
-        current_from_log,
-        run_monitoring,
-    )
-    from cxr_triage.state import state_layout
+    from cxr_triage.monitoring import ImageFolder, LogWindow, check_drift
 
-    params = load_params(params_file)
-    package_dir = package or Path(params.paths.package_dir)
-    source: dict[str, object]
-    if images is not None:
-        if log_path is not None or since or until or last is not None:
-            raise CxrError("give --images or --log/--since/--until/--last, not both")
-        current, unreadable = current_from_images(package_dir, images, site=site)
-        source = {
-            "kind": "images",
-            "folder": str(images),
-            "n_unreadable": len(unreadable),
-            "unreadable": [{"file": f, "reason": r} for f, r in unreadable],
-        }
-        for file, reason in unreadable[:20]:
-            typer.echo(f"unreadable: {file}: {reason}", err=True)
-        if len(unreadable) > 20:
-            typer.echo(f"... and {len(unreadable) - 20} more (see summary.json)", err=True)
-    else:
-        path = log_path or state_layout().prediction_log
-        current = current_from_log(path, since=since, until=until, last=last)
-        source = {"kind": "log", "log": str(path), "since": since, "until": until, "last": last}
-    result = run_monitoring(
-        params, current=current, package_dir=package_dir, site=site, out_dir=out, source=source
+    if images is not None and (log_path is not None or since or until or last is not None):
+        raise CxrError("give --images or --log/--since/--until/--last, not both")
+    source = (
+        ImageFolder(images)
+        if images is not None
+        else LogWindow(log_path, since=since, until=until, last=last)
     )
+    summary = check_drift(
+        load_params(params_file),
+        source,
+        package=package,
+        model_tag=model_tag,
+        site=site,
+        out_dir=out,
+    )
+    unreadable = summary.source.get("unreadable", [])
+    for entry in unreadable[:_MAX_LISTED]:
+        typer.echo(f"unreadable: {entry['file']}: {entry['reason']}", err=True)
+    if len(unreadable) > _MAX_LISTED:
+        typer.echo(f"... and {len(unreadable) - _MAX_LISTED} more (see summary.json)", err=True)
     if as_json:
-        typer.echo(json.dumps(result.summary, indent=2))
+        typer.echo(json.dumps(summary.to_json(), indent=2))
     else:
-        unreadable_note = (
-            f" ({source['n_unreadable']} unreadable files)" if source.get("n_unreadable") else ""
-        )
-        typer.echo(result.one_line() + unreadable_note)
-    if result.drift:
+        note = f" ({len(unreadable)} unreadable files)" if unreadable else ""
+        typer.echo(summary.one_line() + note)
+    if summary.drift:
         raise typer.Exit(EXIT_DRIFT)
 
 

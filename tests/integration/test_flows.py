@@ -367,10 +367,9 @@ def test_gate_promotes_better_and_refuses_worse_with_notifications(
 @pytest.fixture(scope="module")
 def monitored_package(tiny_pipeline, tmp_path_factory) -> Path:
     """The tiny package plus 120 scored hospital_a reference rows (its own ~22 are too few)."""
-    pytest.importorskip("cxr_triage.monitoring.drift", reason="monitoring/drift.py not landed")
     from cxr_triage.inference.layout import REFERENCE_FILE
     from cxr_triage.inference.predictor import Predictor
-    from cxr_triage.monitoring.drift import load_reference
+    from cxr_triage.monitoring import load_reference
 
     root = tmp_path_factory.mktemp("monitored")
     package_dir = root / "package"
@@ -416,6 +415,48 @@ def test_monitoring_alerts_on_a_shifted_site_only(
     assert "report.html" in message["text"] and "DRIFT" in message["text"]
     time.sleep(2)
     assert receiver.count("cxr.monitor.hospital_a") == 0
+
+
+def test_cli_and_flow_check_the_same_package_and_keep_the_whole_summary(
+    prefect_server, tiny_pipeline, monitored_package, tmp_path, monkeypatch
+):
+    """Bug (issue 9): `cxr-triage monitor` defaulted to `paths.package_dir`, the flow to the
+    serving model; the flow dropped the unreadable files from its summary and patched keys in."""
+    from flows.monitoring import monitoring_flow
+    from typer.testing import CliRunner
+
+    from cxr_triage.cli import app
+    from cxr_triage.state import STATE_DIR_ENV
+
+    monkeypatch.setenv(STATE_DIR_ENV, str(tmp_path / "state"))  # its own serving record
+    serving = registry.register_package(tiny_pipeline.package_dir)
+    registry.promote(serving, reason="test: the serving model")
+    params = yaml.safe_load(yaml.safe_dump(dataclasses.asdict(tiny_pipeline.params)))
+    params["paths"]["package_dir"] = str(monitored_package)  # a workspace package, not serving
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    generate_dataset(tmp_path / "incoming", n=8, site="hospital_a", seed=104)
+    images = tmp_path / "incoming" / "images"
+    (images / "broken.dcm").write_bytes(b"\x00" * 400)
+
+    cli = CliRunner().invoke(
+        app,
+        ["monitor", "--images", str(images), "--site", "hospital_a", "--json",
+         "--params", str(tmp_path / "params.yaml")],
+    )  # fmt: skip
+    assert cli.exit_code == 0, cli.output
+    by_cli = json.loads(cli.stdout)
+    by_flow = monitoring_flow(repo_dir=str(tmp_path), folder=str(images), site="hospital_a")[
+        "summary"
+    ]
+
+    serving_dir = str(registry.stored_package_dir(serving))
+    assert by_cli["package_dir"] == by_flow["package_dir"] == serving_dir
+    assert by_cli["model_tag"] == by_flow["model_tag"] == serving
+    unreadable = by_flow["source"]["unreadable"]
+    assert [Path(u["file"]).name for u in unreadable] == ["broken.dcm"]
+    assert unreadable == by_cli["source"]["unreadable"]
+    # The flow returns the summary exactly as written, nothing patched in after the fact.
+    assert json.loads(Path(by_flow["reports"]["json"]).read_text()) == by_flow
 
 
 # -- deployments -----------------------------------------------------------------------------

@@ -31,7 +31,7 @@ from cxr_triage.data.synth import generate_dataset
 from cxr_triage.inference.layout import REFERENCE_FILE
 from cxr_triage.inference.predictor import Predictor
 from cxr_triage.inference.predlog import PredictionLog
-from cxr_triage.monitoring.drift import current_from_images, load_reference, run_monitoring
+from cxr_triage.monitoring import CurrentData, check_drift, current_from_images, load_reference
 from cxr_triage.state import state_layout
 from pipeline_fixture import tiny_params_data
 
@@ -100,11 +100,14 @@ def test_monitor_same_site_batch_is_no_drift(monitor_env):
     )
     assert unreadable == [] and len(current) == 40
 
-    result = run_monitoring(
-        monitor_env.params, current=current, out_dir=monitor_env.root / "same_site_run"
+    result = check_drift(
+        monitor_env.params,
+        CurrentData(current),
+        package=monitor_env.package_dir,
+        out_dir=monitor_env.root / "same_site_run",
     )
 
-    s = result.summary
+    s = result.to_json()
     assert result.status == "no_drift" and result.drift is False, result.one_line()
     assert s["scope"] == "site hospital_a"  # compared with hospital_a's rows only
     assert s["n_reference"] >= 120 and s["n_current"] == 40
@@ -132,6 +135,8 @@ def test_monitor_cli_new_hospital_images_is_drift_with_evidence(monitor_env, tmp
             "new_hospital",
             "--params",
             str(monitor_env.params_file),
+            "--package",
+            str(monitor_env.package_dir),
             "--json",
         ],
     )
@@ -188,6 +193,7 @@ def test_monitor_cli_log_window_no_drift_then_insufficient_data(monitor_env, tmp
     predictions.append(rows)
     predictions.close()
     base = ["monitor", "--log", str(log_path), "--params", str(monitor_env.params_file)]
+    base += ["--package", str(monitor_env.package_dir)]
 
     result = runner.invoke(app, [*base, "--json", "--since", "2000-01-01"])
 
@@ -205,7 +211,7 @@ def test_monitor_cli_log_window_no_drift_then_insufficient_data(monitor_env, tmp
     result = runner.invoke(app, [*base, "--last", "5", "--json"])
     insufficient = json.loads(result.stdout)
     assert insufficient["status"] == "insufficient_data" and insufficient["drift"] is False
-    assert set(insufficient) - {"reason"} == set(summary)  # one schema for the flow to read
+    assert set(insufficient) == set(summary)  # one schema for the flow to read
 
 
 def _free_port() -> int:
@@ -222,10 +228,13 @@ def _get_json(url: str) -> object:
 @pytest.mark.slow
 def test_monitor_run_is_served_by_evidently_ui(monitor_env):
     current, _ = current_from_images(monitor_env.package_dir, monitor_env.new_site)
-    result = run_monitoring(
-        monitor_env.params, current=current, out_dir=monitor_env.root / "ui_run"
+    result = check_drift(
+        monitor_env.params,
+        CurrentData(current),
+        package=monitor_env.package_dir,
+        out_dir=monitor_env.root / "ui_run",
     )
-    reports = result.summary["reports"]
+    reports = result.to_json()["reports"]
     port = _free_port()
     evidently = Path(sys.executable).with_name("evidently")
     server = subprocess.Popen(

@@ -16,14 +16,15 @@ from cxr_triage.cli import app
 from cxr_triage.config import MonitorParams, Params, load_params, parse_section
 from cxr_triage.errors import ConfigError, DataError
 from cxr_triage.inference.features import monitoring_columns
-from cxr_triage.inference.layout import REFERENCE_FILE
 from cxr_triage.inference.predlog import PredictionLog
-from cxr_triage.monitoring.drift import (
+from cxr_triage.monitoring import (
+    CurrentData,
+    DriftSummary,
+    check_drift,
     current_from_log,
     load_reference,
-    run_monitoring,
 )
-from pipeline_fixture import REPO, tiny_params_data
+from pipeline_fixture import REPO, stub_package, tiny_params_data
 
 runner = CliRunner()
 
@@ -56,14 +57,18 @@ def params(tmp_path) -> Params:
 
 @pytest.fixture
 def package_dir(tmp_path) -> Path:
-    """A folder with just a monitoring reference: 80 hospital_a and 10 hospital_b rows."""
-    folder = tmp_path / "package"
-    folder.mkdir()
+    """A package with just a monitoring reference: 80 hospital_a and 10 hospital_b rows."""
     reference = pd.concat(
         [feature_rows(80), feature_rows(10, site="hospital_b", seed=1)], ignore_index=True
     )
-    reference.to_parquet(folder / REFERENCE_FILE, index=False)
-    return folder
+    return stub_package(tmp_path / "package", reference)
+
+
+def run_monitoring(
+    params: Params, *, current: pd.DataFrame, package_dir: Path, **options: object
+) -> DriftSummary:
+    """The drift check on rows in hand."""
+    return check_drift(params, CurrentData(current), package=package_dir, **options)
 
 
 def test_monitor_section_of_params_yaml_parses():
@@ -102,7 +107,7 @@ def test_run_monitoring_too_small_window_is_insufficient_data(params, package_di
     )
 
     assert result.status == "insufficient_data" and result.drift is False
-    s = result.summary
+    s = result.to_json()
     assert s["n_current"] == 5 and s["scope"] == "site hospital_a" and s["n_reference"] == 80
     assert "5 current rows < monitor.min_current_rows (30)" in s["reason"]
     assert s["failed_tests"] == [] and s["embedding_drift"]["score"] is None  # same keys
@@ -119,8 +124,8 @@ def test_run_monitoring_empty_window_is_insufficient_data(params, package_dir, t
         params, current=pd.DataFrame(), package_dir=package_dir, out_dir=tmp_path / "m"
     )
 
-    assert result.status == "insufficient_data" and result.summary["n_current"] == 0
-    assert result.summary["site"] is None and result.summary["scope"] == "all"
+    assert result.status == "insufficient_data" and result.to_json()["n_current"] == 0
+    assert result.to_json()["site"] is None and result.to_json()["scope"] == "all"
 
 
 def test_run_monitoring_small_site_reference_falls_back_to_whole_reference(
@@ -133,7 +138,7 @@ def test_run_monitoring_small_site_reference_falls_back_to_whole_reference(
         out_dir=tmp_path / "m",
     )
 
-    s = result.summary
+    s = result.to_json()
     assert s["site"] == "hospital_b" and s["scope"] == "all" and s["n_reference"] == 90
     assert "only 10 reference rows < monitor.min_reference_rows (50)" in s["scope_reason"]
 
@@ -145,7 +150,8 @@ def test_run_monitoring_site_keeps_only_its_rows(params, package_dir, tmp_path):
         params, current=current, package_dir=package_dir, site="hospital_b", out_dir=tmp_path
     )
 
-    assert result.summary["n_current"] == 6 and result.summary["n_current_other_sites"] == 4
+    s = result.to_json()
+    assert s["n_current"] == 6 and s["n_current_other_sites"] == 4
 
 
 def test_run_monitoring_refuses_a_site_the_current_data_lacks(params, package_dir, tmp_path):
@@ -223,7 +229,7 @@ def test_cli_monitor_refuses_images_with_a_log_window(tmp_path):
     assert "give --images or --log/--since/--until/--last, not both" in result.stderr
 
 
-def test_cli_monitor_missing_log_exits_1_with_the_fix(tmp_path):
+def test_cli_monitor_missing_log_exits_1_with_the_fix(package_dir, tmp_path):
     result = runner.invoke(
         app,
         [
@@ -231,7 +237,7 @@ def test_cli_monitor_missing_log_exits_1_with_the_fix(tmp_path):
             "--log",
             str(tmp_path / "none.sqlite"),
             "--package",
-            str(tmp_path),
+            str(package_dir),
             "--params",
             str(REPO / "params.yaml"),
         ],

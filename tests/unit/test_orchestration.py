@@ -194,8 +194,13 @@ def test_schedule_and_promote_params_are_validated(section, values, match):
 
 
 def test_drift_event_names_the_site_and_carries_the_report():
-    summary = {"drift_share": 0.4, "n_current": 50, "html_path": "reports/monitor/x.html"}
-    event = drift_event(summary, "DRIFT hospital_x: 40% of columns", "hospital_x")
+    summary = {  # summary.json's own fields: the report paths are not patched in
+        "site": "hospital_x",
+        "drift_share": 0.4,
+        "n_current": 50,
+        "reports": {"html": "reports/monitor/x.html", "json": "reports/monitor/x.json"},
+    }
+    event = drift_event(summary, "DRIFT hospital_x: 40% of columns")
     assert event["event"] == DRIFT_EVENT
     assert event["resource"]["prefect.resource.id"] == "cxr.monitor.hospital_x"
     assert event["payload"]["report_html"] == "reports/monitor/x.html"

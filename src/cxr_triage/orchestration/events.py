@@ -25,22 +25,24 @@ RETRAINING_EVENT = "cxr.retraining.finished"
 MODEL_RESOURCE = "cxr.model.cxr-triage"
 
 
-def drift_event(summary: dict[str, Any], one_line: str, site: str | None) -> dict[str, Any]:
+def drift_event(summary: dict[str, Any], one_line: str) -> dict[str, Any]:
     """Arguments of ``prefect.events.emit_event`` for a drift finding.
 
     Args:
-        summary: the monitoring result's JSON-safe summary (drift share, report paths...).
-        one_line: the result's one-line description.
-        site: the monitored site (None: all sites).
+        summary: the drift check's ``summary.json`` (``DriftSummary.to_json()``): site, drift
+            share, report paths...
+        one_line: the check's one-line description.
     """
+    site = summary.get("site")
+    reports = summary.get("reports") or {}
     payload = {
         "summary": one_line,
         "drift_share": summary.get("drift_share"),
         "drifted_columns": summary.get("drifted_columns"),
         "n_current": summary.get("n_current"),
         "failed_tests": summary.get("failed_tests"),
-        "report_html": summary.get("html_path") or summary.get("report_html"),
-        "report_json": summary.get("json_path") or summary.get("report_json"),
+        "report_html": reports.get("html"),
+        "report_json": reports.get("json"),
     }
     return {
         "event": DRIFT_EVENT,
