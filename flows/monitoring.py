@@ -4,7 +4,8 @@ On drift it emits ``cxr.drift.detected`` (resource ``cxr.monitor.<site>``; paylo
 summary, drift share, report paths), which the drift automation turns into a webhook alert, and,
 when ``monitor.retrain_on_drift`` is true, starts the retraining deployment (fire-and-forget).
 
-    python -m flows.monitoring [--folder new_images/] [--site hospital_x] [--hours 24]
+    python -m flows.monitoring [--folder new_images/] [--site hospital_x]
+                               [--hours 24 | --since T] [--until T] [--last N]
 """
 
 from __future__ import annotations
@@ -24,9 +25,23 @@ from cxr_triage.monitoring import DriftSummary, ImageFolder, LogWindow, check_dr
 from cxr_triage.monitoring.summary import INSUFFICIENT_DATA
 from cxr_triage.orchestration.events import drift_event
 
-__all__ = ["RETRAINING_DEPLOYMENT", "drift_check", "monitoring_flow", "trigger_retraining"]
+__all__ = [
+    "RETRAINING_DEPLOYMENT",
+    "add_window_options",
+    "drift_check",
+    "monitoring_flow",
+    "trigger_retraining",
+]
 
 RETRAINING_DEPLOYMENT = "cxr-retraining/weekly"
+
+
+def add_window_options(parser: argparse.ArgumentParser) -> None:
+    """``--hours``, ``--since``, ``--until``, ``--last``: the window options of the CLI."""
+    parser.add_argument("--hours", type=float, default=None, help="the last H hours")
+    parser.add_argument("--since", default=None, help="window start, ISO 8601 (UTC)")
+    parser.add_argument("--until", default=None, help="window end (exclusive)")
+    parser.add_argument("--last", type=int, default=None, help="the most recent N predictions")
 
 
 @task(name="drift-check", cache_policy=NO_CACHE)
@@ -34,18 +49,23 @@ def drift_check(
     repo_dir: str,
     folder: str | None,
     site: str | None,
-    window_hours: float | None,
+    window: dict[str, Any],
     package_dir: str | None,
     model_tag: str | None,
 ) -> DriftSummary:
-    """The drift check on a folder, or on the last window of the prediction log."""
+    """The drift check on a folder, or on a window of the prediction log.
+
+    ``window``: ``since``, ``until``, ``last``, ``hours`` as ``cxr-triage monitor`` takes them;
+    none given: the last ``schedule.monitoring_window_hours``.
+    """
     logger = get_run_logger()
     params = load_params(Path(repo_dir) / "params.yaml")
-    source = (
-        ImageFolder(Path(folder))
-        if folder
-        else LogWindow.past_hours(window_hours or params.schedule.monitoring_window_hours)
-    )
+    if folder:
+        source: ImageFolder | LogWindow = ImageFolder(Path(folder))
+    elif any(v is not None for v in window.values()):
+        source = LogWindow.from_options(**window)
+    else:
+        source = LogWindow.from_options(hours=params.schedule.monitoring_window_hours)
     summary = check_drift(params, source, package=package_dir, model_tag=model_tag, site=site)
     for entry in summary.source.get("unreadable", []):
         logger.warning("not monitored: %s (%s)", entry["file"], entry["reason"])
@@ -80,6 +100,9 @@ def monitoring_flow(
     folder: str | None = None,
     site: str | None = None,
     window_hours: float | None = None,
+    since: str | None = None,
+    until: str | None = None,
+    last: int | None = None,
     package_dir: str | None = None,
     model_tag: str | None = None,
     retraining_deployment: str = RETRAINING_DEPLOYMENT,
@@ -90,7 +113,10 @@ def monitoring_flow(
         repo_dir: the repository root (params.yaml, prediction log and reports are below it).
         folder: monitor this folder of images instead of the prediction log.
         site: restrict to (and name the alert after) this site.
-        window_hours: prediction-log window (default ``schedule.monitoring_window_hours``).
+        window_hours, since, until, last: the prediction-log window, as ``cxr-triage
+            monitor --hours/--since/--until/--last`` (none given: the last
+            ``schedule.monitoring_window_hours``). A log that does not exist yet, or an empty
+            window, ends Completed with "insufficient data" and no alert.
         package_dir: package whose reference is used; with ``model_tag``, chosen as by
             ``cxr-triage monitor`` (default: the serving model).
         model_tag: a model tag in the BentoML store.
@@ -102,7 +128,8 @@ def monitoring_flow(
     """
     logger = get_run_logger()
     repo = Path(repo_dir).resolve()
-    summary = drift_check(str(repo), folder, site, window_hours, package_dir, model_tag)
+    window = {"since": since, "until": until, "last": last, "hours": window_hours}
+    summary = drift_check(str(repo), folder, site, window, package_dir, model_tag)
     report: dict[str, Any] = {
         "drift": summary.drift,
         "status": summary.status,
@@ -139,10 +166,16 @@ def main() -> None:  # pragma: no cover - CLI wrapper
     parser.add_argument("--repo-dir", default=".")
     parser.add_argument("--folder", default=None)
     parser.add_argument("--site", default=None)
-    parser.add_argument("--hours", type=float, default=None)
+    add_window_options(parser)
     args = parser.parse_args()
     result = monitoring_flow(
-        repo_dir=args.repo_dir, folder=args.folder, site=args.site, window_hours=args.hours
+        repo_dir=args.repo_dir,
+        folder=args.folder,
+        site=args.site,
+        window_hours=args.hours,
+        since=args.since,
+        until=args.until,
+        last=args.last,
     )
     print(json.dumps(result, indent=2, default=str))
 

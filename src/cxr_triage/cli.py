@@ -261,6 +261,9 @@ def monitor(
     last: Annotated[
         int | None, typer.Option(help="Only the most recent N predictions of the window.")
     ] = None,
+    hours: Annotated[
+        float | None, typer.Option(help="The last H hours of the log (instead of --since).")
+    ] = None,
     images: Annotated[
         Path | None,
         typer.Option("--images", help="Score this image folder (recursed) instead of the log."),
@@ -292,8 +295,9 @@ def monitor(
 ) -> None:
     """Check current data for drift against the model package's reference (Evidently).
 
-    Current data: a prediction log window (default) or an image folder (--images).
-    Unreadable images are counted and listed.
+    Current data: a prediction log window (default: the whole log) or an image folder
+    (--images). Unreadable images are counted and listed. A log that does not exist yet
+    is an empty window ("insufficient data", exit 0).
 
     Writes report.html and summary.json under <monitor_dir>/runs/ and adds
     the run to the Evidently workspace <monitor_dir>/workspace, which
@@ -304,12 +308,15 @@ def monitor(
     from cxr_triage.config import load_params
     from cxr_triage.monitoring import ImageFolder, LogWindow, check_drift
 
-    if images is not None and (log_path is not None or since or until or last is not None):
-        raise CxrError("give --images or --log/--since/--until/--last, not both")
+    window = {"since": since, "until": until, "last": last, "hours": hours}
+    if images is not None and (
+        log_path is not None or any(v is not None for v in window.values())
+    ):
+        raise CxrError("give --images or --log/--since/--until/--last/--hours, not both")
     source = (
         ImageFolder(images)
         if images is not None
-        else LogWindow(log_path, since=since, until=until, last=last)
+        else LogWindow.from_options(log=log_path, **window)
     )
     summary = check_drift(
         load_params(params_file),

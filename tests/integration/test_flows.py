@@ -459,6 +459,37 @@ def test_cli_and_flow_check_the_same_package_and_keep_the_whole_summary(
     assert json.loads(Path(by_flow["reports"]["json"]).read_text()) == by_flow
 
 
+def test_first_day_and_empty_window_end_completed_without_alert(
+    receiver, tiny_pipeline, monitored_package, tmp_path, monkeypatch
+):
+    """Issue 10: before the service has logged a prediction the daily run ended Failed."""
+    from flows.monitoring import monitoring_flow
+
+    from cxr_triage.inference.predlog import PredictionLog
+    from cxr_triage.state import STATE_DIR_ENV, state_layout
+
+    monkeypatch.setenv(STATE_DIR_ENV, str(tmp_path / "state"))  # a fresh install: no log
+    params = yaml.safe_load(yaml.safe_dump(dataclasses.asdict(tiny_pipeline.params)))
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    common = {"repo_dir": str(tmp_path), "package_dir": str(monitored_package), "site": "day_one"}
+
+    state = monitoring_flow(**common, return_state=True)
+
+    assert state.is_completed(), state.message
+    first_day = state.result()
+    assert first_day["status"] == "insufficient_data" and first_day["event"] is None
+    summary = first_day["summary"]
+    assert summary["source"]["log_exists"] is False and "no prediction log" in summary["reason"]
+    assert not state_layout().prediction_log.exists()  # monitoring never creates the log
+
+    PredictionLog(state_layout().prediction_log).close()  # the service started, no prediction
+    empty = monitoring_flow(**common, window_hours=1.0, last=100)
+    assert empty["status"] == "insufficient_data" and empty["summary"]["n_current"] == 0
+    assert empty["summary"]["source"]["last"] == 100 and empty["summary"]["source"]["since"]
+    time.sleep(2)
+    assert receiver.count("day_one") == 0  # neither a drift alert nor a failure alert
+
+
 # -- deployments -----------------------------------------------------------------------------
 
 
@@ -486,3 +517,23 @@ def test_deploy_registers_schedules_from_params(prefect_server):
         "daily": params.schedule.monitoring_cron,
         "weekly": params.schedule.retraining_cron,
     }
+
+
+def test_deploy_takes_the_monitoring_window_of_the_cli(prefect_server):
+    from flows.deploy import deploy_all, deployment_specs
+    from prefect.client.orchestration import get_client
+
+    from cxr_triage.config import load_params
+
+    params = load_params(REPO / "params.yaml")
+    window = {"hours": 12.0, "since": None, "until": None, "last": 500}
+    daily, weekly = deployment_specs(params, REPO, window)
+    assert daily.parameters == {"repo_dir": str(REPO), "window_hours": 12.0, "last": 500}
+    assert weekly.parameters == {"repo_dir": str(REPO)}
+    try:
+        deploy_all(REPO, window)
+        with get_client(sync_client=True) as client:
+            deployment = client.read_deployment_by_name(daily.full_name)
+        assert deployment.parameters == daily.parameters
+    finally:
+        deploy_all(REPO)  # as the other tests expect it

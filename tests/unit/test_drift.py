@@ -20,6 +20,7 @@ from cxr_triage.inference.predlog import PredictionLog
 from cxr_triage.monitoring import (
     CurrentData,
     DriftSummary,
+    LogWindow,
     check_drift,
     current_from_log,
     load_reference,
@@ -195,10 +196,14 @@ def test_current_from_log_reads_a_window(tmp_path):
     assert len(current_from_log(path, since=hour_ago)) == 3  # a flow passes datetimes
 
 
-def test_current_from_log_errors_say_what_to_do(tmp_path):
-    with pytest.raises(DataError, match="does not exist.*--images FOLDER"):
-        current_from_log(tmp_path / "missing.sqlite")
+def test_current_from_log_of_a_missing_log_is_empty_and_creates_nothing(tmp_path):
+    assert current_from_log(tmp_path / "missing.sqlite").empty  # the first day: no log yet
     assert not (tmp_path / "missing.sqlite").exists()  # reading never creates a log
+    with pytest.raises(ConfigError, match="ISO 8601"):  # the same refusals as with a log
+        current_from_log(tmp_path / "missing.sqlite", since="yesterday")
+
+
+def test_current_from_log_errors_say_what_to_do(tmp_path):
     PredictionLog(tmp_path / "log.sqlite").close()
     with pytest.raises(ConfigError, match="--last must be >= 1"):
         current_from_log(tmp_path / "log.sqlite", last=0)
@@ -226,24 +231,36 @@ def test_cli_monitor_refuses_images_with_a_log_window(tmp_path):
         ],
     )
     assert result.exit_code == 1
-    assert "give --images or --log/--since/--until/--last, not both" in result.stderr
+    assert "give --images or --log/--since/--until/--last/--hours, not both" in result.stderr
 
 
-def test_cli_monitor_missing_log_exits_1_with_the_fix(package_dir, tmp_path):
-    result = runner.invoke(
-        app,
-        [
-            "monitor",
-            "--log",
-            str(tmp_path / "none.sqlite"),
-            "--package",
-            str(package_dir),
-            "--params",
-            str(REPO / "params.yaml"),
-        ],
-    )
-    assert result.exit_code == 1
-    assert "does not exist" in result.stderr and "Traceback" not in result.output
+def test_cli_monitor_missing_log_is_insufficient_data_and_says_why(package_dir, tmp_path):
+    missing = tmp_path / "none.sqlite"
+    base = ["monitor", "--log", str(missing), "--package", str(package_dir)]
+    base += ["--params", str(REPO / "params.yaml"), "--out", str(tmp_path / "monitor")]
+
+    result = runner.invoke(app, base)
+
+    assert result.exit_code == 0, result.output  # no prediction yet: not an error
+    assert result.stdout.startswith(f"INSUFFICIENT DATA: no prediction log at {missing} yet")
+    summary = json.loads(runner.invoke(app, [*base, "--json"]).stdout)
+    assert summary["status"] == "insufficient_data" and summary["n_current"] == 0
+    assert summary["source"]["log_exists"] is False and "treated as empty" in summary["reason"]
+    assert not missing.exists()
+
+
+def test_log_window_options_are_the_clis(tmp_path):
+    now = datetime(2026, 11, 23, 12, tzinfo=UTC)
+
+    window = LogWindow.from_options(hours=6, last=100, now=now)
+
+    assert window.since == now - timedelta(hours=6) and window.last == 100
+    described = window.describe()
+    assert described["since"] == "2026-11-23T06:00:00+00:00" and described["kind"] == "log"
+    with pytest.raises(ConfigError, match="--hours or --since, not both"):
+        LogWindow.from_options(hours=6, since="2026-11-22")
+    with pytest.raises(ConfigError, match="positive number of hours"):
+        LogWindow.from_options(hours=0)
 
 
 def test_run_monitoring_unknown_stat_test_is_a_config_error_and_leaves_nothing(

@@ -26,7 +26,7 @@ import pandas as pd
 from cxr_triage.errors import ConfigError, DataError
 from cxr_triage.state import PREDICTION_LOG_ENV, state_layout
 
-__all__ = ["LOG_PATH_ENV", "PredictionLog", "utc_now"]
+__all__ = ["LOG_PATH_ENV", "PredictionLog", "normalise_time", "utc_now"]
 
 LOG_PATH_ENV = PREDICTION_LOG_ENV
 _TABLE = "predictions"
@@ -162,7 +162,7 @@ class PredictionLog:
         for op, value in ((">=", since), ("<", until)):
             if value is not None:
                 where.append(f"ts {op} ?")
-                args.append(_normalise_time(value))
+                args.append(normalise_time(value))
         if model_tag is not None:
             where.append("model_tag = ?")
             args.append(model_tag)
@@ -192,7 +192,12 @@ def _plain(value: Any) -> Any:
     return value.item() if hasattr(value, "item") else value
 
 
-def _normalise_time(value: str) -> str:
+def normalise_time(value: str) -> str:
+    """An ISO 8601 time as the log stores it (UTC, microseconds); no offset means UTC.
+
+    Raises:
+        ConfigError: not ISO 8601.
+    """
     try:
         moment = datetime.fromisoformat(value)
     except ValueError as exc:

@@ -93,7 +93,7 @@ def check_drift(
     created = datetime.now(UTC)
     folder = run_dir(out, created, comparison.site)
     with atomic_dir(folder) as tmp:
-        verdict, snapshot, timings = _decide(comparison, params, resolved, out)
+        verdict, snapshot, timings = _decide(comparison, params, resolved, out, current)
         summary = _summary(created, resolved, comparison, current, params.monitor, verdict, folder)
         if snapshot is None:
             _write_insufficient_page(tmp / "report.html", summary)
@@ -105,12 +105,18 @@ def check_drift(
 
 
 def _decide(
-    comparison: Comparison, params: Params, resolved: ResolvedPackage, out: Path
+    comparison: Comparison,
+    params: Params,
+    resolved: ResolvedPackage,
+    out: Path,
+    current: CurrentData,
 ) -> tuple[Verdict, Any | None, dict[str, float]]:
     """The verdict, the Evidently snapshot (None without a run) and the seconds per step."""
     monitor = params.monitor
     reason = _insufficient(len(comparison.current), len(comparison.reference), monitor)
     if reason is not None:
+        note = current.source.get("note")  # e.g. no prediction log yet
+        reason = f"{note}; {reason}" if note else reason
         verdict = Verdict.insufficient(
             reason, drift_share=monitor.drift_share, embedding_method=monitor.embedding_method
         )

@@ -55,6 +55,9 @@ class CurrentData:
 class LogWindow:
     """A window of the service's prediction log.
 
+    A log that does not exist yet (no prediction served, e.g. on the first day) is an empty
+    window, and the summary says so (``source.log_exists``, ``source.note``).
+
     Attributes:
         log: the SQLite log; None: the state folder's
             (:func:`cxr_triage.state.state_layout`).
@@ -69,17 +72,29 @@ class LogWindow:
     last: int | None = None
 
     @classmethod
-    def past_hours(
-        cls, hours: float, *, log: Path | None = None, now: datetime | None = None
+    def from_options(
+        cls,
+        *,
+        log: Path | None = None,
+        since: str | datetime | None = None,
+        until: str | datetime | None = None,
+        last: int | None = None,
+        hours: float | None = None,
+        now: datetime | None = None,
     ) -> LogWindow:
-        """The last ``hours`` before ``now`` (default: the current time).
+        """The window the CLI's and the flow's options describe (``--hours H``: the last H).
 
         Raises:
-            ConfigError: ``hours`` is not positive.
+            ConfigError: ``hours`` with ``since``, or ``hours`` not positive.
         """
+        if hours is None:
+            return cls(log=log, since=since, until=until, last=last)
+        if since is not None:
+            raise ConfigError("give --hours or --since, not both (--hours H means the last H)")
         if not hours > 0:
             raise ConfigError(f"the window must be a positive number of hours, got {hours}")
-        return cls(log=log, since=(now or datetime.now(UTC)) - timedelta(hours=hours))
+        start = (now or datetime.now(UTC)) - timedelta(hours=hours)
+        return cls(log=log, since=start, until=until, last=last)
 
     @property
     def path(self) -> Path:
@@ -89,12 +104,18 @@ class LogWindow:
         """The window as recorded in the summary (times as ISO strings)."""
         since, until = (_iso(t) for t in (self.since, self.until))
         return {"kind": "log", "log": str(self.path), "since": since, "until": until,
-                "last": self.last}  # fmt: skip
+                "last": self.last, "log_exists": self.path.is_file()}  # fmt: skip
 
     def load(self, package_dir: Path, site: str | None) -> CurrentData:
         """The window's rows (``package_dir`` and ``site`` are not needed to read a log)."""
+        source = self.describe()
+        if not source["log_exists"]:
+            source["note"] = (
+                f"no prediction log at {self.path} yet (treated as empty: the service creates "
+                "it with its first prediction)"
+            )
         rows = current_from_log(self.path, since=self.since, until=self.until, last=self.last)
-        return CurrentData(rows, self.describe())
+        return CurrentData(rows, source)
 
 
 @dataclass(frozen=True)
@@ -135,20 +156,22 @@ def current_from_log(
             datetimes; rows with ``since <= ts < until``.
         last: only the most recent N rows of that window.
 
+    Returns:
+        The rows in time order; none when the log does not exist (it is not created).
+
     Raises:
-        DataError: the log does not exist.
         ConfigError: a time is not ISO 8601 or ``last`` is below 1.
     """
-    from cxr_triage.inference.predlog import PredictionLog
+    from cxr_triage.inference.predlog import PredictionLog, normalise_time
 
-    path = Path(log_path)
-    if not path.is_file():
-        raise DataError(
-            f"prediction log {path} does not exist: serve some predictions first, or pass "
-            "--log PATH (paths.prediction_log) or --images FOLDER"
-        )
     if last is not None and last < 1:
         raise ConfigError(f"--last must be >= 1, got {last}")
+    path = Path(log_path)
+    if not path.is_file():
+        for moment in (since, until):  # the same refusals as with a log
+            if isinstance(moment, str):
+                normalise_time(moment)
+        return pd.DataFrame()
     predictions = PredictionLog(path)
     try:
         # A datetime (e.g. now - 24 h in a flow) is accepted too; the log compares ISO strings.
