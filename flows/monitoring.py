@@ -1,8 +1,9 @@
 """Monitoring flow: drift of recent predictions (or a folder of new images) against the reference.
 
-On drift it emits ``cxr.drift.detected`` (resource ``cxr.monitor.<site>``; payload: one-line
-summary, drift share, report paths), which the drift automation turns into a webhook alert, and,
-when ``monitor.retrain_on_drift`` is true, starts the retraining deployment (fire-and-forget).
+On drift it emits ``cxr.drift.detected`` (resource ``cxr.monitor.<site>``; payload: the alert's
+title and text, rounded figures, links to the Evidently report and this run), which the drift
+automation sends to the webhook, and, when ``monitor.retrain_on_drift`` is true, starts the
+retraining deployment (fire-and-forget).
 
     python -m flows.monitoring [--folder new_images/] [--site hospital_x]
                                [--hours 24 | --since T] [--until T] [--last N]
@@ -19,6 +20,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.events import emit_event
+from prefect.runtime import flow_run
 
 from cxr_triage.config import load_params
 from cxr_triage.monitoring import DriftSummary, ImageFolder, LogWindow, check_drift
@@ -152,7 +154,7 @@ def monitoring_flow(
         logger.info("no drift: %s", report["one_line"])
         return report
     logger.warning("drift: %s", report["one_line"])
-    event = emit_event(**drift_event(report["summary"], report["one_line"]))
+    event = emit_event(**drift_event(report["summary"], flow_run_id=flow_run.get_id()))
     report["event"] = str(event.id) if event else None
     if summary.retrain_on_drift:
         report["retraining_run"] = trigger_retraining(

@@ -126,16 +126,27 @@ def prefect_server(tmp_path_factory):
         log.close()
 
 
+PREFECT_UI = "http://prefect.hospital.example:4200"
+EVIDENTLY_UI = "http://drift.hospital.example:8000"
+
+
 @pytest.fixture(scope="module")
 def receiver(prefect_server):
-    """The webhook receiver with the alert block and automations pointing at it."""
+    """The webhook receiver with the alert block and automations pointing at it.
+
+    Links point to made-up UI addresses (the settings), and repeats within an hour are folded.
+    """
     from flows.alerts import setup_alerts
 
     rec = Receiver()
-    setup_alerts(rec.url)
-    setup_alerts(rec.url)  # idempotent: replaces, never duplicates
-    time.sleep(2)  # the triggers service picks up new automations
-    yield rec
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("CXR_TRIAGE_PREFECT_UI_URL", PREFECT_UI)
+        env.setenv("CXR_TRIAGE_EVIDENTLY_UI_URL", EVIDENTLY_UI)
+        env.setenv("CXR_TRIAGE_ALERT_COOLDOWN_MINUTES", "60")
+        setup_alerts(rec.url)
+        setup_alerts(rec.url)  # idempotent: replaces, never duplicates
+        time.sleep(2)  # the triggers service picks up new automations
+        yield rec
     rec.server.shutdown()
 
 
@@ -149,18 +160,48 @@ def test_alert_setup_is_idempotent(receiver):
             assert len(client.read_automations_by_name(spec["name"])) == 1
 
 
-def test_failing_flow_run_alerts_the_webhook(receiver):
+def test_failing_flow_run_alerts_once_with_the_first_line_and_the_run_link(receiver):
     from prefect import flow
+    from prefect.events import emit_event
+
+    from cxr_triage.orchestration.events import drift_event
+    from summaries import drift_summary
 
     @flow(name="cxr-test-always-fails")
     def always_fails() -> None:
-        raise RuntimeError("stage exploded on purpose")
+        raise RuntimeError("stage exploded on purpose\nTraceback details nobody reads")
 
     state = always_fails(return_state=True)
     assert state.is_failed()
     message = receiver.wait_for("cxr-test-always-fails")
     assert "flow run failed" in message["title"]
-    assert "stage exploded on purpose" in message["text"]
+    first_line, link = message["text"].split("\n")
+    assert "stage exploded on purpose" in first_line
+    assert link == f"Prefect run: {PREFECT_UI}/runs/flow-run/{state.state_details.flow_run_id}"
+
+    assert always_fails(return_state=True).is_failed()  # the same failure again: folded
+    emit_event(**drift_event(drift_summary(site="after_failures")))  # then something else
+    receiver.wait_for("after_failures")
+    assert receiver.count("cxr-test-always-fails") == 1
+
+
+def test_repeated_drift_alert_within_the_cooldown_is_folded(receiver):
+    from prefect.events import emit_event
+
+    from cxr_triage.orchestration.events import drift_event
+    from summaries import drift_summary
+
+    for _ in range(2):  # the same alert twice (same site, verdict and model)
+        emit_event(**drift_event(drift_summary(site="cool_site")))
+    emit_event(**drift_event(drift_summary(site="cool_other")))
+
+    receiver.wait_for("cool_other")
+    assert receiver.count("cool_site") == 1
+    message = receiver.wait_for("cool_site")
+    assert message["title"].startswith("[cxr-triage] drift detected at cool_site, model ")
+    assert "share 0.905, limit 0.3" in message["text"]
+    project, run = drift_summary()["reports"]["project_id"], drift_summary()["reports"]["run_id"]
+    assert f"Evidently report: {EVIDENTLY_UI}/projects/{project}/reports/{run}" in message["text"]
 
 
 # -- training --------------------------------------------------------------------------------
@@ -410,11 +451,19 @@ def test_monitoring_alerts_on_a_shifted_site_only(
     )
     assert loud["drift"] and loud["event"], loud["one_line"]
     assert loud["retraining_run"] is None  # the deployment is missing: logged, not crashed
-    message = receiver.wait_for("cxr.monitor.new_hospital")
-    assert "drift detected" in message["title"]
-    assert "report.html" in message["text"] and "DRIFT" in message["text"]
+    message = receiver.wait_for("drift detected at new_hospital")
+    summary = loud["summary"]
+    assert message["title"] == (
+        f"[cxr-triage] drift detected at new_hospital, model {summary['model_tag']}"
+    )
+    reports = summary["reports"]
+    report_link = f"{EVIDENTLY_UI}/projects/{reports['project_id']}/reports/{reports['run_id']}"
+    lines = message["text"].splitlines()
+    assert lines[0].startswith("Evidence: ") and f"Evidently report: {report_link}" in lines
+    assert any(line.startswith(f"Prefect run: {PREFECT_UI}/runs/flow-run/") for line in lines)
+    assert "report.html" not in message["text"]  # a link, not a path on the server
     time.sleep(2)
-    assert receiver.count("cxr.monitor.hospital_a") == 0
+    assert receiver.count("drift detected at hospital_a") == 0
 
 
 def test_cli_and_flow_check_the_same_package_and_keep_the_whole_summary(

@@ -1,20 +1,33 @@
 """The events the flows emit and the alert texts the automations send, in one place.
 
 Event names and resource ids are the contract between the flows (which emit) and the
-automations (which match and notify): ``flows/alerts.py`` builds its triggers from these.
+automations (which match and notify): ``flows/alerts.py`` builds its triggers from
+:func:`alert_specs`. A flow's own event carries its alert, ready to send (``payload.title``,
+``payload.text``, see :mod:`cxr_triage.orchestration.alerts`); Prefect's flow-run events are
+worded by the templates here.
+
+Repeats of the same alert within the cool-down are folded into the first: each automation
+buckets its events by an alert key (the resource label :data:`ALERT_KEY_LABEL`: kind, site and
+model for drift; flow and state message for failures; status and candidate for retraining),
+and a Reactive trigger fires once per bucket and cool-down.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
+
+from cxr_triage.orchestration.alerts import AlertSettings, figure
 
 __all__ = [
     "ALERTS",
+    "ALERT_KEY_LABEL",
     "DRIFT_EVENT",
     "DRIFT_RESOURCE_PREFIX",
     "MODEL_RESOURCE",
     "RETRAINING_EVENT",
     "AlertSpec",
+    "alert_specs",
     "drift_event",
     "retraining_event",
 ]
@@ -23,35 +36,108 @@ DRIFT_EVENT = "cxr.drift.detected"
 DRIFT_RESOURCE_PREFIX = "cxr.monitor."
 RETRAINING_EVENT = "cxr.retraining.finished"
 MODEL_RESOURCE = "cxr.model.cxr-triage"
+ALERT_KEY_LABEL = "cxr.alert-key"
+_TITLE = "[cxr-triage]"
 
 
-def drift_event(summary: dict[str, Any], one_line: str) -> dict[str, Any]:
-    """Arguments of ``prefect.events.emit_event`` for a drift finding.
+def drift_event(
+    summary: Mapping[str, Any],
+    *,
+    settings: AlertSettings | None = None,
+    flow_run_id: str | None = None,
+) -> dict[str, Any]:
+    """Arguments of ``prefect.events.emit_event`` for a drift finding, with its alert.
 
     Args:
-        summary: the drift check's ``summary.json`` (``DriftSummary.to_json()``): site, drift
-            share, report paths...
-        one_line: the check's one-line description.
+        summary: the drift check's ``summary.json`` (``DriftSummary.to_json()``).
+        settings: base URLs of the links (default: :meth:`AlertSettings.from_env`).
+        flow_run_id: the monitoring flow run, linked in the alert.
+
+    Returns:
+        ``event``, ``resource`` (``cxr.monitor.<site>``, with the alert key) and ``payload``:
+        ``title``, ``text``, and the figures (rounded) and links on their own.
     """
-    site = summary.get("site")
-    reports = summary.get("reports") or {}
-    payload = {
-        "summary": one_line,
-        "drift_share": summary.get("drift_share"),
-        "drifted_columns": summary.get("drifted_columns"),
-        "n_current": summary.get("n_current"),
-        "failed_tests": summary.get("failed_tests"),
-        "report_html": reports.get("html"),
-        "report_json": reports.get("json"),
-    }
+    settings = settings or AlertSettings.from_env()
+    site, model = summary.get("site"), summary.get("model_tag")
+    report_url = _report_url(summary, settings)
+    run_url = settings.run_url(flow_run_id) if flow_run_id else None
+    text = [
+        f"Evidence: {'; '.join(_drift_evidence(summary))}",
+        f"Data: {_data_line(summary)}",
+        *_links(report=report_url, run=run_url),
+    ]
     return {
         "event": DRIFT_EVENT,
         "resource": {
             "prefect.resource.id": f"{DRIFT_RESOURCE_PREFIX}{site or 'all'}",
             "prefect.resource.name": f"drift monitor {site or 'all sites'}",
+            ALERT_KEY_LABEL: f"drift|{site or 'all'}|{model}",
         },
-        "payload": payload,
+        "payload": {
+            "title": f"{_TITLE} drift detected at {site or 'all sites'}, model {model}",
+            "text": "\n".join(text),
+            "site": site,
+            "verdict": summary.get("status"),
+            "model_tag": model,
+            "drift_share": _rounded(summary.get("drift_share")),
+            "failed_tests": summary.get("failed_tests"),
+            "n_current": summary.get("n_current"),
+            "report_url": report_url,
+            "run_url": run_url,
+        },
     }
+
+
+def _rounded(value: Any, digits: int = 3) -> float | None:
+    return None if value is None else round(float(value), digits)
+
+
+def _report_url(summary: Mapping[str, Any], settings: AlertSettings) -> str | None:
+    reports = summary.get("reports") or {}
+    if not (reports.get("project_id") and reports.get("run_id")):
+        return None
+    return settings.report_url(reports["project_id"], reports["run_id"])
+
+
+def _links(**urls: str | None) -> list[str]:
+    names = {"report": "Evidently report", "run": "Prefect run"}
+    return [f"{names[key]}: {url}" for key, url in urls.items() if url]
+
+
+def _drift_evidence(summary: Mapping[str, Any]) -> list[str]:
+    """The three tests' figures, rounded: columns, prediction, embeddings."""
+    pred = summary.get("prediction_drift") or {}
+    emb = summary.get("embedding_drift") or {}
+    drifted = summary.get("drifted_columns") or []
+    share, limit = summary.get("drift_share"), summary.get("drift_share_threshold")
+    return [
+        f"{len(drifted)}/{summary.get('n_columns')} columns drifted (share {figure(share)}, "
+        f"limit {figure(limit)})",
+        f"prediction {'drifted' if pred.get('drift') else 'stable'} "
+        f"({pred.get('method')} {figure(pred.get('score'))})",
+        f"embeddings {'drifted' if emb.get('drift') else 'stable'} ({emb.get('method')} "
+        f"{figure(emb.get('score'))}, threshold {figure(emb.get('threshold'))})",
+    ]
+
+
+def _data_line(summary: Mapping[str, Any]) -> str:
+    """What was compared: the current rows and their source, the reference scope."""
+    source = summary.get("source") or {}
+    if source.get("kind") == "images":
+        origin = f"images in {source.get('folder')}"
+        if source.get("n_unreadable"):
+            origin += f", {source['n_unreadable']} unreadable"
+    elif source.get("kind") == "log":
+        origin = f"prediction log from {source.get('since') or 'the start'} to "
+        origin += f"{source.get('until') or 'now'}"
+        if source.get("last"):
+            origin += f", last {source['last']}"
+    else:
+        origin = "rows in hand"
+    return (
+        f"{summary.get('n_current')} current rows ({origin}) vs {summary.get('scope')} "
+        f"reference ({summary.get('n_reference')} rows)"
+    )
 
 
 def retraining_event(decision: dict[str, Any], one_line: str) -> dict[str, Any]:
@@ -63,6 +149,8 @@ def retraining_event(decision: dict[str, Any], one_line: str) -> dict[str, Any]:
         "resource": {
             "prefect.resource.id": MODEL_RESOURCE,
             "prefect.resource.name": "cxr-triage model",
+            ALERT_KEY_LABEL: f"retraining|{decision.get('status')}|"
+            f"{decision.get('candidate_tag')}",
         },
         "payload": {
             "status": decision.get("status"),
@@ -81,38 +169,54 @@ def retraining_event(decision: dict[str, Any], one_line: str) -> dict[str, Any]:
 
 
 class AlertSpec(dict):
-    """An automation: ``name``, ``event`` (glob), ``resource`` (glob), ``subject``, ``body``."""
+    """An automation: ``name``, ``event`` (glob), ``resource`` (glob), ``for_each`` (the labels
+    that make two alerts the same), ``subject``, ``body`` (Jinja, rendered by Prefect)."""
 
 
-# Jinja templates rendered by Prefect's SendNotification action (STACK.md §1).
-ALERTS: tuple[AlertSpec, ...] = (
-    AlertSpec(
-        name="cxr-flow-run-failed",
-        event="prefect.flow-run.Failed",
-        resource="prefect.flow-run.*",
-        subject="[cxr-triage] flow run failed: {{ flow.name }}/{{ flow_run.name }}",
-        body="State {{ flow_run.state.name }}: {{ flow_run.state.message }}",
-    ),
-    AlertSpec(
-        name="cxr-flow-run-crashed",
-        event="prefect.flow-run.Crashed",
-        resource="prefect.flow-run.*",
-        subject="[cxr-triage] flow run crashed: {{ flow.name }}/{{ flow_run.name }}",
-        body="State {{ flow_run.state.name }}: {{ flow_run.state.message }}",
-    ),
-    AlertSpec(
-        name="cxr-drift-detected",
-        event=DRIFT_EVENT,
-        resource=f"{DRIFT_RESOURCE_PREFIX}*",
-        subject="[cxr-triage] drift detected on {{ event.resource.id }}",
-        body="{{ event.payload.summary }} | drift share {{ event.payload.drift_share }} | "
-        "report {{ event.payload.report_html }}",
-    ),
-    AlertSpec(
-        name="cxr-retraining-result",
-        event=RETRAINING_EVENT,
-        resource=MODEL_RESOURCE,
-        subject="[cxr-triage] retraining: {{ event.payload.status }}",
-        body="{{ event.payload.summary }}",
-    ),
-)
+# Prefect's flow-run events: the state message's first line, and the run's page.
+_FIRST_LINE = "{{ (flow_run.state.message or 'no message').splitlines()[0] }}"
+_FLOW_RUN_KEY = {"related:flow:prefect.resource.id", "prefect.state-message"}
+
+
+def alert_specs(settings: AlertSettings) -> tuple[AlertSpec, ...]:
+    """The automations, with the links of ``settings`` (rendered by Prefect's Jinja)."""
+    run_link = f"Prefect run: {settings.prefect_ui}/runs/flow-run/{{{{ flow_run.id }}}}"
+    own_alert = {"subject": "{{ event.payload.title }}", "body": "{{ event.payload.text }}"}
+    return (
+        AlertSpec(
+            name="cxr-flow-run-failed",
+            event="prefect.flow-run.Failed",
+            resource="prefect.flow-run.*",
+            for_each=_FLOW_RUN_KEY,
+            subject=f"{_TITLE} flow run failed: {{{{ flow.name }}}}/{{{{ flow_run.name }}}}",
+            body=f"{_FIRST_LINE}\n{run_link}",
+        ),
+        AlertSpec(
+            name="cxr-flow-run-crashed",
+            event="prefect.flow-run.Crashed",
+            resource="prefect.flow-run.*",
+            for_each=_FLOW_RUN_KEY,
+            subject=f"{_TITLE} flow run crashed: {{{{ flow.name }}}}/{{{{ flow_run.name }}}}",
+            body=f"{_FIRST_LINE}\n{run_link}",
+        ),
+        AlertSpec(
+            name="cxr-drift-detected",
+            event=DRIFT_EVENT,
+            resource=f"{DRIFT_RESOURCE_PREFIX}*",
+            for_each={ALERT_KEY_LABEL},
+            **own_alert,
+        ),
+        AlertSpec(
+            name="cxr-retraining-result",
+            event=RETRAINING_EVENT,
+            resource=MODEL_RESOURCE,
+            for_each={ALERT_KEY_LABEL},
+            subject=f"{_TITLE} retraining: {{{{ event.payload.status }}}}",
+            body="{{ event.payload.summary }}",
+        ),
+    )
+
+
+# The automations with the default settings: their names and events (flows/alerts.py creates
+# them with the environment's settings).
+ALERTS: tuple[AlertSpec, ...] = alert_specs(AlertSettings())
