@@ -25,7 +25,7 @@ from prefect.runtime import flow_run
 from cxr_triage.config import load_params
 from cxr_triage.monitoring import DriftSummary, ImageFolder, LogWindow, check_drift
 from cxr_triage.monitoring.summary import INSUFFICIENT_DATA
-from cxr_triage.orchestration.events import drift_event
+from cxr_triage.orchestration.events import drift_event, performance_event
 
 __all__ = [
     "RETRAINING_DEPLOYMENT",
@@ -126,7 +126,9 @@ def monitoring_flow(
 
     Returns:
         ``drift``, ``status``, ``one_line``, ``summary`` (``summary.json`` as written),
-        ``event`` (emitted or None) and ``retraining_run`` (flow run id or None).
+        ``event`` (the drift event or None), ``performance_event`` (emitted when the realised
+        sensitivity of fed-back reads fell below the target, else None) and
+        ``retraining_run`` (flow run id or None).
     """
     logger = get_run_logger()
     repo = Path(repo_dir).resolve()
@@ -138,6 +140,7 @@ def monitoring_flow(
         "one_line": summary.one_line(),
         "summary": summary.to_json(),
         "event": None,
+        "performance_event": None,
         "retraining_run": None,
     }
     create_markdown_artifact(
@@ -146,6 +149,10 @@ def monitoring_flow(
         f"{json.dumps(report['summary'], indent=2)}\n```\n",
         description="Evidently drift check",
     )
+    if summary.performance_alert:  # labels say the model got worse: always worth an alert
+        logger.warning("sensitivity below target: %s", summary.performance.one_line())
+        event = emit_event(**performance_event(report["summary"], flow_run_id=flow_run.get_id()))
+        report["performance_event"] = str(event.id) if event else None
     if summary.status == INSUFFICIENT_DATA:
         # Too few images to decide: neither an all-clear nor an alert (say so loudly).
         logger.warning("no verdict: %s", report["one_line"])

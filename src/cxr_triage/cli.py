@@ -244,6 +244,7 @@ def promote(
 
 
 EXIT_DRIFT = 3  # `cxr-triage monitor`: drift detected
+EXIT_SENSITIVITY = 4  # `cxr-triage monitor`: realised sensitivity below the target
 _MAX_LISTED = 20  # unreadable files listed on stderr (all of them are in summary.json)
 
 
@@ -303,7 +304,12 @@ def monitor(
     the run to the Evidently workspace <monitor_dir>/workspace, which
     `evidently ui --workspace <monitor_dir>/workspace` shows.
 
-    Exit codes: 0 no drift or insufficient data, 3 drift detected, 1 error.
+    With a log window, the predictions that have fed-back reads (cxr-triage
+    feedback) are graded: realised sensitivity, specificity and calibration at the
+    operating point, with 95% CIs.
+
+    Exit codes: 0 no drift or insufficient data, 3 drift detected, 4 realised
+    sensitivity below the target (CI lower bound; wins over 3), 1 error.
     """
     from cxr_triage.config import load_params
     from cxr_triage.monitoring import ImageFolder, LogWindow, check_drift
@@ -336,8 +342,58 @@ def monitor(
     else:
         note = f" ({len(unreadable)} unreadable files)" if unreadable else ""
         typer.echo(summary.one_line() + note)
+    if summary.performance_alert:
+        raise typer.Exit(EXIT_SENSITIVITY)
     if summary.drift:
         raise typer.Exit(EXIT_DRIFT)
+
+
+@app.command()
+@_user_errors
+def feedback(
+    reads_csv: Annotated[
+        Path,
+        typer.Argument(
+            help="CSV of final reads: request_id or study_uid, label (normal/abnormal), "
+            "optional findings (ChestX-ray14 names, |-separated) and read_at."
+        ),
+    ],
+    log_path: Annotated[
+        Path | None,
+        typer.Option("--log", help="Prediction log (SQLite). Default: the state folder's."),
+    ] = None,
+    images: Annotated[
+        Path | None,
+        typer.Option(
+            "--label-images",
+            help="Also write labels.csv into this folder of DICOM studies exported from the "
+            "PACS (by study_uid), making it a batch for data/incoming/ (retraining).",
+        ),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the receipt as JSON.")] = False,
+) -> None:
+    """Store radiologists' final reads beside the prediction log (ground truth).
+
+    Study UIDs are stored as keyed digests ($CXR_TRIAGE_SALT), never as such. A later
+    read of the same prediction replaces the earlier one. `cxr-triage monitor` then
+    grades the window's predictions that have a read.
+    """
+    from dataclasses import asdict
+
+    from cxr_triage.inference.feedback import (
+        read_feedback_csv,
+        record_feedback,
+        write_ingestion_labels,
+    )
+
+    receipt = record_feedback(read_feedback_csv(reads_csv), log_path=log_path)
+    typer.echo(json.dumps(asdict(receipt), indent=2) if as_json else receipt.one_line())
+    if images is not None:
+        labels, n_labelled, n_without = write_ingestion_labels(reads_csv, images)
+        typer.echo(
+            f"labelled {n_labelled} DICOM files in {labels} ({n_without} without a read)",
+            err=True,
+        )
 
 
 if __name__ == "__main__":  # `python -m cxr_triage.cli`, used by tests and subprocesses

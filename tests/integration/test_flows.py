@@ -539,6 +539,57 @@ def test_first_day_and_empty_window_end_completed_without_alert(
     assert receiver.count("day_one") == 0  # neither a drift alert nor a failure alert
 
 
+def test_fed_back_reads_with_missed_abnormals_alert_the_maintainers(
+    receiver, tiny_pipeline, monitored_package, tmp_path, monkeypatch
+):
+    """Issue 10: ground truth closes the loop (feedback -> realised sensitivity -> alert)."""
+    from flows.monitoring import monitoring_flow
+    from typer.testing import CliRunner
+
+    from cxr_triage.cli import app
+    from cxr_triage.inference.predictor import Predictor
+    from cxr_triage.inference.predlog import PredictionLog
+    from cxr_triage.state import STATE_DIR_ENV, state_layout
+
+    monkeypatch.setenv(STATE_DIR_ENV, str(tmp_path / "state"))
+    params = yaml.safe_load(yaml.safe_dump(dataclasses.asdict(tiny_pipeline.params)))
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    generate_dataset(tmp_path / "served", n=40, site="hospital_a", seed=105)
+    images = sorted((tmp_path / "served" / "images").iterdir())
+    rows = []  # what the service logged; every other study called abnormal
+    for i, p in enumerate(Predictor(monitored_package).predict(images, {"site": "hospital_a"})):
+        called = i % 2 == 0
+        prob = (1 + p.threshold) / 2 if called else p.threshold / 2
+        rows.append({**p.features, "prob_abnormal": prob, "label": "abnormal" if called else
+                     "normal", "request_id": f"req-{i}", "model_tag": p.model_tag,
+                     "threshold": p.threshold})  # fmt: skip
+    log = PredictionLog(state_layout().prediction_log)
+    log.append(rows)
+    log.close()
+    # The radiologists: 20 abnormal studies, 12 of them among those the model called normal.
+    called_normal = [r["request_id"] for r in rows if r["label"] == "normal"]
+    called_abnormal = [r["request_id"] for r in rows if r["label"] == "abnormal"]
+    abnormal = called_normal[:12] + called_abnormal[:8]
+    reads = pd.DataFrame(
+        {"request_id": [r["request_id"] for r in rows],
+         "label": ["abnormal" if r["request_id"] in abnormal else "normal" for r in rows]}
+    )  # fmt: skip
+    reads.to_csv(tmp_path / "reads.csv", index=False)
+    stored = CliRunner().invoke(app, ["feedback", str(tmp_path / "reads.csv")])
+    assert stored.exit_code == 0 and "40 match a logged prediction" in stored.stdout
+
+    report = monitoring_flow(repo_dir=str(tmp_path), package_dir=str(monitored_package))
+
+    performance = report["summary"]["performance"]
+    assert performance["status"] == "below_target" and report["performance_event"]
+    assert performance["sensitivity"]["estimate"] == pytest.approx(8 / 20)
+    assert performance["specificity"]["estimate"] == pytest.approx(8 / 20)
+    message = receiver.wait_for("sensitivity below target at hospital_a")
+    assert message["title"].endswith(f"model {rows[0]['model_tag']}")
+    assert "realised sensitivity 0.4 (95% CI " in message["text"]
+    assert f"Prefect run: {PREFECT_UI}/runs/flow-run/" in message["text"]
+
+
 # -- deployments -----------------------------------------------------------------------------
 
 

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from cxr_triage.atomic import atomic_dir, write_json_atomically
 from cxr_triage.config import MonitorParams, Params
-from cxr_triage.inference.layout import REFERENCE_FILE
+from cxr_triage.inference.layout import REFERENCE_FILE, read_package_info
 from cxr_triage.monitoring.current import CurrentData, CurrentSource
 from cxr_triage.monitoring.evidently_env import Timer, quiet
 from cxr_triage.monitoring.frames import (
@@ -32,6 +32,7 @@ from cxr_triage.monitoring.outputs import (
     project_name,
     run_dir,
 )
+from cxr_triage.monitoring.performance import RealisedPerformance, realised_performance
 from cxr_triage.monitoring.report import evaluate
 from cxr_triage.monitoring.summary import DriftSummary, Reports, Verdict
 from cxr_triage.state import state_layout
@@ -90,11 +91,13 @@ def check_drift(
         site=site,
         min_reference_rows=params.monitor.min_reference_rows,
     )
+    performance = _performance(comparison, current, resolved, params)
     created = datetime.now(UTC)
     folder = run_dir(out, created, comparison.site)
     with atomic_dir(folder) as tmp:
         verdict, snapshot, timings = _decide(comparison, params, resolved, out, current)
         summary = _summary(created, resolved, comparison, current, params.monitor, verdict, folder)
+        summary = replace(summary, performance=performance)
         if snapshot is None:
             _write_insufficient_page(tmp / "report.html", summary)
         else:
@@ -129,6 +132,20 @@ def _decide(
         reference_key=file_hash(resolved.path / REFERENCE_FILE),
     )
     return evaluation.verdict, evaluation.snapshot, evaluation.timings
+
+
+def _performance(
+    comparison: Comparison, current: CurrentData, resolved: ResolvedPackage, params: Params
+) -> RealisedPerformance | None:
+    """The window's predictions graded by their fed-back reads (prediction-log windows only)."""
+    if current.source.get("kind") != "log":
+        return None
+    return realised_performance(
+        comparison.current,
+        model_tag=resolved.tag,
+        package_info=read_package_info(resolved.path),
+        params=params,
+    )
 
 
 def _insufficient(n_current: int, n_reference: int, monitor: MonitorParams) -> str | None:

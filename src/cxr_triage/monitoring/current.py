@@ -114,7 +114,9 @@ class LogWindow:
                 f"no prediction log at {self.path} yet (treated as empty: the service creates "
                 "it with its first prediction)"
             )
-        rows = current_from_log(self.path, since=self.since, until=self.until, last=self.last)
+        rows = current_from_log(
+            self.path, since=self.since, until=self.until, last=self.last, with_feedback=True
+        )
         return CurrentData(rows, source)
 
 
@@ -147,6 +149,7 @@ def current_from_log(
     since: str | datetime | None = None,
     until: str | datetime | None = None,
     last: int | None = None,
+    with_feedback: bool = False,
 ) -> pd.DataFrame:
     """A window of the prediction log as current data.
 
@@ -155,6 +158,7 @@ def current_from_log(
         since, until: ISO 8601 times (UTC when no offset; a date alone is its midnight) or
             datetimes; rows with ``since <= ts < until``.
         last: only the most recent N rows of that window.
+        with_feedback: add the fed-back reads (``true_label``, ``true_findings``).
 
     Returns:
         The rows in time order; none when the log does not exist (it is not created).
@@ -175,7 +179,9 @@ def current_from_log(
     predictions = PredictionLog(path)
     try:
         # A datetime (e.g. now - 24 h in a flow) is accepted too; the log compares ISO strings.
-        return predictions.read(since=_iso(since), until=_iso(until), last=last)
+        return predictions.read(
+            since=_iso(since), until=_iso(until), last=last, with_feedback=with_feedback
+        )
     finally:
         predictions.close()
 

@@ -48,6 +48,8 @@ __all__ = [
 PREDICTION_COLUMN = "prob_abnormal"
 NUMERIC_COLUMNS = (*IMAGE_STAT_COLUMNS, *ACQUISITION_COLUMNS, "emb_norm", PREDICTION_COLUMN)
 CATEGORICAL_COLUMNS = (*METADATA_COLUMNS, "label")
+# Kept as they are when present: who predicted, at which threshold, and the fed-back read.
+PASSTHROUGH_COLUMNS = ("model_tag", "threshold", "true_label")
 _EMBEDDING_COLUMN = re.compile(r"^emb_(\d+)$")
 
 
@@ -130,7 +132,8 @@ def _clean(frame: pd.DataFrame, embedding: list[str]) -> pd.DataFrame:
     """The monitoring columns with uniform types: floats, and strings with ``unknown``."""
     required = [*NUMERIC_COLUMNS, *CATEGORICAL_COLUMNS, *embedding]
     if frame.empty:  # an empty window, or a log that never had a prediction
-        return pd.DataFrame({c: pd.Series(dtype=object) for c in [*required, "model_tag"]})
+        columns = [*required, *PASSTHROUGH_COLUMNS]
+        return pd.DataFrame({c: pd.Series(dtype=object) for c in columns})
     missing = [c for c in required if c not in frame.columns]
     if missing:
         raise DataError(
@@ -146,6 +149,9 @@ def _clean(frame: pd.DataFrame, embedding: list[str]) -> pd.DataFrame:
         out[column] = values.astype(str).replace({"": UNKNOWN, "nan": UNKNOWN, "None": UNKNOWN})
     if "model_tag" in frame.columns:
         out["model_tag"] = frame["model_tag"].astype(str)
+    for column in PASSTHROUGH_COLUMNS[1:]:
+        if column in frame.columns:
+            out[column] = frame[column]
     return out.reset_index(drop=True)
 
 

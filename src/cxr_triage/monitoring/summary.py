@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from cxr_triage.monitoring.frames import PREDICTION_COLUMN
+from cxr_triage.monitoring.performance import NO_FEEDBACK, RealisedPerformance
 
 __all__ = [
     "DRIFT",
@@ -163,6 +164,8 @@ class DriftSummary:
         verdict: the tests' decision and evidence.
         reports: the run's files and workspace run.
         timings_s: seconds per step of the Evidently run.
+        performance: the window's predictions graded by fed-back reads (log windows only;
+            None for folders and rows in hand).
     """
 
     created_at: str
@@ -181,6 +184,7 @@ class DriftSummary:
     verdict: Verdict
     reports: Reports
     timings_s: dict[str, float] = field(default_factory=dict)
+    performance: RealisedPerformance | None = None
 
     @property
     def status(self) -> str:
@@ -195,6 +199,11 @@ class DriftSummary:
     @property
     def retrain_recommended(self) -> bool:
         return self.drift and self.retrain_on_drift
+
+    @property
+    def performance_alert(self) -> bool:
+        """The realised sensitivity's CI lower bound is below the target."""
+        return self.performance is not None and self.performance.alert
 
     @property
     def html_path(self) -> Path:
@@ -216,6 +225,7 @@ class DriftSummary:
             drift=self.drift,
             retrain_recommended=self.retrain_recommended,
             failed_tests=verdict.failed_tests,
+            performance_alert=self.performance_alert,
         )
         return json_safe(data)
 
@@ -226,10 +236,13 @@ class DriftSummary:
             f"{self.site or 'mixed/unknown sites'} vs {self.scope} reference "
             f"({self.n_reference} rows), {self.n_current} current rows"
         )
+        graded = ""
+        if self.performance is not None and self.performance.status != NO_FEEDBACK:
+            graded = f"; {self.performance.one_line()}"
         if v.status == INSUFFICIENT_DATA:
-            return f"INSUFFICIENT DATA: {v.reason}; {where}; report: {self.html_path}"
+            return f"INSUFFICIENT DATA: {v.reason}; {where}{graded}; report: {self.html_path}"
         head = "DRIFT" if self.drift else "NO DRIFT"
-        return f"{head}: {', '.join(evidence(v))}; {where}; report: {self.html_path}"
+        return f"{head}: {', '.join(evidence(v))}; {where}{graded}; report: {self.html_path}"
 
 
 def evidence(verdict: Verdict) -> list[str]:

@@ -25,15 +25,20 @@ __all__ = [
     "DRIFT_EVENT",
     "DRIFT_RESOURCE_PREFIX",
     "MODEL_RESOURCE",
+    "PERFORMANCE_EVENT",
+    "PERFORMANCE_RESOURCE_PREFIX",
     "RETRAINING_EVENT",
     "AlertSpec",
     "alert_specs",
     "drift_event",
+    "performance_event",
     "retraining_event",
 ]
 
 DRIFT_EVENT = "cxr.drift.detected"
 DRIFT_RESOURCE_PREFIX = "cxr.monitor."
+PERFORMANCE_EVENT = "cxr.performance.below-target"
+PERFORMANCE_RESOURCE_PREFIX = "cxr.performance."
 RETRAINING_EVENT = "cxr.retraining.finished"
 MODEL_RESOURCE = "cxr.model.cxr-triage"
 ALERT_KEY_LABEL = "cxr.alert-key"
@@ -86,6 +91,65 @@ def drift_event(
             "run_url": run_url,
         },
     }
+
+
+def performance_event(
+    summary: Mapping[str, Any],
+    *,
+    settings: AlertSettings | None = None,
+    flow_run_id: str | None = None,
+) -> dict[str, Any]:
+    """Arguments of ``emit_event`` when the realised sensitivity fell below the target.
+
+    Args:
+        summary: the drift check's ``summary.json``, with its ``performance``.
+        settings: base URLs of the links (default: :meth:`AlertSettings.from_env`).
+        flow_run_id: the monitoring flow run, linked in the alert.
+    """
+    settings = settings or AlertSettings.from_env()
+    site, model = summary.get("site"), summary.get("model_tag")
+    perf = summary.get("performance") or {}
+    sens, spec, ece = (perf.get(k) or {} for k in ("sensitivity", "specificity", "ece"))
+    run_url = settings.run_url(flow_run_id) if flow_run_id else None
+    text = [
+        f"Evidence: realised sensitivity {_with_ci(sens)} against the target "
+        f"{figure(perf.get('target_sensitivity'))} ({perf.get('target_source')}) at the "
+        f"threshold {figure(perf.get('threshold'))}; specificity {_with_ci(spec)}; ECE "
+        f"{_with_ci(ece)}; mean predicted {figure(perf.get('mean_predicted'))} vs observed "
+        f"abnormal rate {figure(perf.get('observed_abnormal_rate'))}",
+        f"Reads: {perf.get('n_abnormal')} abnormal and {perf.get('n_normal')} normal, of "
+        f"{_data_line(summary)}",
+        *_links(report=_report_url(summary, settings), run=run_url),
+    ]
+    return {
+        "event": PERFORMANCE_EVENT,
+        "resource": {
+            "prefect.resource.id": f"{PERFORMANCE_RESOURCE_PREFIX}{site or 'all'}",
+            "prefect.resource.name": f"realised performance {site or 'all sites'}",
+            ALERT_KEY_LABEL: f"performance|{site or 'all'}|{model}",
+        },
+        "payload": {
+            "title": f"{_TITLE} sensitivity below target at {site or 'all sites'}, model {model}",
+            "text": "\n".join(text),
+            "site": site,
+            "model_tag": model,
+            "sensitivity": _rounded(sens.get("estimate")),
+            "sensitivity_ci_low": _rounded(sens.get("low")),
+            "target_sensitivity": perf.get("target_sensitivity"),
+            "specificity": _rounded(spec.get("estimate")),
+            "n_abnormal_reads": perf.get("n_abnormal"),
+            "run_url": run_url,
+        },
+    }
+
+
+def _with_ci(estimate: Mapping[str, Any]) -> str:
+    if estimate.get("estimate") is None:
+        return "n/a"
+    return (
+        f"{figure(estimate['estimate'])} (95% CI {figure(estimate.get('low'))}-"
+        f"{figure(estimate.get('high'))})"
+    )
 
 
 def _rounded(value: Any, digits: int = 3) -> float | None:
@@ -203,6 +267,13 @@ def alert_specs(settings: AlertSettings) -> tuple[AlertSpec, ...]:
             name="cxr-drift-detected",
             event=DRIFT_EVENT,
             resource=f"{DRIFT_RESOURCE_PREFIX}*",
+            for_each={ALERT_KEY_LABEL},
+            **own_alert,
+        ),
+        AlertSpec(
+            name="cxr-sensitivity-below-target",
+            event=PERFORMANCE_EVENT,
+            resource=f"{PERFORMANCE_RESOURCE_PREFIX}*",
             for_each={ALERT_KEY_LABEL},
             **own_alert,
         ),
