@@ -27,7 +27,12 @@ def drift_summary(**overrides: Any) -> dict[str, Any]:
             "threshold": 0.02148812,
             "drift": True,
         },
-        "source": {"kind": "images", "folder": "/data/incoming/images", "n_unreadable": 2},
+        "source": {
+            "kind": "images",
+            "description": "images in /data/incoming/images, 2 unreadable",
+            "folder": "/data/incoming/images",
+            "n_unreadable": 2,
+        },
         "reports": {
             "html": "/var/lib/cxr-triage/monitor/runs/20261123T132850Z-new_hospital/report.html",
             "json": "/var/lib/cxr-triage/monitor/runs/20261123T132850Z-new_hospital/summary.json",

@@ -225,41 +225,110 @@ def _get_json(url: str) -> object:
         return json.loads(response.read())
 
 
-@pytest.mark.slow
-def test_monitor_run_is_served_by_evidently_ui(monitor_env):
-    current, _ = current_from_images(monitor_env.package_dir, monitor_env.new_site)
-    result = check_drift(
-        monitor_env.params,
-        CurrentData(current),
-        package=monitor_env.package_dir,
-        out_dir=monitor_env.root / "ui_run",
-    )
-    reports = result.to_json()["reports"]
-    port = _free_port()
-    evidently = Path(sys.executable).with_name("evidently")
-    server = subprocess.Popen(
-        [str(evidently), "ui", "--workspace", reports["workspace"]]
-        + ["--host", "127.0.0.1", "--port", str(port)],
-        env={**os.environ, "DO_NOT_TRACK": "1"},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        base = f"http://127.0.0.1:{port}/api/projects"
+ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"  # git-ignored
+
+
+@pytest.fixture
+def evidently_ui():
+    """Start ``evidently ui`` on a workspace: a function giving its base URL (stopped after)."""
+    servers = []
+
+    def start(workspace: str) -> str:
+        port = _free_port()
+        evidently = Path(sys.executable).with_name("evidently")
+        servers.append(
+            subprocess.Popen(
+                [str(evidently), "ui", "--workspace", workspace]
+                + ["--host", "127.0.0.1", "--port", str(port)],
+                env={**os.environ, "DO_NOT_TRACK": "1"},
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        )
+        base = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 60
         while True:
             try:
-                projects = _get_json(base)
-                break
+                _get_json(f"{base}/api/projects")
+                return base
             except OSError:
                 assert time.monotonic() < deadline, "evidently ui did not start within 60 s"
                 time.sleep(0.5)
-        assert {"cxr-drift-all"} <= {p["name"] for p in projects}
-        project = reports["project_id"]
-        runs = _get_json(f"{base}/{project}/snapshots")
-        assert reports["run_id"] in {r["id"] for r in runs}
-        data = json.dumps(_get_json(f"{base}/{project}/{reports['run_id']}/data"))
-        assert "Drift in embeddings" in data and "embedding drift" in data
-    finally:
+
+    yield start
+    for server in servers:
         server.terminate()
         server.wait(timeout=30)
+
+
+@pytest.fixture
+def browser():
+    """Headless Chromium (Debian's chromium + chromedriver) driven by Selenium."""
+    webdriver = pytest.importorskip("selenium.webdriver", reason="pip install selenium")
+    from selenium.webdriver.chrome.service import Service
+
+    if not (shutil.which("chromium") and shutil.which("chromedriver")):
+        pytest.skip("apt-get install -y chromium chromium-driver")
+    options = webdriver.ChromeOptions()
+    options.binary_location = shutil.which("chromium")
+    for argument in ("--headless=new", "--no-sandbox", "--window-size=1600,1800"):
+        options.add_argument(argument)
+    driver = webdriver.Chrome(options=options, service=Service(shutil.which("chromedriver")))
+    yield driver
+    driver.quit()
+
+
+def _wait_for_text(driver, texts: list[str], timeout: float = 60) -> str:
+    deadline = time.monotonic() + timeout
+    while True:
+        page = driver.find_element("tag name", "body").text
+        if all(text in page for text in texts) or time.monotonic() > deadline:
+            return page
+        time.sleep(0.5)
+
+
+@pytest.mark.slow
+def test_evidently_ui_tells_the_story_of_three_checks(monitor_env, evidently_ui, browser):
+    """Issue 10: the project dashboard has panels over time; reports are tagged and named."""
+    from cxr_triage.monitoring import ImageFolder
+    from cxr_triage.monitoring.dashboard import panel_titles
+
+    out = monitor_env.root / "story"
+    second = _images(monitor_env.root, "batch_a2", 40, "hospital_a", 106)
+    batches = [monitor_env.same_site, second, monitor_env.new_site]  # the last: a new scanner
+    runs = [
+        check_drift(
+            monitor_env.params,
+            ImageFolder(folder),
+            package=monitor_env.package_dir,
+            site="hospital_a",
+            out_dir=out,
+        )
+        for folder in batches
+    ]
+    assert [r.status for r in runs] == ["no_drift", "no_drift", "drift"]
+    reports = runs[-1].reports
+    base = evidently_ui(reports.workspace)
+
+    snapshots = _get_json(f"{base}/api/projects/{reports.project_id}/snapshots")
+    assert len(snapshots) == 3
+    last = next(s for s in snapshots if s["id"] == reports.run_id)
+    assert {"site:hospital_a", "verdict:drift", f"model:{runs[-1].model_tag}"} <= set(last["tags"])
+    assert last["metadata"]["verdict"] == "drift" and "images in" in last["metadata"]["window"]
+    data = json.dumps(_get_json(f"{base}/api/projects/{reports.project_id}/{reports.run_id}/data"))
+    assert "Drift in embeddings" in data and "embedding drift" in data
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    browser.get(f"{base}/projects/{reports.project_id}")
+    titles = panel_titles("hospital_a", monitor_env.params.monitor)
+    page = _wait_for_text(browser, titles)
+    browser.save_screenshot(str(ARTIFACTS / "evidently-dashboard.png"))
+    assert all(title in page for title in titles), page
+    assert "This dashboard is currently empty" not in page
+
+    browser.get(f"{base}/projects/{reports.project_id}/reports/{reports.run_id}")
+    page = _wait_for_text(browser, ["Drifted columns", "Prediction (prob_abnormal) distribution"])
+    browser.save_screenshot(str(ARTIFACTS / "evidently-report.png"))
+    assert "Drifted columns" in page and "Count of Drifted Columns" not in page
+    drifted = runs[-1].verdict
+    assert f"{len(drifted.drifted_columns)} of {drifted.n_columns}" in page  # an integer count

@@ -29,6 +29,7 @@ from cxr_triage.monitoring.outputs import (
     add_to_workspace,
     file_hash,
     insufficient_html,
+    label_run,
     project_name,
     run_dir,
 )
@@ -101,7 +102,9 @@ def check_drift(
         if snapshot is None:
             _write_insufficient_page(tmp / "report.html", summary)
         else:
-            summary = _publish(snapshot, summary, tmp / "report.html", out, timings, started)
+            summary = _publish(
+                snapshot, summary, tmp / "report.html", out, timings, started, params.monitor
+            )
         write_json_atomically(tmp / "summary.json", summary.to_json())
     log.info("%s", summary.one_line())
     return summary
@@ -210,14 +213,31 @@ def _publish(
     out: Path,
     timings: dict[str, float],
     started: float,
+    monitor: MonitorParams,
 ) -> DriftSummary:
     """Write the HTML report, add the run to the workspace; the summary with both recorded."""
-    project = project_name(summary.site)
-    snapshot.set_name(f"{project} {summary.created_at} {summary.status}")
+    snapshot = label_run(
+        snapshot,
+        name=f"{project_name(summary.site)} {summary.created_at} {summary.status}",
+        tags=[
+            f"site:{summary.site or 'all'}",
+            f"model:{summary.model_tag}",
+            f"verdict:{summary.status}",
+        ],
+        metadata={
+            "site": summary.site or "all",
+            "model_tag": str(summary.model_tag),
+            "verdict": summary.status,
+            "window": str(summary.source.get("description", "")),
+            "scope": summary.scope,
+        },
+    )
     with Timer(timings, "html"), quiet():
         snapshot.save_html(str(html_path))  # a Path silently writes nothing (STACK §4)
     with Timer(timings, "workspace"):
-        workspace = add_to_workspace(out / "workspace", project, snapshot)
+        workspace = add_to_workspace(
+            out / "workspace", snapshot, site=summary.site, monitor=monitor
+        )
     timings["total"] = time.perf_counter() - started
     return replace(
         summary,

@@ -39,12 +39,14 @@ class CurrentData:
 
     Attributes:
         rows: one row of monitoring features per image or prediction.
-        source: ``kind`` (``log``, ``images`` or ``rows``) and its details, recorded in the
-            summary.
+        source: ``kind`` (``log``, ``images`` or ``rows``), ``description`` (one line for
+            people) and its details, recorded in the summary.
     """
 
     rows: pd.DataFrame
-    source: dict[str, Any] = field(default_factory=lambda: {"kind": "rows"})
+    source: dict[str, Any] = field(
+        default_factory=lambda: {"kind": "rows", "description": "rows in hand"}
+    )
 
     def load(self, package_dir: Path, site: str | None) -> CurrentData:
         """Itself: the rows are already in hand."""
@@ -103,8 +105,18 @@ class LogWindow:
     def describe(self) -> dict[str, Any]:
         """The window as recorded in the summary (times as ISO strings)."""
         since, until = (_iso(t) for t in (self.since, self.until))
-        return {"kind": "log", "log": str(self.path), "since": since, "until": until,
-                "last": self.last, "log_exists": self.path.is_file()}  # fmt: skip
+        description = f"prediction log from {since or 'the start'} to {until or 'now'}"
+        if self.last is not None:
+            description += f", last {self.last}"
+        return {
+            "kind": "log",
+            "description": description,
+            "log": str(self.path),
+            "since": since,
+            "until": until,
+            "last": self.last,
+            "log_exists": self.path.is_file(),
+        }
 
     def load(self, package_dir: Path, site: str | None) -> CurrentData:
         """The window's rows (``package_dir`` and ``site`` are not needed to read a log)."""
@@ -129,10 +141,14 @@ class ImageFolder:
     def load(self, package_dir: Path, site: str | None) -> CurrentData:
         """Score the folder with the package; unreadable files are listed in the source."""
         rows, unreadable = current_from_images(package_dir, self.folder, site=site)
+        description = f"images in {self.folder}"
+        if unreadable:
+            description += f", {len(unreadable)} unreadable"
         return CurrentData(
             rows,
             {
                 "kind": "images",
+                "description": description,
                 "folder": str(self.folder),
                 "n_unreadable": len(unreadable),
                 "unreadable": [{"file": f, "reason": r} for f, r in unreadable],

@@ -3,7 +3,9 @@
 - ``<monitor dir>/runs/<UTC time>-<site or all>/``: ``report.html`` (self-contained, opens
   offline) and ``summary.json``, written together atomically;
 - ``<monitor dir>/workspace``: the Evidently workspace, one project per site
-  (``cxr-drift-<site>``, or ``cxr-drift-all``), which ``evidently ui --workspace`` serves.
+  (``cxr-drift-<site>``, or ``cxr-drift-all``) with its dashboard panels, which ``evidently ui
+  --workspace`` serves; each run named, tagged and with metadata (site, model, verdict,
+  window).
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from cxr_triage.config import MonitorParams
+from cxr_triage.monitoring.dashboard import add_panels
 from cxr_triage.monitoring.evidently_env import quiet
 
 __all__ = [
@@ -22,6 +26,7 @@ __all__ = [
     "add_to_workspace",
     "file_hash",
     "insufficient_html",
+    "label_run",
     "project_name",
     "run_dir",
 ]
@@ -54,12 +59,27 @@ def file_hash(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
 
 
-def add_to_workspace(workspace_dir: Path, project: str, snapshot: Any) -> dict[str, str]:
-    """Add the run to the Evidently workspace (the project is created when missing).
+def label_run(snapshot: Any, *, name: str, tags: list[str], metadata: dict[str, str]) -> Any:
+    """The snapshot with its name, tags and metadata (shown in the UI, usable as filters)."""
+    from evidently.core.report import Snapshot
+
+    data = snapshot.dump_dict()
+    data.update(name=name, tags=tags, metadata=metadata)
+    return Snapshot.load_dict(data)
+
+
+def add_to_workspace(
+    workspace_dir: Path, snapshot: Any, *, site: str | None, monitor: MonitorParams
+) -> dict[str, str]:
+    """Add the run to the site's project of the Evidently workspace.
+
+    A missing project is created, and every project gets its dashboard panels
+    (:mod:`~cxr_triage.monitoring.dashboard`).
 
     Returns:
         ``workspace``, ``project``, ``project_id`` and ``run_id``.
     """
+    project = project_name(site)
     workspace_dir.mkdir(parents=True, exist_ok=True)
     with quiet():
         from evidently.ui.workspace import Workspace
@@ -74,6 +94,7 @@ def add_to_workspace(workspace_dir: Path, project: str, snapshot: Any) -> dict[s
                 description="Chest X-ray triage drift monitoring (cxr-triage monitor)",
             )
         )
+        add_panels(target, site, monitor)
         ref = workspace.add_run(target.id, snapshot, include_data=False)
     return {
         "workspace": str(workspace_dir),

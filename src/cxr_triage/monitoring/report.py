@@ -39,12 +39,14 @@ from cxr_triage.monitoring.frames import (
 )
 from cxr_triage.monitoring.summary import (
     DRIFT,
+    METHOD_LABEL,
     NO_DRIFT,
     EmbeddingDrift,
     PredictionDrift,
     TestOutcome,
     Verdict,
 )
+from cxr_triage.vocabulary import ABNORMAL
 
 __all__ = [
     "COLUMN_SHARE_TEST",
@@ -62,6 +64,13 @@ COLUMN_SHARE_TEST = "column drift share"
 PREDICTION_TEST = "prediction drift"
 EMBEDDING_TEST = "embedding drift"
 _KS_MAX_REFERENCE_ROWS = 1000  # Evidently's own switch from K-S to Wasserstein
+
+
+def prediction_drift_share(monitor: MonitorParams) -> float:
+    """``drift_share`` of the one-column prediction count: any value in (0, 1] means the same
+    for one column; one other than ``monitor.drift_share`` keeps the two counts apart in the
+    workspace's dashboards (they filter on it)."""
+    return 1.0 if monitor.drift_share != 1.0 else 0.5
 
 
 @dataclass(frozen=True)
@@ -117,7 +126,7 @@ def evaluate(
         comparison, monitor, seed, calibration_dir, reference_key, timings
     )
     with Timer(timings, "merge"):
-        snapshot = _merge_snapshots(columns.snapshot, embedding.snapshot)
+        snapshot = _merge_snapshots(columns.snapshot, embedding.snapshot, monitor)
     return Evaluation(snapshot, _verdict(snapshot, columns, embedding, monitor), timings)
 
 
@@ -167,7 +176,7 @@ def _column_metrics(
 ) -> list[Any]:
     """DriftedColumnsCount with the share test (and the prediction test), DataDriftPreset."""
     with quiet():
-        from evidently.metrics import DriftedColumnsCount
+        from evidently.metrics import CategoryCount, DriftedColumnsCount, MeanValue
         from evidently.presets import DataDriftPreset
         from evidently.tests.numerical_tests import EqualMetricTest, LessThanMetricTest
 
@@ -185,11 +194,17 @@ def _column_metrics(
         metrics.append(
             DriftedColumnsCount(
                 columns=[PREDICTION_COLUMN],
+                drift_share=prediction_drift_share(monitor),
                 tests=[EqualMetricTest(expected=0, alias=PREDICTION_TEST)],
                 **methods,
             )
         )
     metrics.append(DataDriftPreset(columns=columns, drift_share=monitor.drift_share, **methods))
+    # The prediction distribution, for the dashboards (no test: drift decides).
+    if PREDICTION_COLUMN in numeric:
+        metrics.append(MeanValue(column=PREDICTION_COLUMN))
+    if "label" in columns:
+        metrics.append(CategoryCount(column="label", category=ABNORMAL))
     return metrics
 
 
@@ -280,7 +295,7 @@ def _embedding_drift(
     return _EmbeddingRun(snapshot, calibration, (len(emb_ref), len(emb_cur)))
 
 
-def _merge_snapshots(first: Any, second: Any) -> Any:
+def _merge_snapshots(first: Any, second: Any, monitor: MonitorParams) -> Any:
     """One snapshot holding both reports' metrics, widgets and tests (one HTML, one run)."""
     from evidently.core.report import Snapshot, metric_tests_stats, metric_tests_widget
 
@@ -290,6 +305,7 @@ def _merge_snapshots(first: Any, second: Any) -> Any:
     merged["top_level_metrics"] = [*merged["top_level_metrics"], *extra["top_level_metrics"]]
     merged["widgets"] = [*merged["widgets"], *extra["widgets"]]
     merged["tests_widgets"] = []
+    _name_for_what_they_measure(merged, monitor)
     snapshot = Snapshot.load_dict(merged)
     tests = snapshot.tests_results
     if tests:
@@ -297,6 +313,87 @@ def _merge_snapshots(first: Any, second: Any) -> Any:
         merged["tests_widgets"] = [w.dict() for w in widgets]
         snapshot = Snapshot.load_dict(merged)
     return snapshot
+
+
+def _test_alias(result: dict[str, Any]) -> str | None:
+    params = result["metric_value_location"]["metric"]["params"]
+    tests = [*(params.get("tests") or []), *(params.get("share_tests") or [])]
+    return next((t.get("alias") for t in tests if t.get("alias")), None)
+
+
+@dataclass(frozen=True)
+class _Naming:
+    """What a test's metric tiles and the test are called (tile suffix -> title, value)."""
+
+    tiles: dict[str, tuple[str, str]]
+    test_name: str
+    test_description: str | None = None
+    drop: tuple[str, ...] = ()  # tile suffixes to leave out
+
+
+def _column_naming(result: dict[str, Any], monitor: MonitorParams) -> _Naming:
+    count, share = int(result["count"]["value"]), float(result["share"]["value"])
+    n = len(result["metric_value_location"]["metric"]["params"].get("columns") or [])
+    limit = f"{monitor.drift_share:g}"
+    return _Naming(
+        tiles={
+            ": count": ("Drifted columns", f"{count} of {n}"),
+            ": share": (f"Share of drifted columns (drift at >= {limit})", f"{share:.2f}"),
+        },
+        test_name=f"Share of drifted columns < {limit}",
+    )
+
+
+def _prediction_naming(result: dict[str, Any], monitor: MonitorParams) -> _Naming:
+    count = int(result["count"]["value"])
+    verdict = "drifted" if count else "stable"
+    return _Naming(
+        tiles={": count": (f"Prediction ({PREDICTION_COLUMN}) distribution", verdict)},
+        test_name=f"Prediction ({PREDICTION_COLUMN}) did not drift",
+        test_description=f"{PREDICTION_TEST}: {PREDICTION_COLUMN} {verdict} (drifted "
+        f"columns {count}, expected 0)",
+        drop=(": share",),  # the share of one column says nothing more
+    )
+
+
+def _embedding_naming(result: dict[str, Any], monitor: MonitorParams) -> _Naming:
+    (test,) = result["metric_value_location"]["metric"]["params"]["tests"]
+    label = METHOD_LABEL.get(monitor.embedding_method, monitor.embedding_method)
+    return _Naming(tiles={}, test_name=f"Embedding drift ({label}) <= {test['threshold']:.3g}")
+
+
+_NAMING = {
+    COLUMN_SHARE_TEST: _column_naming,
+    PREDICTION_TEST: _prediction_naming,
+    EMBEDDING_TEST: _embedding_naming,
+}
+
+
+def _name_for_what_they_measure(merged: dict[str, Any], monitor: MonitorParams) -> None:
+    """Tiles and tests titled for what they measure, counts as integers (in place).
+
+    Evidently titles both drifted-column counts "Count of Drifted Columns", so the prediction
+    test's tiles read like the column test's, and it prints counts as floats ("13.0").
+    """
+    dropped: set[str] = set()
+    for metric_id, result in merged["metric_results"].items():
+        naming_of = _NAMING.get(_test_alias(result) or "")
+        if naming_of is None:
+            continue
+        naming = naming_of(result, monitor)
+        for widget in merged["widgets"]:
+            if metric_id not in (widget.get("linked_metrics") or []):
+                continue
+            suffix = next((s for s in (": count", ": share") if widget["title"].endswith(s)), "")
+            if suffix in naming.drop:
+                dropped.add(widget["id"])
+            elif suffix in naming.tiles:
+                widget["title"], value = naming.tiles[suffix]
+                widget["params"]["counters"] = [{"value": value, "label": ""}]
+        for test in result["tests"]:
+            test["name"] = naming.test_name
+            test["description"] = naming.test_description or test["description"]
+    merged["widgets"] = [w for w in merged["widgets"] if w["id"] not in dropped]
 
 
 def _verdict(

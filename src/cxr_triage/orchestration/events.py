@@ -186,18 +186,7 @@ def _drift_evidence(summary: Mapping[str, Any]) -> list[str]:
 
 def _data_line(summary: Mapping[str, Any]) -> str:
     """What was compared: the current rows and their source, the reference scope."""
-    source = summary.get("source") or {}
-    if source.get("kind") == "images":
-        origin = f"images in {source.get('folder')}"
-        if source.get("n_unreadable"):
-            origin += f", {source['n_unreadable']} unreadable"
-    elif source.get("kind") == "log":
-        origin = f"prediction log from {source.get('since') or 'the start'} to "
-        origin += f"{source.get('until') or 'now'}"
-        if source.get("last"):
-            origin += f", last {source['last']}"
-    else:
-        origin = "rows in hand"
+    origin = (summary.get("source") or {}).get("description") or "rows in hand"
     return (
         f"{summary.get('n_current')} current rows ({origin}) vs {summary.get('scope')} "
         f"reference ({summary.get('n_reference')} rows)"
