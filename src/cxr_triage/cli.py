@@ -396,5 +396,30 @@ def feedback(
         )
 
 
+@app.command()
+@_user_errors
+def backup(
+    log_path: Annotated[
+        Path | None,
+        typer.Option("--log", help="Prediction log (SQLite). Default: the state folder's."),
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out", help="Backup file, or a folder for it. Default: <state folder>/backups/."
+        ),
+    ] = None,
+) -> None:
+    """Back up the prediction log and its fed-back reads (SQLite online backup).
+
+    Safe while the service is writing: the copy is consistent, and appears whole or
+    not at all.
+    """
+    from cxr_triage.inference.predlog import backup_log
+
+    path, n_predictions, n_reads = backup_log(log_path, out)
+    typer.echo(f"backed up {n_predictions} predictions and {n_reads} reads to {path}")
+
+
 if __name__ == "__main__":  # `python -m cxr_triage.cli`, used by tests and subprocesses
     app()

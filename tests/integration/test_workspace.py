@@ -53,3 +53,32 @@ def test_every_project_gets_panels_and_every_run_its_tags_and_named_tiles(tmp_pa
         "Prediction (prob_abnormal) did not drift",
         f"Embedding drift (MMD) <= {verdict.embedding_drift.threshold:.3g}",
     ]
+
+
+def test_report_retention_deletes_expired_runs_from_the_workspace_too(tmp_path):
+    from datetime import UTC, datetime, timedelta
+
+    from evidently.ui.workspace import Workspace
+
+    from cxr_triage.config import MonitorParams
+    from cxr_triage.monitoring.retention import apply_retention
+
+    params = params_for(tmp_path)
+    out = tmp_path / "monitor"
+    summary = check_drift(
+        params,
+        CurrentData(feature_rows(60, site="hospital_a", seed=31)),
+        package=stub_package(tmp_path / "package", reference_frame()),
+        site="hospital_a",
+        out_dir=out,
+    )
+    later = datetime.now(UTC) + timedelta(days=31)
+
+    deleted = apply_retention(
+        MonitorParams(report_retention_days=30), out_dir=out, log_path=None, now=later
+    )
+
+    assert deleted["runs"] == 1 and deleted["workspace_runs"] == 1
+    assert not summary.json_path.parent.exists()
+    runs = Workspace.create(str(out / "workspace")).list_runs(summary.reports.project_id)
+    assert summary.reports.run_id not in [str(r) for r in runs]

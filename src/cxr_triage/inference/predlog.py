@@ -28,10 +28,18 @@ from typing import Any
 
 import pandas as pd
 
+from cxr_triage.atomic import atomic_path
 from cxr_triage.errors import ConfigError, DataError
 from cxr_triage.state import PREDICTION_LOG_ENV, state_layout
 
-__all__ = ["KEY_KINDS", "LOG_PATH_ENV", "PredictionLog", "normalise_time", "utc_now"]
+__all__ = [
+    "KEY_KINDS",
+    "LOG_PATH_ENV",
+    "PredictionLog",
+    "backup_log",
+    "normalise_time",
+    "utc_now",
+]
 
 LOG_PATH_ENV = PREDICTION_LOG_ENV
 _TABLE = "predictions"
@@ -256,6 +264,44 @@ class PredictionLog:
                 found.update((kind, row[0]) for row in rows)
         return found
 
+    def delete_before(self, cutoff: str) -> tuple[int, int]:
+        """Delete predictions logged, and reads received, before ``cutoff`` (retention).
+
+        Args:
+            cutoff: an ISO 8601 time (UTC when no offset).
+
+        Returns:
+            The numbers of predictions and of reads deleted (in one transaction).
+        """
+        moment = normalise_time(cutoff)
+        with self._transaction() as db:
+            predictions = db.execute(f"DELETE FROM {_TABLE} WHERE ts < ?", (moment,)).rowcount
+            reads = db.execute(
+                f"DELETE FROM {_FEEDBACK} WHERE received_at < ?", (moment,)
+            ).rowcount
+        return predictions, reads
+
+    def backup(self, dest: str | os.PathLike[str]) -> Path:
+        """Copy the log (predictions and reads) to ``dest`` with SQLite's online backup API.
+
+        Consistent while the service keeps writing (pages changed during the copy are copied
+        again); ``dest`` appears whole or not at all.
+
+        Raises:
+            ConfigError: ``dest`` cannot be written.
+        """
+        dest = Path(dest)
+        try:
+            with atomic_path(dest, fsync=True) as tmp:
+                target = sqlite3.connect(tmp)
+                try:
+                    self._connection().backup(target)
+                finally:
+                    target.close()
+        except (OSError, sqlite3.Error) as exc:
+            raise ConfigError(f"cannot write the backup {dest}: {exc}") from exc
+        return dest
+
     def feedback_count(self) -> int:
         return int(self._connection().execute(f"SELECT COUNT(*) FROM {_FEEDBACK}").fetchone()[0])
 
@@ -267,6 +313,46 @@ class PredictionLog:
         if db is not None:
             db.close()
             self._local.db = None
+
+
+def backup_log(
+    log_path: str | os.PathLike[str] | None = None,
+    dest: str | os.PathLike[str] | None = None,
+) -> tuple[Path, int, int]:
+    """Back up the prediction log (with its fed-back reads) while the service may be writing.
+
+    Args:
+        log_path: the log (default: the state folder's).
+        dest: a file (a name with a suffix, e.g. ``.sqlite``), or a folder to put
+            ``predictions-<UTC time>.sqlite`` in (default: the state folder's ``backups/``).
+
+    Returns:
+        The backup file, and the predictions and reads it holds.
+
+    Raises:
+        DataError: there is no log to back up.
+        ConfigError: the backup cannot be written.
+    """
+    source = Path(log_path) if log_path else state_layout().prediction_log
+    if not source.is_file():
+        raise DataError(f"no prediction log at {source}: nothing to back up (pass --log PATH)")
+    target = Path(dest) if dest else state_layout().backup_dir
+    if target.is_dir() or not target.suffix:  # a folder (created if need be)
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+        target = target / f"predictions-{stamp}.sqlite"
+    log = PredictionLog(source)
+    try:
+        log.backup(target)
+    finally:
+        log.close()
+    copy = sqlite3.connect(f"{target.resolve().as_uri()}?mode=ro", uri=True)
+    try:  # what the copy holds, read back from it
+        counts = [
+            copy.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0] for t in (_TABLE, _FEEDBACK)
+        ]
+    finally:
+        copy.close()
+    return target, int(counts[0]), int(counts[1])
 
 
 def _plain(value: Any) -> Any:

@@ -1,7 +1,9 @@
 """One drift check: :func:`check_drift`, which ``cxr-triage monitor`` and the monitoring flow call.
 
 Both only format what it returns (:class:`~cxr_triage.monitoring.summary.DriftSummary`), so
-they compare the same data with the same package and write the same summary.
+they compare the same data with the same package and write the same summary. The steps: choose
+the package, load the current rows, prepare the comparison, grade fed-back reads, decide (the
+Evidently reports, or "insufficient data"), apply retention, write the run and the workspace.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from cxr_triage.atomic import atomic_dir, write_json_atomically
 from cxr_triage.config import MonitorParams, Params
 from cxr_triage.inference.layout import REFERENCE_FILE, read_package_info
-from cxr_triage.monitoring.current import CurrentData, CurrentSource
+from cxr_triage.monitoring.current import CurrentData, CurrentSource, LogWindow
 from cxr_triage.monitoring.evidently_env import Timer, quiet
 from cxr_triage.monitoring.frames import (
     Comparison,
@@ -35,6 +37,7 @@ from cxr_triage.monitoring.outputs import (
 )
 from cxr_triage.monitoring.performance import RealisedPerformance, realised_performance
 from cxr_triage.monitoring.report import evaluate
+from cxr_triage.monitoring.retention import apply_retention
 from cxr_triage.monitoring.summary import DriftSummary, Reports, Verdict
 from cxr_triage.state import state_layout
 
@@ -98,7 +101,8 @@ def check_drift(
     with atomic_dir(folder) as tmp:
         verdict, snapshot, timings = _decide(comparison, params, resolved, out, current)
         summary = _summary(created, resolved, comparison, current, params.monitor, verdict, folder)
-        summary = replace(summary, performance=performance)
+        retention = apply_retention(params.monitor, out_dir=out, log_path=_log_read(source))
+        summary = replace(summary, performance=performance, retention=retention)
         if snapshot is None:
             _write_insufficient_page(tmp / "report.html", summary)
         else:
@@ -135,6 +139,10 @@ def _decide(
         reference_key=file_hash(resolved.path / REFERENCE_FILE),
     )
     return evaluation.verdict, evaluation.snapshot, evaluation.timings
+
+
+def _log_read(source: CurrentSource) -> Path | None:
+    return source.path if isinstance(source, LogWindow) else None
 
 
 def _performance(

@@ -166,6 +166,8 @@ class DriftSummary:
         timings_s: seconds per step of the Evidently run.
         performance: the window's predictions graded by fed-back reads (log windows only;
             None for folders and rows in hand).
+        retention: what this check deleted as expired (``monitor.*_retention_days``): runs,
+            workspace runs, predictions, reads.
     """
 
     created_at: str
@@ -185,6 +187,7 @@ class DriftSummary:
     reports: Reports
     timings_s: dict[str, float] = field(default_factory=dict)
     performance: RealisedPerformance | None = None
+    retention: dict[str, int] = field(default_factory=dict)
 
     @property
     def status(self) -> str:
