@@ -18,10 +18,12 @@ from pipeline_fixture import tiny_params_data
 SCENARIOS = ("same_site", "shifted_new_site", "mixed_sites")
 
 
-def feature_rows(n: int, *, site: str, seed: int, shift: float = 0.0) -> pd.DataFrame:
-    """Monitoring rows in the real column layout; ``shift`` moves every number."""
+def feature_rows(
+    n: int, *, site: str = "hospital_a", seed: int = 0, shift: float = 0.0, k: int = 8
+) -> pd.DataFrame:
+    """Monitoring rows in the real layout (``k`` embedding components); ``shift`` moves numbers."""
     rng = np.random.default_rng(seed)
-    frame = pd.DataFrame({c: rng.normal(0.5 + shift, 0.1, n) for c in monitoring_columns(8)})
+    frame = pd.DataFrame({c: rng.normal(0.5 + shift, 0.1, n) for c in monitoring_columns(k)})
     categories = {
         "site": site,
         "manufacturer": "Contoso Imaging" if shift else "Northwind Medical Systems",

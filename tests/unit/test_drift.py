@@ -7,7 +7,6 @@ import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
 from typer.testing import CliRunner
@@ -15,7 +14,6 @@ from typer.testing import CliRunner
 from cxr_triage.cli import app
 from cxr_triage.config import MonitorParams, Params, load_params, parse_section
 from cxr_triage.errors import ConfigError, DataError
-from cxr_triage.inference.features import monitoring_columns
 from cxr_triage.inference.predlog import PredictionLog
 from cxr_triage.monitoring import (
     CurrentData,
@@ -25,30 +23,10 @@ from cxr_triage.monitoring import (
     current_from_log,
     load_reference,
 )
+from drift_inputs import feature_rows
 from pipeline_fixture import REPO, stub_package, tiny_params_data
 
 runner = CliRunner()
-
-
-def feature_rows(n: int, *, site: str = "hospital_a", k: int = 8, seed: int = 0) -> pd.DataFrame:
-    """Monitoring rows in the real column layout, with plausible values."""
-    rng = np.random.default_rng(seed)
-    columns = monitoring_columns(k)
-    frame = pd.DataFrame({c: rng.normal(0.5, 0.1, n) for c in columns})
-    categories = {
-        "site": site,
-        "manufacturer": "Northwind Medical Systems",
-        "view_position": "PA",
-        "sex": "F",
-        "age_band": "40-59",
-        "modality": "DX",
-        "photometric": "MONOCHROME2",
-    }
-    for column, value in categories.items():
-        frame[column] = value
-    frame["label"] = np.where(frame["prob_abnormal"] > 0.5, "abnormal", "normal")
-    frame[["orig_rows", "orig_cols", "bits_stored"]] = [512.0, 512.0, 12.0]
-    return frame
 
 
 @pytest.fixture

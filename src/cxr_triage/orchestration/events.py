@@ -63,7 +63,6 @@ def drift_event(
         ``title``, ``text``, and the figures (rounded) and links on their own.
     """
     settings = settings or AlertSettings.from_env()
-    site, model = summary.get("site"), summary.get("model_tag")
     report_url = _report_url(summary, settings)
     run_url = settings.run_url(flow_run_id) if flow_run_id else None
     text = [
@@ -71,24 +70,48 @@ def drift_event(
         f"Data: {_data_line(summary)}",
         *_links(report=report_url, run=run_url),
     ]
+    return _own_alert(
+        DRIFT_EVENT,
+        summary,
+        kind="drift",
+        resource=(DRIFT_RESOURCE_PREFIX, "drift monitor"),
+        headline="drift detected",
+        text=text,
+        verdict=summary.get("status"),
+        drift_share=_rounded(summary.get("drift_share")),
+        failed_tests=summary.get("failed_tests"),
+        n_current=summary.get("n_current"),
+        report_url=report_url,
+        run_url=run_url,
+    )
+
+
+def _own_alert(
+    event: str,
+    summary: Mapping[str, Any],
+    *,
+    kind: str,
+    resource: tuple[str, str],
+    headline: str,
+    text: list[str],
+    **figures: Any,
+) -> dict[str, Any]:
+    """An event of ours carrying its alert: the title names what, where and which model."""
+    site, model = summary.get("site"), summary.get("model_tag")
+    prefix, name = resource
     return {
-        "event": DRIFT_EVENT,
+        "event": event,
         "resource": {
-            "prefect.resource.id": f"{DRIFT_RESOURCE_PREFIX}{site or 'all'}",
-            "prefect.resource.name": f"drift monitor {site or 'all sites'}",
-            ALERT_KEY_LABEL: f"drift|{site or 'all'}|{model}",
+            "prefect.resource.id": f"{prefix}{site or 'all'}",
+            "prefect.resource.name": f"{name} {site or 'all sites'}",
+            ALERT_KEY_LABEL: f"{kind}|{site or 'all'}|{model}",
         },
         "payload": {
-            "title": f"{_TITLE} drift detected at {site or 'all sites'}, model {model}",
+            "title": f"{_TITLE} {headline} at {site or 'all sites'}, model {model}",
             "text": "\n".join(text),
             "site": site,
-            "verdict": summary.get("status"),
             "model_tag": model,
-            "drift_share": _rounded(summary.get("drift_share")),
-            "failed_tests": summary.get("failed_tests"),
-            "n_current": summary.get("n_current"),
-            "report_url": report_url,
-            "run_url": run_url,
+            **figures,
         },
     }
 
@@ -107,7 +130,6 @@ def performance_event(
         flow_run_id: the monitoring flow run, linked in the alert.
     """
     settings = settings or AlertSettings.from_env()
-    site, model = summary.get("site"), summary.get("model_tag")
     perf = summary.get("performance") or {}
     sens, spec, ece = (perf.get(k) or {} for k in ("sensitivity", "specificity", "ece"))
     run_url = settings.run_url(flow_run_id) if flow_run_id else None
@@ -121,26 +143,20 @@ def performance_event(
         f"{_data_line(summary)}",
         *_links(report=_report_url(summary, settings), run=run_url),
     ]
-    return {
-        "event": PERFORMANCE_EVENT,
-        "resource": {
-            "prefect.resource.id": f"{PERFORMANCE_RESOURCE_PREFIX}{site or 'all'}",
-            "prefect.resource.name": f"realised performance {site or 'all sites'}",
-            ALERT_KEY_LABEL: f"performance|{site or 'all'}|{model}",
-        },
-        "payload": {
-            "title": f"{_TITLE} sensitivity below target at {site or 'all sites'}, model {model}",
-            "text": "\n".join(text),
-            "site": site,
-            "model_tag": model,
-            "sensitivity": _rounded(sens.get("estimate")),
-            "sensitivity_ci_low": _rounded(sens.get("low")),
-            "target_sensitivity": perf.get("target_sensitivity"),
-            "specificity": _rounded(spec.get("estimate")),
-            "n_abnormal_reads": perf.get("n_abnormal"),
-            "run_url": run_url,
-        },
-    }
+    return _own_alert(
+        PERFORMANCE_EVENT,
+        summary,
+        kind="performance",
+        resource=(PERFORMANCE_RESOURCE_PREFIX, "realised performance"),
+        headline="sensitivity below target",
+        text=text,
+        sensitivity=_rounded(sens.get("estimate")),
+        sensitivity_ci_low=_rounded(sens.get("low")),
+        target_sensitivity=perf.get("target_sensitivity"),
+        specificity=_rounded(spec.get("estimate")),
+        n_abnormal_reads=perf.get("n_abnormal"),
+        run_url=run_url,
+    )
 
 
 def _with_ci(estimate: Mapping[str, Any]) -> str:
