@@ -3,7 +3,10 @@
 On drift it emits ``cxr.drift.detected`` (resource ``cxr.monitor.<site>``; payload: the alert's
 title and text, rounded figures, links to the Evidently report and this run), which the drift
 automation sends to the webhook, and, when ``monitor.retrain_on_drift`` is true, starts the
-retraining deployment (fire-and-forget).
+retraining deployment (fire-and-forget). When fed-back reads show the realised sensitivity
+below the target, it emits ``cxr.performance.below-target`` (its own alert), drift or not.
+A prediction log that does not exist yet, or an empty window, ends Completed with
+"insufficient data" and no alert.
 
     python -m flows.monitoring [--folder new_images/] [--site hospital_x]
                                [--hours 24 | --since T] [--until T] [--last N]
@@ -23,6 +26,7 @@ from prefect.events import emit_event
 from prefect.runtime import flow_run
 
 from cxr_triage.config import load_params
+from cxr_triage.errors import ConfigError
 from cxr_triage.monitoring import DriftSummary, ImageFolder, LogWindow, check_drift
 from cxr_triage.monitoring.summary import INSUFFICIENT_DATA
 from cxr_triage.orchestration.events import drift_event, performance_event
@@ -62,6 +66,8 @@ def drift_check(
     """
     logger = get_run_logger()
     params = load_params(Path(repo_dir) / "params.yaml")
+    if folder and any(v is not None for v in window.values()):
+        raise ConfigError("give a folder or a log window (hours/since/until/last), not both")
     if folder:
         source: ImageFolder | LogWindow = ImageFolder(Path(folder))
     elif any(v is not None for v in window.values()):

@@ -110,7 +110,7 @@ def check_drift(
                 snapshot, summary, tmp / "report.html", out, timings, started, params.monitor
             )
         write_json_atomically(tmp / "summary.json", summary.to_json())
-    log.info("%s", summary.one_line())
+    log.debug("%s", summary.one_line())  # the callers print or log it: once
     return summary
 
 
