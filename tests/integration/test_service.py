@@ -1,15 +1,20 @@
-"""The service in-process: the service class itself, its ASGI app and its request guard."""
+"""The service in-process: the service class itself and its ASGI app (request guard included).
+
+The ASGI tests run BentoML's own app for :class:`CxrTriage` in this process (Starlette's
+TestClient, the scorer as a local dependency): the guard, BentoML's form parsing and temporary
+upload files, the reader and the prediction log are all real.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
-import httpx
 import pytest
 
 from cxr_triage.inference.predlog import PredictionLog
@@ -18,6 +23,7 @@ from cxr_triage.inference.registry import register_package
 pytestmark = [
     pytest.mark.integration,
     pytest.mark.filterwarnings("ignore::DeprecationWarning:starlette"),
+    pytest.mark.filterwarnings("ignore::DeprecationWarning"),
 ]
 
 
@@ -36,10 +42,45 @@ def svc(service_module):
     return service_module.CxrTriage()  # the instance, dependencies resolved in-process
 
 
+@pytest.fixture(scope="module")
+def asgi_app(service_module):
+    # One app per process: BentoML registers its Prometheus metrics once per app.
+    return service_module.CxrTriage.to_asgi()
+
+
+@pytest.fixture
+def asgi(asgi_app):
+    """Starts a TestClient on the service's ASGI app: each start makes a fresh instance."""
+    from starlette.testclient import TestClient
+
+    @contextlib.contextmanager
+    def start() -> Iterator[TestClient]:
+        with TestClient(asgi_app) as client:
+            yield client
+
+    return start
+
+
 def _synth_dicom(tiny_pipeline) -> Path:
     return sorted(
         (Path(tiny_pipeline.params.paths.synth_dir) / "hospital_a" / "images").iterdir()
     )[0]
+
+
+def _assert_error(response, status: int, reason: str) -> dict:
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert body["reason"] == reason and body["status"] == status, body
+    assert body["request_id"] == response.headers["x-request-id"]
+    return body
+
+
+def _logged(log_path: Path, request_id: str) -> int:
+    frame = PredictionLog(log_path).read()
+    return int((frame["request_id"] == request_id).sum())
+
+
+# -- the instance -------------------------------------------------------------------------------
 
 
 def test_service_in_process_predict_labels_at_threshold_and_logs(svc, tiny_pipeline) -> None:
@@ -76,25 +117,12 @@ def test_service_in_process_unusable_image_is_a_4xx_response(svc, make_dicom) ->
     assert b"wrong_modality" in response.body and b"CR or DX" in response.body
 
 
-def test_service_prediction_log_failure_is_503(
-    service_module, tiny_pipeline, tmp_path, monkeypatch
-) -> None:
-    blocker = tmp_path / "a-file"
-    blocker.write_text("the log folder cannot be created under a file")
-    monkeypatch.setenv("CXR_TRIAGE_PREDICTION_LOG", str(blocker / "p.sqlite"))
-    broken = service_module.CxrTriage()
-    response = asyncio.run(broken.predict(image=_synth_dicom(tiny_pipeline)))
-    assert response.status_code == 503
-    assert b"prediction_log_unavailable" in response.body
-    assert b"CXR_TRIAGE_PREDICTION_LOG" in response.body
-    assert response.headers["retry-after"] == "5"
+# -- the ASGI app -------------------------------------------------------------------------------
 
 
-def test_service_asgi_app_without_api_key_is_open(service_module, tiny_pipeline) -> None:
-    from starlette.testclient import TestClient
-
-    assert not os.environ.get(service_module.API_KEY_ENV)
-    with TestClient(service_module.CxrTriage.to_asgi()) as client:
+def test_service_asgi_predicts_with_the_request_id_and_no_key(asgi, tiny_pipeline) -> None:
+    assert not os.environ.get("CXR_TRIAGE_API_KEY")
+    with asgi() as client:
         response = client.post(
             "/predict", files={"image": ("a.dcm", _synth_dicom(tiny_pipeline).read_bytes())}
         )
@@ -104,33 +132,19 @@ def test_service_asgi_app_without_api_key_is_open(service_module, tiny_pipeline)
         assert info["model_tag"] == response.json()["model_tag"]
 
 
-def test_request_guard_refuses_chunked_oversize_and_passes_the_body_on(service_module) -> None:
-    seen: list[bytes] = []
+# -- the prediction log -------------------------------------------------------------------------
 
-    async def app(scope, receive, send):
-        message = await receive()
-        seen.append(message["body"])
-        await send({"type": "http.response.start", "status": 200, "headers": []})
-        await send({"type": "http.response.body", "body": b"ok"})
 
-    guard = service_module.RequestGuard(app, api_key="", max_body_bytes=1000)
-    transport = httpx.ASGITransport(app=guard)
-
-    async def run() -> tuple[httpx.Response, httpx.Response]:
-        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
-
-            async def chunks():  # no Content-Length: streamed
-                yield b"x" * 600
-                yield b"y" * 600
-
-            big = await client.post(
-                "/predict",
-                content=chunks(),
-                headers={"Content-Type": "multipart/form-data; boundary=x"},
-            )
-            small = await client.post("/predict", files={"image": ("a.png", b"123")})
-            return big, small
-
-    big, small = asyncio.run(run())
-    assert big.status_code == 413 and big.json()["reason"] == "body_too_large"
-    assert small.status_code == 200 and b'filename="a.png"' in seen[-1]
+def test_service_prediction_log_unwritable_is_503_and_nothing_unlogged(
+    asgi, tiny_pipeline, tmp_path, monkeypatch
+) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("the log folder cannot be created under a file")
+    monkeypatch.setenv("CXR_TRIAGE_PREDICTION_LOG", str(blocker / "p.sqlite"))
+    with asgi() as client:  # starts anyway: the disk may come back
+        response = client.post(
+            "/predict", files={"image": ("a.dcm", _synth_dicom(tiny_pipeline).read_bytes())}
+        )
+    body = _assert_error(response, 503, "prediction_log_unavailable")
+    assert "CXR_TRIAGE_STATE_DIR" in body["error"]
+    assert response.headers["retry-after"] == "5"

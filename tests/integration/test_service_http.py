@@ -12,13 +12,9 @@ import io
 import json
 import os
 import re
-import signal
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -28,6 +24,7 @@ import pytest
 from PIL import Image
 from pydicom.encaps import encapsulate
 from pydicom.uid import MPEG2MPML
+from service_server import Server, serve
 
 from cxr_triage.inference.predlog import PredictionLog
 from cxr_triage.inference.registry import register_package
@@ -37,7 +34,6 @@ pytestmark = pytest.mark.integration
 API_KEY = "test-key-0123456789"
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 MAX_BODY_MB = 10
-BENTOML = Path(sys.executable).with_name("bentoml")
 JPEG_XL = "1.2.840.10008.1.2.4.110"  # no decoder exists in pydicom 3.0
 
 # ../shared/data/dicom: (status, reason); the readable chest radiographs get 200.
@@ -57,64 +53,21 @@ SHARED_OUTCOME = {
 }
 
 
-@dataclass(frozen=True)
-class Server:
-    url: str
-    log_path: Path
-    model_tag: str
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(tiny_pipeline, tmp_path_factory) -> Iterator[Server]:
-    """`bentoml serve` with 2 workers, an API key and a 10 MB body limit."""
+    """`bentoml serve` from source: 2 workers, an API key, a 10 MB body limit.
+
+    No CXR_TRIAGE_MODEL_TAG: the service resolves the promoted model when it starts (the
+    serving record of its own state folder), and its prediction log is the state folder's.
+    """
     tag = register_package(tiny_pipeline.package_dir)
-    root = tmp_path_factory.mktemp("serve")
-    log_path = root / "predictions.sqlite"
     env = {
-        **os.environ,  # BENTOML_HOME: the test run's store (tests/conftest.py)
-        "BENTOML_DO_NOT_TRACK": "True",
-        "CXR_TRIAGE_MODEL_TAG": tag,
-        "CXR_TRIAGE_PREDICTION_LOG": str(log_path),
         "CXR_TRIAGE_WORKERS": "2",
         "CXR_TRIAGE_API_KEY": API_KEY,
         "CXR_TRIAGE_MAX_BODY_MB": str(MAX_BODY_MB),
     }
-    port = _free_port()
-    command = [str(BENTOML), "serve", "cxr_triage.serving.service:CxrTriage"]
-    command += ["--host", "127.0.0.1", "--port", str(port)]
-    out = (root / "server.log").open("wb")
-    proc = subprocess.Popen(
-        command, cwd=root, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"bentoml serve exited: {(root / 'server.log').read_text()[-3000:]}")
-            try:
-                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"not ready in 120 s: {(root / 'server.log').read_text()[-3000:]}")
-            time.sleep(0.5)
-        yield Server(url, log_path, tag)
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)  # the group this fixture started, nothing else
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        out.close()
+    with serve(tmp_path_factory.mktemp("serve"), tag=tag, promote_tag=True, env=env) as running:
+        yield running
 
 
 @pytest.fixture(scope="module")
@@ -261,7 +214,10 @@ def test_service_http_bad_input_matrix(client, make_dicom, tmp_path) -> None:
         ),
         "chunked body over the limit": (
             {
-                "content": iter([bytes(2**20)] * (MAX_BODY_MB + 1)),
+                "content": iter(
+                    [b'--x\r\nContent-Disposition: form-data; name="image"; filename="a"\r\n\r\n']
+                    + [bytes(2**20)] * (MAX_BODY_MB + 1)
+                ),
                 "headers": {"Content-Type": "multipart/form-data; boundary=x"},
             },
             413,
@@ -308,6 +264,8 @@ def test_service_http_api_key_guards_everything_but_probes_and_metrics(server) -
     with httpx.Client(base_url=server.url, timeout=30) as anonymous:
         for path in ("/healthz", "/livez", "/readyz", "/metrics"):
             assert anonymous.get(path).status_code == 200, path
+        for path in ("/", "/docs.json", "/static_content/swagger-ui.css"):
+            _assert_error(anonymous.get(path), 401, "unauthorized")
         _assert_error(anonymous.post("/model_info"), 401, "unauthorized")
         no_key = anonymous.post("/predict", files={"image": ("x.png", b"123")})
         assert _assert_error(no_key, 401, "unauthorized")

@@ -1,0 +1,462 @@
+"""The HTTP request guard: what every request passes before the service sees it.
+
+:class:`RequestGuard` is plain ASGI middleware (no BentoML import; tests drive it with a stub
+app). In order, for every HTTP request it:
+
+1. gives the request an id (the ``X-Request-ID`` header of the answer);
+2. checks the API key (``Authorization: Bearer <key>`` or ``X-API-Key``) on every route but
+   the probes and ``/metrics`` (401);
+3. on the upload routes: enforces the body limit while reading (413, chunked bodies
+   included), and parses the multipart body with python-multipart's streaming parser (the
+   one Starlette and BentoML parse it with again), checking that the file field holds files,
+   and how many (400/413/415); the body is then handed on as it came;
+4. rewrites the 4xx bodies BentoML sends into the uniform shape
+   ``{"error", "reason", "request_id", "status"}`` and adds ``Retry-After`` to 503s.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import hmac
+import json
+import logging
+import re
+import uuid
+from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping
+from dataclasses import dataclass
+from typing import Any
+
+from cxr_triage.serving.refusals import RETRY_AFTER_STATUSES, Refusal, error_body
+from cxr_triage.serving.settings import ServiceSettings
+
+__all__ = [
+    "OPEN_PATHS",
+    "UPLOAD_FORMS",
+    "USAGE",
+    "RequestGuard",
+    "UploadForm",
+    "current_request_id",
+]
+
+log = logging.getLogger(__name__)
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+OPEN_PATHS = frozenset({"/healthz", "/livez", "/readyz", "/metrics"})
+USAGE = (
+    "send multipart/form-data with the image file in field 'image' to /predict (e.g. "
+    "curl -F image=@chest.dcm -F site=hospital_a http://127.0.0.1:3000/predict), or in one or "
+    "more fields 'images' to /predict_batch; DICOM (CR/DX chest), PNG or JPEG"
+)
+# RFC 2046 boundary characters (at most 70).
+_BOUNDARY = re.compile(r"^[0-9A-Za-z'()+_,./:=? -]{0,69}[0-9A-Za-z'()+_,./:=?-]$")
+_DROPPED_HEADERS = frozenset({b"x-request-id"})
+_REPLACED_HEADERS = _DROPPED_HEADERS | {b"content-length", b"content-type"}
+
+_REQUEST_ID: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "cxr_triage_request_id", default=None
+)
+
+
+def current_request_id() -> str:
+    """The id :class:`RequestGuard` gave this request (a fresh one outside HTTP)."""
+    return _REQUEST_ID.get() or uuid.uuid4().hex
+
+
+@dataclass(frozen=True)
+class UploadForm:
+    """The multipart form an upload route takes: its file field, and whether it takes several."""
+
+    file_field: str
+    many: bool
+
+
+UPLOAD_FORMS: Mapping[str, UploadForm] = {
+    "/predict": UploadForm("image", many=False),
+    "/predict_batch": UploadForm("images", many=True),
+}
+
+
+class _Refused(Exception):
+    """A refusal on its way to the client."""
+
+    def __init__(
+        self, refusal: Refusal, message: str, headers: Mapping[str, str] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.refusal = refusal
+        self.message = message
+        self.headers = dict(headers or {})
+
+
+# -- multipart ----------------------------------------------------------------------------------
+
+
+class _FormChecker:
+    """Streams a multipart body through python-multipart, checking the file parts."""
+
+    def __init__(self, form: UploadForm, boundary: bytes, max_files: int) -> None:
+        from python_multipart.multipart import MultipartParser
+
+        self.form = form
+        self.max_files = max_files
+        self.files = 0
+        self.ended = False
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._field = bytearray()
+        self._value = bytearray()
+        self._parser = MultipartParser(
+            boundary,
+            {
+                "on_part_begin": self._on_part_begin,
+                "on_header_field": self._on_header_field,
+                "on_header_value": self._on_header_value,
+                "on_header_end": self._on_header_end,
+                "on_headers_finished": self._on_headers_finished,
+                "on_end": self._on_end,
+            },
+        )
+
+    def write(self, chunk: bytes) -> None:
+        from python_multipart.exceptions import MultipartParseError
+
+        try:
+            self._parser.write(chunk)
+        except MultipartParseError as exc:
+            raise _Refused(
+                Refusal.BAD_REQUEST, f"malformed multipart body ({exc}); {USAGE}"
+            ) from exc
+
+    def finish(self) -> None:
+        from python_multipart.exceptions import MultipartParseError
+
+        try:
+            self._parser.finalize()
+        except MultipartParseError as exc:
+            raise _Refused(
+                Refusal.BAD_REQUEST, f"malformed multipart body ({exc}); {USAGE}"
+            ) from exc
+        if not self.ended:
+            raise _Refused(
+                Refusal.BAD_REQUEST,
+                "the multipart body ends before its closing boundary (a truncated upload); "
+                f"send it again; {USAGE}",
+            )
+
+    # -- parser callbacks ------------------------------------------------------------------
+
+    def _on_part_begin(self) -> None:
+        self._headers = []
+
+    def _on_header_field(self, data: bytes, start: int, end: int) -> None:
+        self._field += data[start:end]
+
+    def _on_header_value(self, data: bytes, start: int, end: int) -> None:
+        self._value += data[start:end]
+
+    def _on_header_end(self) -> None:
+        self._headers.append((bytes(self._field).strip().lower(), bytes(self._value).strip()))
+        self._field = bytearray()
+        self._value = bytearray()
+
+    def _on_headers_finished(self) -> None:
+        from python_multipart.multipart import parse_options_header
+
+        headers = dict(self._headers)
+        _, options = parse_options_header(headers.get(b"content-disposition", b""))
+        name = options.get(b"name", b"").decode("utf-8", "replace")
+        if name != self.form.file_field:
+            return
+        if b"filename" not in options:
+            raise _Refused(
+                Refusal.BAD_REQUEST,
+                f"field {name!r} holds text, not a file: upload the file itself (curl -F "
+                f"{name}=@chest.dcm); URLs and paths are not fetched",
+            )
+        self.files += 1
+        if not self.form.many and self.files > 1:
+            raise _Refused(
+                Refusal.BAD_REQUEST,
+                f"several files in field {name!r}; send one, or use /predict_batch with "
+                "field 'images' for several",
+            )
+        if self.files > self.max_files:
+            raise _Refused(
+                Refusal.TOO_MANY_IMAGES,
+                f"more than {self.max_files} images in one request; send at most "
+                f"{self.max_files} per request",
+            )
+
+    def _on_end(self) -> None:
+        self.ended = True
+
+
+# -- the middleware -----------------------------------------------------------------------------
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope.get("headers", []):
+        if key.lower() == name:
+            return value.decode("latin-1")
+    return None
+
+
+class RequestGuard:
+    """ASGI middleware: request ids, API key, upload checks, uniform errors.
+
+    Args:
+        app: the ASGI app it wraps.
+        settings: API key, body and image limits and ``Retry-After``; default
+            :meth:`ServiceSettings.from_env`.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        settings: ServiceSettings | None = None,
+    ) -> None:
+        self.app = app
+        self.settings = settings or ServiceSettings.from_env()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = uuid.uuid4().hex
+        token = _REQUEST_ID.set(request_id)
+        responder = _Responder(send, request_id, self.settings.retry_after_s)
+        try:
+            await self._handle(scope, receive, responder)
+        finally:
+            _REQUEST_ID.reset(token)
+
+    async def _handle(self, scope: Scope, receive: Receive, responder: _Responder) -> None:
+        path = scope.get("path", "")
+        form = UPLOAD_FORMS.get(path) if scope.get("method") == "POST" else None
+        try:
+            if path not in OPEN_PATHS:
+                self._authorise(scope)
+            content_type = _header(scope, b"content-type") or ""
+            if form is None:
+                if _is_multipart(content_type) and "boundary=" not in content_type:
+                    # BentoML's parser fails on this with a 500, on every route.
+                    raise _Refused(
+                        Refusal.BAD_REQUEST, f"multipart/form-data without a boundary; {USAGE}"
+                    )
+                await self._call_app(scope, receive, responder)
+                return
+            scope, receive = await self._read_upload(scope, receive, form, content_type)
+        except _Refused as refused:
+            await responder.refuse(refused)
+            return
+        await self._call_app(scope, receive, responder)
+
+    async def _call_app(self, scope: Scope, receive: Receive, responder: _Responder) -> None:
+        await self.app(scope, receive, responder.send)
+
+    def _authorise(self, scope: Scope) -> None:
+        key = self.settings.api_key
+        if key is None:
+            return
+        sent = _header(scope, b"x-api-key")
+        authorization = _header(scope, b"authorization") or ""
+        if authorization[:7].lower() == "bearer ":
+            sent = authorization[7:].strip()
+        if sent is None or not hmac.compare_digest(sent.encode("utf-8"), key.encode("utf-8")):
+            raise _Refused(
+                Refusal.UNAUTHORIZED,
+                "missing or wrong API key: send the header 'Authorization: Bearer <key>' or "
+                "'X-API-Key: <key>' with the key the operator set in CXR_TRIAGE_API_KEY",
+                {"WWW-Authenticate": "Bearer"},
+            )
+
+    async def _read_upload(
+        self, scope: Scope, receive: Receive, form: UploadForm, content_type: str
+    ) -> tuple[Scope, Receive]:
+        """Read and check an upload; the scope and body the app gets instead."""
+        limit = self.settings.max_body_bytes
+        too_large = _Refused(
+            Refusal.BODY_TOO_LARGE,
+            f"request body larger than the limit of {self.settings.max_body_mb:g} MB; send one "
+            "image at a time or a smaller file (operators: CXR_TRIAGE_MAX_BODY_MB)",
+        )
+        length = _header(scope, b"content-length")
+        if length is not None and length.isdigit() and int(length) > limit:
+            raise too_large
+        checker: _FormChecker | None = None
+        if _is_multipart(content_type):
+            boundary = _boundary(content_type)
+            checker = _FormChecker(form, boundary, self.settings.max_images)
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in _body_chunks(receive):
+            size += len(chunk)
+            if size > limit:
+                raise too_large
+            if checker is not None:
+                checker.write(chunk)
+            chunks.append(chunk)
+        if size == 0:
+            raise _Refused(Refusal.BAD_REQUEST, f"empty request body; {USAGE}")
+        if checker is None:
+            raise _Refused(
+                Refusal.UNSUPPORTED_MEDIA_TYPE,
+                f"unsupported content type {content_type or '(none)'!r}; {USAGE}",
+            )
+        checker.finish()
+        body = b"".join(chunks)
+        if checker.files == 0:
+            what = (
+                "no images in the request" if form.many else f"no file field {form.file_field!r}"
+            )
+            raise _Refused(Refusal.BAD_REQUEST, f"{what}; {USAGE}")
+        headers = [
+            (k, v)
+            for k, v in scope.get("headers", [])
+            if k.lower() not in (b"content-length", b"transfer-encoding")
+        ]
+        headers.append((b"content-length", str(len(body)).encode("latin-1")))
+        return {**scope, "headers": headers}, _replay(body)
+
+
+def _is_multipart(content_type: str) -> bool:
+    return content_type.split(";")[0].strip().lower() == "multipart/form-data"
+
+
+def _boundary(content_type: str) -> bytes:
+    from python_multipart.multipart import parse_options_header
+
+    _, options = parse_options_header(content_type)
+    boundary = options.get(b"boundary", b"").decode("latin-1")
+    if not _BOUNDARY.match(boundary):
+        raise _Refused(
+            Refusal.BAD_REQUEST,
+            f"multipart/form-data without a valid boundary (1-70 characters); {USAGE}",
+        )
+    return boundary.encode("latin-1")
+
+
+async def _body_chunks(receive: Receive) -> Any:
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return
+        chunk = message.get("body", b"")
+        if chunk:
+            yield chunk
+        if not message.get("more_body", False):
+            return
+
+
+def _replay(body: bytes) -> Receive:
+    sent = False
+
+    async def receive() -> Message:
+        nonlocal sent
+        if sent:
+            return {"type": "http.disconnect"}
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return receive
+
+
+# -- answers ------------------------------------------------------------------------------------
+
+
+class _Responder:
+    """Wraps ``send``: one request-id header, uniform error bodies, ``Retry-After``."""
+
+    def __init__(self, send: Send, request_id: str, retry_after_s: int) -> None:
+        self._send = send
+        self.request_id = request_id
+        self.retry_after_s = retry_after_s
+        self.started = False
+        self._held: Message | None = None
+        self._chunks: list[bytes] = []
+
+    async def refuse(self, refused: _Refused) -> None:
+        status = refused.refusal.status
+        body = error_body(status, refused.message, refused.refusal.reason, self.request_id)
+        await self._send_json(status, body, refused.headers)
+
+    async def send(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            if message["status"] >= 400:
+                self._held = message  # rewritten once its body is complete
+                return
+            self.started = True
+            await self._send({**message, "headers": self._headers(message.get("headers", []))})
+            return
+        if self._held is None or message["type"] != "http.response.body":
+            await self._send(message)
+            return
+        self._chunks.append(message.get("body", b""))
+        if message.get("more_body", False):
+            return
+        start, raw = self._held, b"".join(self._chunks)
+        self._held, self._chunks = None, []
+        status, body = _uniform(start["status"], raw, self.request_id)
+        headers = {
+            k.decode("latin-1"): v.decode("latin-1")
+            for k, v in start.get("headers", [])
+            if k.lower() not in _REPLACED_HEADERS
+        }
+        await self._send_json(status, body, headers)
+
+    def _headers(self, raw: Iterable[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+        kept = [(k, v) for k, v in raw if k.lower() not in _DROPPED_HEADERS]
+        kept.append((b"x-request-id", self.request_id.encode("latin-1")))
+        return kept
+
+    async def _send_json(
+        self, status: int, body: dict[str, Any], headers: Mapping[str, str]
+    ) -> None:
+        extra = {k.lower(): v for k, v in headers.items()}
+        if status in RETRY_AFTER_STATUSES:
+            extra.setdefault("retry-after", str(self.retry_after_s))
+        payload = json.dumps(body).encode("utf-8")
+        raw = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(payload)).encode("latin-1")),
+            *((k.encode("latin-1"), v.encode("latin-1")) for k, v in extra.items()),
+        ]
+        self.started = True
+        await self._send(
+            {"type": "http.response.start", "status": status, "headers": self._headers(raw)}
+        )
+        await self._send({"type": "http.response.body", "body": payload, "more_body": False})
+
+
+_FOREIGN_REASONS = {
+    404: Refusal.NOT_FOUND,
+    405: Refusal.METHOD_NOT_ALLOWED,
+    413: Refusal.BODY_TOO_LARGE,
+    415: Refusal.UNSUPPORTED_MEDIA_TYPE,
+}
+
+
+def _uniform(status: int, raw: bytes, request_id: str) -> tuple[int, dict[str, Any]]:
+    """The status and uniform body of an error answer (the service's own pass unchanged)."""
+    try:
+        original: Any = json.loads(raw)
+    except ValueError:
+        original = raw.decode("utf-8", "replace")
+    if isinstance(original, dict) and "reason" in original and "request_id" in original:
+        return status, original
+    if status >= 500:  # BentoML's own, as it sent it
+        return status, original if isinstance(original, dict) else {"error": original}
+    refusal = _FOREIGN_REASONS.get(status, Refusal.BAD_REQUEST)
+    if isinstance(original, list) and len(original) == 1:
+        original = original[0]
+    detail = original.get("error", original) if isinstance(original, dict) else original
+    extra = original.get("detail") if isinstance(original, dict) else None
+    if extra and extra != detail:
+        detail = f"{detail}: {json.dumps(extra)[:500]}"
+    message = f"invalid request ({detail}); {USAGE}"
+    return status, error_body(status, message, refusal.reason, request_id)

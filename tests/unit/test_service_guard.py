@@ -1,0 +1,259 @@
+"""The request guard against a stub ASGI app (no BentoML): what reaches the app, what is refused.
+
+The stub parses what it receives with Starlette's form parser, the one BentoML uses, so the
+tests see the upload as the service would: its filename, content type, bytes and form values.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import pytest
+
+from cxr_triage.serving.guard import RequestGuard
+from cxr_triage.serving.settings import ServiceSettings
+
+KEY = "k" * 20
+DICOM_BYTES = b"\x00" * 128 + b"DICM" + bytes(range(256)) * 4
+
+
+class Stub:
+    """An ASGI app recording each request's scope, form and body; answers ``answer``."""
+
+    def __init__(self, answer: Callable[..., Any] | None = None) -> None:
+        self.seen: list[dict[str, Any]] = []
+        self.answer = answer
+
+    async def __call__(self, scope, receive, send) -> None:
+        from starlette.requests import Request
+        from starlette.responses import JSONResponse
+
+        request = Request(scope, receive)
+        record: dict[str, Any] = {"path": scope["path"], "headers": dict(request.headers)}
+        if request.headers.get("content-type", "").startswith("multipart/"):
+            form = await request.form()
+            record["form"] = [
+                (
+                    name,
+                    (value.filename, value.content_type, await value.read())
+                    if hasattr(value, "filename")
+                    else value,
+                )
+                for name, value in form.multi_items()
+            ]
+        else:
+            record["body"] = await request.body()
+        self.seen.append(record)
+        if self.answer is not None:
+            await self.answer(scope, receive, send)
+            return
+        response = JSONResponse({"ok": True}, headers={"X-BentoML-Request-ID": "123"})
+        await response(scope, receive, send)
+
+
+def _settings(**overrides: Any) -> ServiceSettings:
+    return ServiceSettings(**{"max_body_mb": 1.0, "max_images": 3, **overrides})
+
+
+def _request(
+    app: Any,
+    method: str,
+    path: str,
+    *,
+    client: tuple[str, int] = ("127.0.0.1", 5000),
+    **kwargs: Any,
+) -> httpx.Response:
+    async def run() -> httpx.Response:
+        transport = httpx.ASGITransport(app=app, client=client)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+            return await c.request(method, path, **kwargs)
+
+    return asyncio.run(run())
+
+
+def _refused(response: httpx.Response, status: int, reason: str) -> dict[str, Any]:
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert body["reason"] == reason and body["status"] == status, body
+    assert body["request_id"] == response.headers["x-request-id"]
+    assert len(body["error"]) > 20
+    return body
+
+
+def _multipart(parts: list[tuple[bytes, bytes]], boundary: bytes = b"b0undary") -> bytes:
+    """A raw multipart body from (headers, data) parts: for what httpx will not send."""
+    out = b""
+    for headers, data in parts:
+        out += b"--" + boundary + b"\r\n" + headers + b"\r\n\r\n" + data + b"\r\n"
+    return out + b"--" + boundary + b"--\r\n"
+
+
+MULTIPART = {"Content-Type": "multipart/form-data; boundary=b0undary"}
+
+
+# -- request ids, API key, rate limit ----------------------------------------------------------
+
+
+def test_guard_api_key_guards_every_route_but_probes_and_metrics() -> None:
+    stub = Stub()
+    guard = RequestGuard(stub, settings=_settings(api_key=KEY))
+    for path in ("/healthz", "/livez", "/readyz", "/metrics"):
+        assert _request(guard, "GET", path).status_code == 200, path
+    for method, path in [
+        ("GET", "/"),
+        ("GET", "/docs"),
+        ("GET", "/docs.json"),
+        ("GET", "/static_content/swagger-ui.css"),
+        ("POST", "/model_info"),
+        ("POST", "/predict"),
+    ]:
+        response = _request(guard, method, path)
+        _refused(response, 401, "unauthorized")
+        assert response.headers["www-authenticate"] == "Bearer"
+    _refused(
+        _request(guard, "POST", "/model_info", headers={"Authorization": "Bearer nope"}),
+        401,
+        "unauthorized",
+    )
+    assert len(stub.seen) == 4  # the probes only
+    for headers in ({"Authorization": f"Bearer {KEY}"}, {"X-API-Key": KEY}):
+        assert _request(guard, "POST", "/model_info", headers=headers).status_code == 200
+
+
+# -- body limits and upload checks --------------------------------------------------------------
+
+
+def test_guard_refuses_oversize_bodies_declared_or_chunked() -> None:
+    guard = RequestGuard(Stub(), settings=_settings())
+
+    async def chunks():  # no Content-Length: streamed
+        yield b'--b0undary\r\nContent-Disposition: form-data; name="image"; filename="a"\r\n\r\n'
+        for _ in range(3):
+            yield b"x" * 600_000
+
+    declared = _request(guard, "POST", "/predict", files={"image": ("a.dcm", bytes(2**20 + 1))})
+    _refused(declared, 413, "body_too_large")
+    chunked = _request(guard, "POST", "/predict", content=chunks(), headers=MULTIPART)
+    _refused(chunked, 413, "body_too_large")
+
+
+BAD_UPLOADS: dict[str, tuple[str, dict[str, Any], int, str]] = {
+    "empty body": ("/predict", {"content": b""}, 400, "bad_request"),
+    "json": ("/predict", {"json": {"image": "chest.dcm"}}, 415, "unsupported_media_type"),
+    "raw bytes": (
+        "/predict",
+        {"content": b"\x00" * 10, "headers": {"Content-Type": "application/octet-stream"}},
+        415,
+        "unsupported_media_type",
+    ),
+    "no boundary": (
+        "/predict",
+        {"content": b"x", "headers": {"Content-Type": "multipart/form-data"}},
+        400,
+        "bad_request",
+    ),
+    "no file field": ("/predict", {"files": {"site": (None, "hospital_a")}}, 400, "bad_request"),
+    "text instead of a file": (
+        "/predict",
+        {"files": {"image": (None, "http://example.com/chest.png")}},
+        400,
+        "bad_request",
+    ),
+    "two files in image": (
+        "/predict",
+        {"files": [("image", ("a.dcm", b"1")), ("image", ("b.dcm", b"2"))]},
+        400,
+        "bad_request",
+    ),
+    "too many images": (
+        "/predict_batch",
+        {"files": [("images", (f"{i}.dcm", b"1")) for i in range(4)]},
+        413,
+        "too_many_images",
+    ),
+    "empty batch": ("/predict_batch", {"files": {"site": (None, "a")}}, 400, "bad_request"),
+    "truncated multipart": (
+        "/predict",
+        {
+            "content": b'--b0undary\r\nContent-Disposition: form-data; name="image"; '
+            b'filename="a.dcm"\r\n\r\nDATA',
+            "headers": MULTIPART,
+        },
+        400,
+        "bad_request",
+    ),
+    "not multipart inside": (
+        "/predict",
+        {"content": b"garbage without any boundary", "headers": MULTIPART},
+        400,
+        "bad_request",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_UPLOADS))
+def test_guard_refuses_bad_uploads_before_the_app(case: str) -> None:
+    path, request, status, reason = BAD_UPLOADS[case]
+    stub = Stub()
+    guard = RequestGuard(stub, settings=_settings())
+    _refused(_request(guard, "POST", path, **request), status, reason)
+    assert stub.seen == []
+
+
+def test_guard_refuses_multipart_without_boundary_on_every_route() -> None:
+    guard = RequestGuard(Stub(), settings=_settings())
+    response = _request(
+        guard, "POST", "/model_info", content=b"x", headers={"Content-Type": "multipart/form-data"}
+    )
+    _refused(response, 400, "bad_request")
+
+
+def test_guard_passes_a_chunked_body_on_whole() -> None:
+    stub = Stub()
+    guard = RequestGuard(stub, settings=_settings())
+    body = _multipart(
+        [(b'Content-Disposition: form-data; name="image"; filename="a.png"', DICOM_BYTES)]
+    )
+
+    async def chunks():
+        for i in range(0, len(body), 100):
+            yield body[i : i + 100]
+
+    response = _request(guard, "POST", "/predict", content=chunks(), headers=MULTIPART)
+    assert response.status_code == 200
+    assert dict(stub.seen[0]["form"])["image"] == ("a.png", None, DICOM_BYTES)
+
+
+# -- answers: uniform errors, Retry-After, no 500 -----------------------------------------------
+
+
+def _answer(status: int, body: Any, headers: dict[str, str] | None = None) -> Callable[..., Any]:
+    async def answer(scope, receive, send) -> None:
+        from starlette.responses import JSONResponse
+
+        await JSONResponse(body, status_code=status, headers=headers)(scope, receive, send)
+
+    return answer
+
+
+def test_guard_rewrites_bentomls_error_bodies_into_the_uniform_shape() -> None:
+    validation = _answer(
+        400, [{"error": "1 validation error for Input", "detail": [{"loc": ["site"]}]}]
+    )
+    guard = RequestGuard(Stub(validation), settings=_settings())
+    body = _refused(_request(guard, "POST", "/model_info"), 400, "bad_request")
+    assert "validation error" in body["error"] and "site" in body["error"]
+    guard = RequestGuard(Stub(_answer(404, {"detail": "Not Found"})), settings=_settings())
+    _refused(_request(guard, "GET", "/nowhere"), 404, "not_found")
+
+
+def test_guard_keeps_the_services_own_errors_and_adds_retry_after() -> None:
+    own = {"error": "the prediction log is full " * 2, "reason": "prediction_log_unavailable"}
+    own |= {"request_id": "x", "status": 503}
+    guard = RequestGuard(Stub(_answer(503, own)), settings=_settings(retry_after_s=7))
+    response = _request(guard, "POST", "/model_info")
+    assert response.status_code == 503 and response.json() == own
+    assert response.headers["retry-after"] == "7"
