@@ -26,6 +26,9 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore::DeprecationWarning"),
 ]
 
+BUGS = Path(__file__).resolve().parents[3] / "shared" / "bugs"
+HANGUL_NAME = "흉" * 78 + "_chest-xray-1.dcm"  # 95 characters, 251 UTF-8 bytes (S2)
+
 
 @pytest.fixture(scope="module")
 def service_module(tiny_pipeline, tmp_path_factory) -> Iterator[ModuleType]:
@@ -59,6 +62,13 @@ def asgi(asgi_app):
             yield client
 
     return start
+
+
+@pytest.fixture(scope="module")
+def bugs() -> Path:
+    if not BUGS.is_dir():
+        pytest.skip(f"../shared/bugs is absent: expected the bug inputs at {BUGS}")
+    return BUGS
 
 
 def _synth_dicom(tiny_pipeline) -> Path:
@@ -130,6 +140,89 @@ def test_service_asgi_predicts_with_the_request_id_and_no_key(asgi, tiny_pipelin
         assert response.json()["request_id"] == response.headers["x-request-id"]
         info = client.post("/model_info").json()
         assert info["model_tag"] == response.json()["model_tag"]
+
+
+# -- client metadata (../shared/bugs/s01_long_upload_filename) -----------------------------------
+
+
+def test_service_asgi_client_metadata_cases_s1_to_s10(asgi, tiny_pipeline, bugs) -> None:
+    good = _synth_dicom(tiny_pipeline).read_bytes()
+    p01 = (bugs / "p01_png_chunk_valueerror" / "big_iccp.png").read_bytes()
+    d03 = (bugs / "d03_no_transfer_syntax" / "no_transfer_syntax.dcm").read_bytes()
+    single = {
+        "S1 254-byte ASCII name": (("a" * 250 + ".dcm", good, "application/dicom"), {200}),
+        "S2 251-byte Hangul name": ((HANGUL_NAME, good, "application/dicom"), {200}),
+        "S3 name with /": (("../../x/chest.dcm", good, "application/dicom"), {200}),
+        "S4 short unicode name": (("흉부.dcm", good, "application/dicom"), {200}),
+        "S5 zero-byte file": (("empty.dcm", b"", "application/dicom"), "4xx"),
+        "S6 DICOM as text/plain": (("chest.dcm", good, "text/plain"), {200}),
+        # S7/S8: 4xx from a reader that refuses them, 200 from one that decodes them.
+        "S7 P01 PNG": (("p01.png", p01, "image/png"), "200 or 4xx"),
+        "S8 D03 DICOM": (("d03.dcm", d03, "application/dicom"), "200 or 4xx"),
+    }
+    assert len(HANGUL_NAME) == 95 and len(HANGUL_NAME.encode()) == 251
+    with asgi() as client:
+        for case, (upload, expected) in single.items():
+            response = client.post("/predict", files={"image": upload})
+            status = response.status_code
+            assert "request_id" in response.json(), (case, response.text)
+            if expected == "4xx":
+                assert 400 <= status < 500 and response.json()["reason"], (case, response.text)
+            elif expected == "200 or 4xx":
+                assert status == 200 or 400 <= status < 500, (case, response.text)
+            else:
+                assert status in expected, (case, response.text)
+        s9 = client.post(
+            "/predict_batch",
+            files=[
+                ("images", ("a.dcm", good)),
+                ("images", ("p01.png", p01)),
+                ("images", ("b.dcm", good)),
+            ],
+        )
+        assert s9.status_code == 200, s9.text
+        statuses = [r["status"] for r in s9.json()["results"]]
+        assert statuses[0] == statuses[2] == 200 and (
+            statuses[1] == 200 or 400 <= statuses[1] < 500
+        )
+        s10 = client.post(
+            "/predict_batch",
+            files=[("images", ("a.dcm", good)), ("images", ("b" * 300 + ".dcm", good))],
+        )
+        assert s10.status_code == 200, s10.text
+        assert [r["status"] for r in s10.json()["results"]] == [200, 200]
+        assert s10.json()["n_ok"] == 2
+
+
+def test_service_asgi_unforeseen_failure_of_one_file_is_that_files_error(
+    asgi, tiny_pipeline, monkeypatch
+) -> None:
+    from cxr_triage.inference.predictor import Predictor
+
+    real = Predictor.prepare
+
+    def flaky(self, source, metadata=None):
+        if Path(source).read_bytes().startswith(b"BOOM"):
+            raise KeyError("a reader bug")  # outside the typed hierarchy
+        return real(self, source, metadata)
+
+    monkeypatch.setattr(Predictor, "prepare", flaky)
+    good = _synth_dicom(tiny_pipeline).read_bytes()
+    with asgi() as client:
+        one = client.post("/predict", files={"image": ("x.dcm", b"BOOM" + good)})
+        _assert_error(one, 422, "invalid_image")
+        batch = client.post(
+            "/predict_batch",
+            files=[
+                ("images", ("a.dcm", good)),
+                ("images", ("b.dcm", b"BOOM")),
+                ("images", ("c.dcm", good)),
+            ],
+        )
+    assert batch.status_code == 200, batch.text
+    results = batch.json()["results"]
+    assert [r["status"] for r in results] == [200, 422, 200]
+    assert results[1]["error"]["reason"] == "invalid_image"
 
 
 # -- the prediction log -------------------------------------------------------------------------

@@ -7,6 +7,7 @@ tests see the upload as the service would: its filename, content type, bytes and
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -175,6 +176,30 @@ BAD_UPLOADS: dict[str, tuple[str, dict[str, Any], int, str]] = {
         "too_many_images",
     ),
     "empty batch": ("/predict_batch", {"files": {"site": (None, "a")}}, 400, "bad_request"),
+    "unknown field": (
+        "/predict",
+        {"files": {"image": ("a.dcm", b"1"), "patient_name": (None, "Doe")}},
+        400,
+        "bad_request",
+    ),
+    "site as a file": (
+        "/predict",
+        {"files": {"image": ("a.dcm", b"1"), "site": ("site.txt", b"hospital_a")}},
+        400,
+        "bad_request",
+    ),
+    "long site": (
+        "/predict",
+        {"files": {"image": ("a.dcm", b"1"), "site": (None, "x" * 129)}},
+        400,
+        "bad_request",
+    ),
+    "site twice": (
+        "/predict",
+        {"files": [("image", ("a.dcm", b"1")), ("site", (None, "a")), ("site", (None, "b"))]},
+        400,
+        "bad_request",
+    ),
     "truncated multipart": (
         "/predict",
         {
@@ -188,6 +213,60 @@ BAD_UPLOADS: dict[str, tuple[str, dict[str, Any], int, str]] = {
     "not multipart inside": (
         "/predict",
         {"content": b"garbage without any boundary", "headers": MULTIPART},
+        400,
+        "bad_request",
+    ),
+    "filename with a control character": (
+        "/predict",
+        {
+            "content": _multipart(
+                [(b'Content-Disposition: form-data; name="image"; filename="a\x01.dcm"', b"1")]
+            ),
+            "headers": MULTIPART,
+        },
+        400,
+        "bad_request",
+    ),
+    "filename not UTF-8": (
+        "/predict",
+        {
+            "content": _multipart(
+                [(b'Content-Disposition: form-data; name="image"; filename="\xff\xfe.dcm"', b"1")]
+            ),
+            "headers": MULTIPART,
+        },
+        400,
+        "bad_request",
+    ),
+    "filename over 1024 bytes": (
+        "/predict",
+        {"files": {"image": ("a" * 1100 + ".dcm", b"1")}},
+        400,
+        "bad_request",
+    ),
+    "part content type not a media type": (
+        "/predict",
+        {
+            "content": _multipart(
+                [
+                    (
+                        b'Content-Disposition: form-data; name="image"; filename="a.dcm"\r\n'
+                        b"Content-Type: not a type",
+                        b"1",
+                    )
+                ]
+            ),
+            "headers": MULTIPART,
+        },
+        400,
+        "bad_request",
+    ),
+    "part without a name": (
+        "/predict",
+        {
+            "content": _multipart([(b"Content-Disposition: form-data", b"1")]),
+            "headers": MULTIPART,
+        },
         400,
         "bad_request",
     ),
@@ -211,6 +290,72 @@ def test_guard_refuses_multipart_without_boundary_on_every_route() -> None:
     _refused(response, 400, "bad_request")
 
 
+# -- what the app receives ----------------------------------------------------------------------
+
+HANGUL_NAME = "흉" * 78 + "_chest-xray-1.dcm"  # 95 characters, 251 UTF-8 bytes
+
+
+@pytest.mark.parametrize(
+    ("filename", "content_type"),
+    [
+        ("a" * 250 + ".dcm", "application/dicom"),  # S1: 254 bytes
+        (HANGUL_NAME, "application/dicom"),  # S2
+        ("../../etc/passwd/chest.dcm", "application/dicom"),  # S3: separators
+        ("흉부.dcm", "application/dicom"),  # S4
+        ("chest.dcm", "text/plain"),  # S6: a DICOM sent as text
+    ],
+)
+def test_guard_client_metadata_never_reaches_the_app(filename: str, content_type: str) -> None:
+    assert len(HANGUL_NAME) == 95 and len(HANGUL_NAME.encode()) == 251
+    stub = Stub()
+    guard = RequestGuard(stub, settings=_settings())
+    files = {"image": (filename, DICOM_BYTES, content_type), "site": (None, "hospital_a")}
+    response = _request(guard, "POST", "/predict", files=files)
+    assert response.status_code == 200, response.text
+    (seen,) = stub.seen
+    form = dict(seen["form"])
+    assert form["image"] == ("upload-0", "application/octet-stream", DICOM_BYTES)
+    assert json.loads(form["site"]) == "hospital_a"  # a JSON string: BentoML decodes values
+    assert int(seen["headers"]["content-length"]) > len(DICOM_BYTES)
+
+
+def test_guard_empty_filename_is_still_a_file_part() -> None:
+    stub = Stub()
+    guard = RequestGuard(stub, settings=_settings())
+    body = _multipart([(b'Content-Disposition: form-data; name="image"; filename=""', b"1")])
+    assert _request(guard, "POST", "/predict", content=body, headers=MULTIPART).status_code == 200
+    assert dict(stub.seen[0]["form"])["image"][0] == "upload-0"
+
+
+def test_guard_batch_parts_are_renamed_in_order_and_bytes_kept() -> None:
+    stub = Stub()
+    guard = RequestGuard(stub, settings=_settings())
+    payloads = [b"first", b"", DICOM_BYTES]  # an empty file is the reader's to refuse
+    files = [("images", ("x" * 300, p)) for p in payloads] + [("site", (None, "7"))]
+    response = _request(guard, "POST", "/predict_batch", files=files)
+    assert response.status_code == 200, response.text
+    form = stub.seen[0]["form"]
+    assert [v[0] for n, v in form if n == "images"] == ["upload-0", "upload-1", "upload-2"]
+    assert [v[2] for n, v in form if n == "images"] == payloads
+    assert json.loads(dict(form)["site"]) == "7"  # stays the string "7"
+
+
+def test_guard_accepts_json_encoded_values_as_bentomls_client_sends_them() -> None:
+    stub = Stub()
+    guard = RequestGuard(stub, settings=_settings())
+    files = {"image": ("a.dcm", b"1"), "site": (None, '"hospital_a"')}
+    assert _request(guard, "POST", "/predict", files=files).status_code == 200
+    assert json.loads(dict(stub.seen[0]["form"])["site"]) == "hospital_a"
+
+
+def test_guard_empty_site_is_the_same_as_none() -> None:
+    stub = Stub()
+    guard = RequestGuard(stub, settings=_settings())
+    files = {"image": ("a.dcm", b"1"), "site": (None, "")}
+    assert _request(guard, "POST", "/predict", files=files).status_code == 200
+    assert [name for name, _ in stub.seen[0]["form"]] == ["image"]
+
+
 def test_guard_passes_a_chunked_body_on_whole() -> None:
     stub = Stub()
     guard = RequestGuard(stub, settings=_settings())
@@ -224,7 +369,7 @@ def test_guard_passes_a_chunked_body_on_whole() -> None:
 
     response = _request(guard, "POST", "/predict", content=chunks(), headers=MULTIPART)
     assert response.status_code == 200
-    assert dict(stub.seen[0]["form"])["image"] == ("a.png", None, DICOM_BYTES)
+    assert dict(stub.seen[0]["form"])["image"][2] == DICOM_BYTES
 
 
 # -- answers: uniform errors, Retry-After, no 500 -----------------------------------------------
@@ -246,6 +391,13 @@ def test_guard_rewrites_bentomls_error_bodies_into_the_uniform_shape() -> None:
     guard = RequestGuard(Stub(validation), settings=_settings())
     body = _refused(_request(guard, "POST", "/model_info"), 400, "bad_request")
     assert "validation error" in body["error"] and "site" in body["error"]
+    unexpected = {"error": "An unexpected error has occurred, please check the server log."}
+    for status, reason, new_status in [(500, "internal_error", 503), (503, "overloaded", 503)]:
+        guard = RequestGuard(Stub(_answer(status, unexpected)), settings=_settings())
+        response = _request(guard, "POST", "/model_info")
+        body = _refused(response, new_status, reason)
+        assert "unexpected error" not in body["error"]
+        assert response.headers["retry-after"] == "5"
     guard = RequestGuard(Stub(_answer(404, {"detail": "Not Found"})), settings=_settings())
     _refused(_request(guard, "GET", "/nowhere"), 404, "not_found")
 
@@ -257,3 +409,13 @@ def test_guard_keeps_the_services_own_errors_and_adds_retry_after() -> None:
     response = _request(guard, "POST", "/model_info")
     assert response.status_code == 503 and response.json() == own
     assert response.headers["retry-after"] == "7"
+
+
+def test_guard_answers_503_when_the_app_raises() -> None:
+    async def crash(scope, receive, send) -> None:
+        raise RuntimeError("a bug")
+
+    guard = RequestGuard(Stub(crash), settings=_settings())
+    response = _request(guard, "POST", "/model_info")
+    _refused(response, 503, "internal_error")
+    assert "retry-after" in response.headers

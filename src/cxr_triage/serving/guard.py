@@ -6,12 +6,18 @@ app). In order, for every HTTP request it:
 1. gives the request an id (the ``X-Request-ID`` header of the answer);
 2. checks the API key (``Authorization: Bearer <key>`` or ``X-API-Key``) on every route but
    the probes and ``/metrics`` (401);
-3. on the upload routes: enforces the body limit while reading (413, chunked bodies
-   included), and parses the multipart body with python-multipart's streaming parser (the
-   one Starlette and BentoML parse it with again), checking that the file field holds files,
-   and how many (400/413/415); the body is then handed on as it came;
-4. rewrites the 4xx bodies BentoML sends into the uniform shape
-   ``{"error", "reason", "request_id", "status"}`` and adds ``Retry-After`` to 503s.
+3. on the upload routes: enforces the body limit while reading (413, chunked bodies included), and
+   parses the multipart body with python-multipart's streaming parser (the one Starlette and
+   BentoML parse it with again), checking field names, which parts are files, filenames,
+   part content types and the ``site`` value (400/413/415);
+4. hands the service a rewritten body: client metadata never reaches the filesystem
+   (BentoML names its temporary upload files after the client's filename, bentoml/BentoML
+   #5532: a 255-byte name was a 500), so every file part is renamed ``upload-<n>``, typed
+   ``application/octet-stream``, and text values are passed as JSON strings (BentoML
+   JSON-decodes form values: ``7`` would arrive as a number);
+5. rewrites every error body the service or BentoML sends into the uniform shape
+   ``{"error", "reason", "request_id", "status"}``, adds ``Retry-After`` to 503s, and
+   turns any 500 (an exception nobody caught) into a typed 503 ``internal_error``.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ import logging
 import re
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from cxr_triage.serving.refusals import RETRY_AFTER_STATUSES, Refusal, error_body
@@ -52,6 +58,12 @@ USAGE = (
     "curl -F image=@chest.dcm -F site=hospital_a http://127.0.0.1:3000/predict), or in one or "
     "more fields 'images' to /predict_batch; DICOM (CR/DX chest), PNG or JPEG"
 )
+_SITE = re.compile(r"^.{0,128}$", re.DOTALL)  # what the service's model allows
+_MAX_FILENAME_BYTES = 1024
+_MAX_TEXT_BYTES = 1024
+# RFC 9110 media type: token "/" token, then optional parameters.
+_TOKEN = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
+_MEDIA_TYPE = re.compile(rf"^{_TOKEN}/{_TOKEN}\s*(;.*)?$")
 # RFC 2046 boundary characters (at most 70).
 _BOUNDARY = re.compile(r"^[0-9A-Za-z'()+_,./:=? -]{0,69}[0-9A-Za-z'()+_,./:=?-]$")
 _DROPPED_HEADERS = frozenset({b"x-request-id"})
@@ -69,15 +81,20 @@ def current_request_id() -> str:
 
 @dataclass(frozen=True)
 class UploadForm:
-    """The multipart form an upload route takes: its file field, and whether it takes several."""
+    """The multipart form an upload route takes: one file field and optional text fields."""
 
     file_field: str
     many: bool
+    text_fields: Mapping[str, re.Pattern[str]] = field(default_factory=dict)
+
+    @property
+    def names(self) -> list[str]:
+        return [self.file_field, *self.text_fields]
 
 
 UPLOAD_FORMS: Mapping[str, UploadForm] = {
-    "/predict": UploadForm("image", many=False),
-    "/predict_batch": UploadForm("images", many=True),
+    "/predict": UploadForm("image", many=False, text_fields={"site": _SITE}),
+    "/predict_batch": UploadForm("images", many=True, text_fields={"site": _SITE}),
 }
 
 
@@ -96,19 +113,29 @@ class _Refused(Exception):
 # -- multipart ----------------------------------------------------------------------------------
 
 
-class _FormChecker:
-    """Streams a multipart body through python-multipart, checking the file parts."""
+class _FormRewriter:
+    """Streams a multipart body through python-multipart, checking and rewriting each part.
+
+    The output is the same form with client metadata replaced: file parts become
+    ``filename="upload-<n>"`` with ``Content-Type: application/octet-stream``; text values
+    become JSON strings; other part headers are dropped.
+    """
 
     def __init__(self, form: UploadForm, boundary: bytes, max_files: int) -> None:
         from python_multipart.multipart import MultipartParser
 
         self.form = form
+        self.boundary = boundary
         self.max_files = max_files
+        self.out: list[bytes] = []
         self.files = 0
+        self.text_values: dict[str, str] = {}
         self.ended = False
         self._headers: list[tuple[bytes, bytes]] = []
         self._field = bytearray()
         self._value = bytearray()
+        self._part: tuple[str, bool] | None = None  # (name, is_file)
+        self._text = bytearray()
         self._parser = MultipartParser(
             boundary,
             {
@@ -117,6 +144,8 @@ class _FormChecker:
                 "on_header_value": self._on_header_value,
                 "on_header_end": self._on_header_end,
                 "on_headers_finished": self._on_headers_finished,
+                "on_part_data": self._on_part_data,
+                "on_part_end": self._on_part_end,
                 "on_end": self._on_end,
             },
         )
@@ -131,7 +160,7 @@ class _FormChecker:
                 Refusal.BAD_REQUEST, f"malformed multipart body ({exc}); {USAGE}"
             ) from exc
 
-    def finish(self) -> None:
+    def finish(self) -> bytes:
         from python_multipart.exceptions import MultipartParseError
 
         try:
@@ -146,11 +175,14 @@ class _FormChecker:
                 "the multipart body ends before its closing boundary (a truncated upload); "
                 f"send it again; {USAGE}",
             )
+        return b"".join(self.out)
 
     # -- parser callbacks ------------------------------------------------------------------
 
     def _on_part_begin(self) -> None:
         self._headers = []
+        self._part = None
+        self._text = bytearray()
 
     def _on_header_field(self, data: bytes, start: int, end: int) -> None:
         self._field += data[start:end]
@@ -167,32 +199,140 @@ class _FormChecker:
         from python_multipart.multipart import parse_options_header
 
         headers = dict(self._headers)
-        _, options = parse_options_header(headers.get(b"content-disposition", b""))
-        name = options.get(b"name", b"").decode("utf-8", "replace")
-        if name != self.form.file_field:
+        disposition, options = parse_options_header(headers.get(b"content-disposition", b""))
+        if disposition != b"form-data" or b"name" not in options:
+            raise _Refused(
+                Refusal.BAD_REQUEST,
+                f"a multipart part without 'Content-Disposition: form-data; name=...'; {USAGE}",
+            )
+        name = _text(options[b"name"])
+        if name not in self.form.names:
+            shown = name if name is not None and name.isprintable() else "(unprintable)"
+            raise _Refused(
+                Refusal.BAD_REQUEST,
+                f"unknown form field {shown[:64]!r}: this route takes "
+                f"{', '.join(repr(n) for n in self.form.names)}; {USAGE}",
+            )
+        is_file = b"filename" in options
+        if name == self.form.file_field:
+            if not is_file:
+                raise _Refused(
+                    Refusal.BAD_REQUEST,
+                    f"field {name!r} holds text, not a file: upload the file itself (curl -F "
+                    f"{name}=@chest.dcm); URLs and paths are not fetched",
+                )
+            _check_filename(options[b"filename"])
+            _check_content_type(headers.get(b"content-type"))
+            self.files += 1
+            if not self.form.many and self.files > 1:
+                raise _Refused(
+                    Refusal.BAD_REQUEST,
+                    f"several files in field {name!r}; send one, or use /predict_batch with "
+                    "field 'images' for several",
+                )
+            if self.files > self.max_files:
+                raise _Refused(
+                    Refusal.TOO_MANY_IMAGES,
+                    f"more than {self.max_files} images in one request; send at most "
+                    f"{self.max_files} per request",
+                )
+            self._emit_header(
+                f'form-data; name="{name}"; filename="upload-{self.files - 1}"',
+                "application/octet-stream",
+            )
+        else:
+            if is_file:
+                raise _Refused(
+                    Refusal.BAD_REQUEST,
+                    f"field {name!r} is a text value, not a file (e.g. -F {name}=hospital_a)",
+                )
+            if name in self.text_values:
+                raise _Refused(Refusal.BAD_REQUEST, f"field {name!r} is given twice; send it once")
+        self._part = (name, is_file)
+
+    def _emit_header(self, disposition: str, content_type: str | None) -> None:
+        head = b"--" + self.boundary + b"\r\nContent-Disposition: " + disposition.encode()
+        if content_type is not None:
+            head += b"\r\nContent-Type: " + content_type.encode()
+        self.out.append(head + b"\r\n\r\n")
+
+    def _on_part_data(self, data: bytes, start: int, end: int) -> None:
+        assert self._part is not None
+        name, is_file = self._part
+        if is_file:
+            self.out.append(bytes(data[start:end]))
             return
-        if b"filename" not in options:
+        self._text += data[start:end]
+        if len(self._text) > _MAX_TEXT_BYTES:
             raise _Refused(
-                Refusal.BAD_REQUEST,
-                f"field {name!r} holds text, not a file: upload the file itself (curl -F "
-                f"{name}=@chest.dcm); URLs and paths are not fetched",
-            )
-        self.files += 1
-        if not self.form.many and self.files > 1:
-            raise _Refused(
-                Refusal.BAD_REQUEST,
-                f"several files in field {name!r}; send one, or use /predict_batch with "
-                "field 'images' for several",
-            )
-        if self.files > self.max_files:
-            raise _Refused(
-                Refusal.TOO_MANY_IMAGES,
-                f"more than {self.max_files} images in one request; send at most "
-                f"{self.max_files} per request",
+                Refusal.BAD_REQUEST, f"field {name!r} is longer than {_MAX_TEXT_BYTES} bytes"
             )
 
+    def _on_part_end(self) -> None:
+        assert self._part is not None
+        name, is_file = self._part
+        if is_file:
+            self.out.append(b"\r\n")
+            return
+        value = _form_value(_text(bytes(self._text)))
+        if value == "":
+            return  # an empty optional value is the same as none
+        pattern = self.form.text_fields[name]
+        if value is None or not pattern.match(value):
+            raise _Refused(
+                Refusal.BAD_REQUEST,
+                f"invalid {name!r}: give at most 128 characters of text (e.g. hospital_a)",
+            )
+        self.text_values[name] = value
+        self._emit_header(f'form-data; name="{name}"', None)
+        self.out.append(json.dumps(value).encode() + b"\r\n")
+
     def _on_end(self) -> None:
+        self.out.append(b"--" + self.boundary + b"--\r\n")
         self.ended = True
+
+
+def _text(raw: bytes) -> str | None:
+    """UTF-8 text without control characters, else None."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    return None if any(ord(c) < 32 or ord(c) == 127 for c in text) else text
+
+
+def _form_value(text: str | None) -> str | None:
+    """A text field's value: BentoML's own client sends values JSON-encoded (``"a"``)."""
+    if text is None:
+        return None
+    try:
+        decoded = json.loads(text)
+    except ValueError:
+        return text
+    return decoded if isinstance(decoded, str) else text
+
+
+def _check_filename(raw: bytes) -> None:
+    # The name is never used (the part is renamed), but it is client metadata: refuse what no
+    # real file name is, rather than guess.
+    if len(raw) > _MAX_FILENAME_BYTES or _text(raw) is None:
+        raise _Refused(
+            Refusal.BAD_REQUEST,
+            f"invalid upload filename: send a UTF-8 name without control characters, at most "
+            f"{_MAX_FILENAME_BYTES} bytes (the service does not use it)",
+        )
+
+
+def _check_content_type(raw: bytes | None) -> None:
+    # Any declared type is accepted (the reader looks at the bytes), but it must be one.
+    if raw is not None and (
+        len(raw) > 255 or not _MEDIA_TYPE.match(raw.decode("latin-1")) or _text(raw) is None
+    ):
+        raise _Refused(
+            Refusal.BAD_REQUEST,
+            "invalid Content-Type on the file part: give a media type such as "
+            "application/dicom or image/png, or none",
+        )
 
 
 # -- the middleware -----------------------------------------------------------------------------
@@ -257,7 +397,20 @@ class RequestGuard:
         await self._call_app(scope, receive, responder)
 
     async def _call_app(self, scope: Scope, receive: Receive, responder: _Responder) -> None:
-        await self.app(scope, receive, responder.send)
+        try:
+            await self.app(scope, receive, responder.send)
+        except Exception:
+            log.exception("request %s failed", responder.request_id)
+            if responder.started:
+                raise  # nothing left to say: the server closes the connection
+            await responder.refuse(
+                _Refused(
+                    Refusal.INTERNAL_ERROR,
+                    f"the service failed on this request (logged as request "
+                    f"{responder.request_id}); retry later, and report the request id if it "
+                    "persists",
+                )
+            )
 
     def _authorise(self, scope: Scope) -> None:
         key = self.settings.api_key
@@ -278,7 +431,7 @@ class RequestGuard:
     async def _read_upload(
         self, scope: Scope, receive: Receive, form: UploadForm, content_type: str
     ) -> tuple[Scope, Receive]:
-        """Read and check an upload; the scope and body the app gets instead."""
+        """Read, check and rewrite an upload; the scope and body the app gets instead."""
         limit = self.settings.max_body_bytes
         too_large = _Refused(
             Refusal.BODY_TOO_LARGE,
@@ -288,29 +441,26 @@ class RequestGuard:
         length = _header(scope, b"content-length")
         if length is not None and length.isdigit() and int(length) > limit:
             raise too_large
-        checker: _FormChecker | None = None
+        rewriter: _FormRewriter | None = None
         if _is_multipart(content_type):
             boundary = _boundary(content_type)
-            checker = _FormChecker(form, boundary, self.settings.max_images)
-        chunks: list[bytes] = []
+            rewriter = _FormRewriter(form, boundary, self.settings.max_images)
         size = 0
         async for chunk in _body_chunks(receive):
             size += len(chunk)
             if size > limit:
                 raise too_large
-            if checker is not None:
-                checker.write(chunk)
-            chunks.append(chunk)
+            if rewriter is not None:
+                rewriter.write(chunk)
         if size == 0:
             raise _Refused(Refusal.BAD_REQUEST, f"empty request body; {USAGE}")
-        if checker is None:
+        if rewriter is None:
             raise _Refused(
                 Refusal.UNSUPPORTED_MEDIA_TYPE,
                 f"unsupported content type {content_type or '(none)'!r}; {USAGE}",
             )
-        checker.finish()
-        body = b"".join(chunks)
-        if checker.files == 0:
+        body = rewriter.finish()
+        if rewriter.files == 0:
             what = (
                 "no images in the request" if form.many else f"no file field {form.file_field!r}"
             )
@@ -447,16 +597,26 @@ def _uniform(status: int, raw: bytes, request_id: str) -> tuple[int, dict[str, A
         original: Any = json.loads(raw)
     except ValueError:
         original = raw.decode("utf-8", "replace")
-    if isinstance(original, dict) and "reason" in original and "request_id" in original:
+    ours = isinstance(original, dict) and "reason" in original and "request_id" in original
+    if ours and (status < 500 or status == 503):
         return status, original
-    if status >= 500:  # BentoML's own, as it sent it
-        return status, original if isinstance(original, dict) else {"error": original}
-    refusal = _FOREIGN_REASONS.get(status, Refusal.BAD_REQUEST)
-    if isinstance(original, list) and len(original) == 1:
-        original = original[0]
-    detail = original.get("error", original) if isinstance(original, dict) else original
-    extra = original.get("detail") if isinstance(original, dict) else None
-    if extra and extra != detail:
-        detail = f"{detail}: {json.dumps(extra)[:500]}"
-    message = f"invalid request ({detail}); {USAGE}"
-    return status, error_body(status, message, refusal.reason, request_id)
+    if status == 503:  # BentoML's own: a dependency refused or was not ready
+        refusal = Refusal.OVERLOADED
+        message = "the service is overloaded; retry later"
+    elif status >= 500:
+        refusal = Refusal.INTERNAL_ERROR
+        message = (
+            f"the service failed on this request (logged as request {request_id}); retry "
+            "later, and report the request id if it persists"
+        )
+    else:
+        refusal = _FOREIGN_REASONS.get(status, Refusal.BAD_REQUEST)
+        if isinstance(original, list) and len(original) == 1:
+            original = original[0]
+        detail = original.get("error", original) if isinstance(original, dict) else original
+        extra = original.get("detail") if isinstance(original, dict) else None
+        if extra and extra != detail:
+            detail = f"{detail}: {json.dumps(extra)[:500]}"
+        message = f"invalid request ({detail}); {USAGE}"
+        return status, error_body(status, message, refusal.reason, request_id)
+    return refusal.status, error_body(refusal.status, message, refusal.reason, request_id)

@@ -39,7 +39,8 @@ class Refusal(enum.Enum):
     BAD_REQUEST = (
         400,
         "malformed request: empty body, no or duplicate file field, a text value (or URL) where "
-        "a file belongs, an empty batch, invalid `site`, or a malformed multipart body",
+        "a file belongs, an unknown field, an empty batch, invalid `site`, filename or part "
+        "content type, or a malformed multipart body",
     )
     UNAUTHORIZED = (401, "API key missing or wrong")
     NOT_FOUND = (404, "no such route")
@@ -53,6 +54,7 @@ class Refusal(enum.Enum):
         "the prediction could not be logged (read-only or full disk): nothing is returned "
         "unlogged",
     )
+    INTERNAL_ERROR = (503, "the service failed on this request in a way nobody foresaw (a bug)")
 
     def __init__(self, status: int, when: str) -> None:
         self.status = status

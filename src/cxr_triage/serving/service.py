@@ -12,7 +12,7 @@ Two BentoML services, composed with ``bentoml.depends``:
   from every worker of :class:`CxrTriage`, into one network call.
 
 Around them: :class:`~cxr_triage.serving.guard.RequestGuard` (request ids, API key, upload
-checks, uniform errors), the refusals and their statuses
+checks and rewriting, uniform errors), the refusals and their statuses
 (:mod:`~cxr_triage.serving.refusals`) and the settings (:mod:`~cxr_triage.serving.settings`).
 
 Which model: ``CXR_TRIAGE_MODEL_TAG`` when set (a Bento sets it in its envs; the class then
@@ -209,11 +209,20 @@ class CxrTriage:
         return await anyio.to_thread.run_sync(func, *args, limiter=self._limiter)
 
     async def _prepare(self, path: Path, site: str | None) -> Any:
-        """The prepared image, or the typed refusal of this one file."""
+        """The prepared image, or the typed refusal of this one file (never an exception)."""
         try:
             return await self._run(self.predictor.prepare, path, {"site": site})
         except InvalidImageError as exc:
             return exc
+        except Exception as exc:  # noqa: BLE001 - one file's failure is that file's refusal
+            log.exception(
+                "unforeseen failure reading an upload (request %s)", current_request_id()
+            )
+            return InvalidImageError(
+                f"the file could not be read ({type(exc).__name__}); if it opens elsewhere, "
+                f"report request {current_request_id()}",
+                reason="invalid_image",
+            )
 
     async def _score(self, prepared: Sequence[Any]) -> Any:
         """Scores from the scorer (batched with other requests' images there)."""
