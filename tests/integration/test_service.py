@@ -130,7 +130,7 @@ def test_service_in_process_unusable_image_is_a_4xx_response(svc, make_dicom) ->
 # -- the ASGI app -------------------------------------------------------------------------------
 
 
-def test_service_asgi_predicts_with_the_request_id_and_no_key(asgi, tiny_pipeline) -> None:
+def test_service_asgi_predicts_with_one_request_id_and_no_key(asgi, tiny_pipeline) -> None:
     assert not os.environ.get("CXR_TRIAGE_API_KEY")
     with asgi() as client:
         response = client.post(
@@ -138,8 +138,44 @@ def test_service_asgi_predicts_with_the_request_id_and_no_key(asgi, tiny_pipelin
         )
         assert response.status_code == 200, response.text
         assert response.json()["request_id"] == response.headers["x-request-id"]
+        assert [k for k in response.headers if "request-id" in k] == ["x-request-id"]
         info = client.post("/model_info").json()
         assert info["model_tag"] == response.json()["model_tag"]
+
+
+def test_service_asgi_site_is_validated_as_documented(asgi, tiny_pipeline) -> None:
+    image = ("a.dcm", _synth_dicom(tiny_pipeline).read_bytes())
+    with asgi() as client:
+        for site in ("bad site!", "x" * 65, "-starts-with-dash", "hôpital"):
+            response = client.post("/predict", files={"image": image, "site": (None, site)})
+            assert "site" in _assert_error(response, 400, "bad_request")["error"]
+        numeric = client.post("/predict", files={"image": image, "site": (None, "7")})
+        assert numeric.status_code == 200, numeric.text
+        log_path = Path(os.environ["CXR_TRIAGE_PREDICTION_LOG"])
+        frame = PredictionLog(log_path).read()
+        assert frame.loc[frame["request_id"] == numeric.json()["request_id"], "site"].item() == "7"
+
+
+def test_service_asgi_openapi_is_the_products(asgi, service_module) -> None:
+    with asgi() as client:
+        spec = client.get("/docs.json").json()
+        page = client.get("/docs")
+    info = spec["info"]
+    assert info["title"].startswith("cxr-triage")
+    assert info["version"] == service_module.DECLARED_MODEL_TAG
+    assert "not for clinical use" in info["description"].lower()
+    assert "BentoML Team" not in str(spec)
+    for route, statuses in {
+        "/predict": {"200", "400", "401", "413", "415", "422", "503"},
+        "/predict_batch": {"200", "400", "401", "413", "415", "503"},
+    }.items():
+        responses = spec["paths"][route]["post"]["responses"]
+        assert set(responses) == statuses, route
+        assert "multipart/form-data" in spec["paths"][route]["post"]["requestBody"]["content"]
+    site = spec["components"]["schemas"]["predict__Input"]["properties"]["site"]
+    assert "pattern" in str(site)
+    assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+    assert "googletagmanager" not in page.text and "https://" not in page.text
 
 
 # -- client metadata (../shared/bugs/s01_long_upload_filename) -----------------------------------

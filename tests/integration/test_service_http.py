@@ -264,7 +264,7 @@ def test_service_http_api_key_guards_everything_but_probes_and_metrics(server) -
     with httpx.Client(base_url=server.url, timeout=30) as anonymous:
         for path in ("/healthz", "/livez", "/readyz", "/metrics"):
             assert anonymous.get(path).status_code == 200, path
-        for path in ("/", "/docs.json", "/static_content/swagger-ui.css"):
+        for path in ("/", "/docs", "/docs.json", "/static_content/swagger-ui.css"):
             _assert_error(anonymous.get(path), 401, "unauthorized")
         _assert_error(anonymous.post("/model_info"), 401, "unauthorized")
         no_key = anonymous.post("/predict", files={"image": ("x.png", b"123")})
@@ -274,6 +274,58 @@ def test_service_http_api_key_guards_everything_but_probes_and_metrics(server) -
         _assert_error(wrong, 401, "unauthorized")
         assert anonymous.post("/model_info", headers={"X-API-Key": API_KEY}).status_code == 200
         assert anonymous.post("/model_info", headers=AUTH).status_code == 200
+        spec = anonymous.get("/docs.json", headers=AUTH).json()
+        assert spec["info"]["version"] == server.model_tag  # resolved when it started
+
+
+def _metric(metrics: str, name: str, **labels: str) -> float:
+    """The sum of a metric's samples with these labels (0 when absent)."""
+    total = 0.0
+    for line in metrics.splitlines():
+        if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def test_service_http_metrics_carry_the_model_and_domain_counters(
+    server, client, make_dicom
+) -> None:
+    image = {"image": ("a.dcm", make_dicom(name="a.dcm").read_bytes())}
+    before = httpx.get(f"{server.url}/metrics").text
+    answers = [client.post("/predict", files=image) for _ in range(3)]
+    assert all(a.status_code == 200 for a in answers)
+    _assert_error(
+        client.post("/predict", files={"image": ("x", b"junk" * 100)}), 415, "not_an_image"
+    )
+    _assert_error(httpx.post(f"{server.url}/model_info"), 401, "unauthorized")
+    after = httpx.get(f"{server.url}/metrics").text
+    tag = server.model_tag
+    assert _metric(after, "cxr_triage_model_info", model_tag=tag) == 1
+    label = answers[0].json()["label"]
+    predicted = _metric(after, "cxr_triage_predictions_total", model_tag=tag, label=label)
+    assert (
+        predicted - _metric(before, "cxr_triage_predictions_total", model_tag=tag, label=label)
+        == 3
+    )
+    assert _metric(after, "cxr_triage_prob_abnormal_count", model_tag=tag) >= 3
+    assert _metric(after, "cxr_triage_prob_abnormal_bucket", model_tag=tag, le="1.0") >= 3
+    for reason, status in (("not_an_image", "415"), ("unauthorized", "401")):
+        counted = _metric(after, "cxr_triage_refusals_total", reason=reason, status=status)
+        assert counted - _metric(before, "cxr_triage_refusals_total", reason=reason) >= 1
+
+
+def test_service_http_one_request_id_header(client, make_dicom) -> None:
+    answers = [
+        client.post("/predict", files={"image": ("a.dcm", make_dicom(name="a.dcm").read_bytes())}),
+        client.post("/predict", files={"image": ("x", b"junk" * 100)}),
+        client.post("/model_info"),
+        client.get("/nowhere"),
+    ]
+    for answer in answers:
+        assert [k for k in answer.headers if "request-id" in k or "trace-id" in k] == [
+            "x-request-id"
+        ], answer.headers
+    _assert_error(answers[-1], 404, "not_found")
 
 
 def test_service_http_python_client_predicts_and_logs_before_answering(

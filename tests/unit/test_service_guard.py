@@ -98,6 +98,14 @@ MULTIPART = {"Content-Type": "multipart/form-data; boundary=b0undary"}
 # -- request ids, API key, rate limit ----------------------------------------------------------
 
 
+def test_guard_gives_one_request_id_header_and_drops_bentomls() -> None:
+    guard = RequestGuard(Stub(), settings=_settings())
+    response = _request(guard, "POST", "/model_info")
+    assert response.status_code == 200
+    ids = [k for k in response.headers if "request-id" in k.lower()]
+    assert ids == ["x-request-id"] and len(response.headers["x-request-id"]) == 32
+
+
 def test_guard_api_key_guards_every_route_but_probes_and_metrics() -> None:
     stub = Stub()
     guard = RequestGuard(stub, settings=_settings(api_key=KEY))
@@ -188,9 +196,15 @@ BAD_UPLOADS: dict[str, tuple[str, dict[str, Any], int, str]] = {
         400,
         "bad_request",
     ),
+    "invalid site": (
+        "/predict",
+        {"files": {"image": ("a.dcm", b"1"), "site": (None, "bad site!")}},
+        400,
+        "bad_request",
+    ),
     "long site": (
         "/predict",
-        {"files": {"image": ("a.dcm", b"1"), "site": (None, "x" * 129)}},
+        {"files": {"image": ("a.dcm", b"1"), "site": (None, "x" * 65)}},
         400,
         "bad_request",
     ),
@@ -346,6 +360,8 @@ def test_guard_accepts_json_encoded_values_as_bentomls_client_sends_them() -> No
     files = {"image": ("a.dcm", b"1"), "site": (None, '"hospital_a"')}
     assert _request(guard, "POST", "/predict", files=files).status_code == 200
     assert json.loads(dict(stub.seen[0]["form"])["site"]) == "hospital_a"
+    bad = {"image": ("a.dcm", b"1"), "site": (None, '"bad site!"')}
+    _refused(_request(guard, "POST", "/predict", files=bad), 400, "bad_request")
 
 
 def test_guard_empty_site_is_the_same_as_none() -> None:
@@ -419,3 +435,15 @@ def test_guard_answers_503_when_the_app_raises() -> None:
     response = _request(guard, "POST", "/model_info")
     _refused(response, 503, "internal_error")
     assert "retry-after" in response.headers
+
+
+def test_guard_reports_every_refusal_it_sends() -> None:
+    counted: list[tuple[str, int]] = []
+    guard = RequestGuard(
+        Stub(_answer(500, {"error": "x"})),
+        settings=_settings(api_key=KEY),
+        on_refusal=lambda reason, status: counted.append((reason, status)),
+    )
+    _request(guard, "POST", "/predict")
+    _request(guard, "POST", "/model_info", headers={"X-API-Key": KEY})
+    assert counted == [("unauthorized", 401), ("internal_error", 503)]

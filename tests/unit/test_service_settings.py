@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from cxr_triage.errors import ConfigError, InvalidImageError, NotAnImageError
+from cxr_triage.serving.docs import ROUTE_ERRORS, docs_page, product_openapi
 from cxr_triage.serving.refusals import Refusal, image_refusals, image_status
 from cxr_triage.serving.settings import ServiceSettings
 
@@ -78,6 +79,49 @@ def test_image_status_comes_from_the_error_class() -> None:
     carried = NotAnImageError("x")
     carried.http_status = 418  # as the error classes carry it (no subclass: it would stay)
     assert image_status(carried) == 418
+
+
+def _base_spec() -> dict:
+    error = {"description": "e", "content": {"application/json": {"schema": {}}}}
+    post = {
+        "responses": {200: {"description": "ok"}, 400: error, 404: error, 500: error},
+        "requestBody": {},
+    }
+    return {
+        "openapi": "3.0.2",
+        "info": {"title": "cxr-triage", "version": "None", "contact": {"name": "BentoML Team"}},
+        "paths": {route: {"post": dict(post)} for route in ROUTE_ERRORS} | {"/healthz": {}},
+        "components": {"schemas": {"InvalidArgument": {}, "NotFound": {}}},
+    }
+
+
+def test_product_openapi_documents_the_product_and_every_error() -> None:
+    spec = product_openapi(_base_spec(), "cxr-triage:abc", ServiceSettings(api_key="k" * 16))
+    info = spec["info"]
+    assert info["version"] == "cxr-triage:abc" and "contact" not in info
+    assert "not for clinical use" in info["description"].lower()
+    for reason in [r.reason for r in Refusal] + [r for r, _, _ in image_refusals()]:
+        assert f"`{reason}`" in info["description"], reason
+    predict = spec["paths"]["/predict"]["post"]["responses"]
+    assert set(predict) == {"200", "400", "401", "413", "415", "422", "503"}
+    batch = spec["paths"]["/predict_batch"]["post"]["responses"]
+    assert set(batch) == {"200", "400", "401", "413", "415", "503"}
+    ref = {"$ref": "#/components/schemas/ErrorResponse"}
+    assert predict["422"]["content"]["application/json"]["schema"] == ref
+    assert "wrong_modality" in predict["422"]["description"]
+    assert {"Retry-After", "X-Request-ID"} <= set(predict["503"]["headers"])
+    assert "X-Request-ID" in predict["200"]["headers"]
+    assert "ErrorResponse" in spec["components"]["schemas"]
+    assert "NotFound" not in spec["components"]["schemas"]
+    assert spec["components"]["securitySchemes"]["apiKey"]["name"] == "X-API-Key"
+
+
+def test_docs_page_loads_nothing_from_elsewhere() -> None:
+    page = docs_page().decode()
+    assert "not for clinical use" in page.lower()
+    urls = re.findall(r"""(?:src|href|url)\s*[=:]\s*["']([^"']+)""", page)
+    assert urls and all(u.startswith(("./", "data:")) for u in urls), urls
+    assert "validatorUrl: null" in page
 
 
 def test_readme_error_table_lists_every_reason_with_its_status() -> None:

@@ -3,7 +3,8 @@
 :class:`RequestGuard` is plain ASGI middleware (no BentoML import; tests drive it with a stub
 app). In order, for every HTTP request it:
 
-1. gives the request an id (the ``X-Request-ID`` header of the answer);
+1. gives the request an id (the ``X-Request-ID`` header of the answer, the only request-id
+   header: BentoML's ``X-BentoML-Request-ID``/``-Trace-ID`` are removed);
 2. checks the API key (``Authorization: Bearer <key>`` or ``X-API-Key``) on every route but
    the probes and ``/metrics`` (401);
 3. on the upload routes: enforces the body limit while reading (413, chunked bodies included), and
@@ -37,6 +38,7 @@ from cxr_triage.serving.settings import ServiceSettings
 
 __all__ = [
     "OPEN_PATHS",
+    "SITE_PATTERN",
     "UPLOAD_FORMS",
     "USAGE",
     "RequestGuard",
@@ -51,14 +53,17 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+RefusalHook = Callable[[str, int], None]
 
 OPEN_PATHS = frozenset({"/healthz", "/livez", "/readyz", "/metrics"})
+# A site (hospital) name: what the synthetic sites and ingest sources are called.
+SITE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 USAGE = (
     "send multipart/form-data with the image file in field 'image' to /predict (e.g. "
     "curl -F image=@chest.dcm -F site=hospital_a http://127.0.0.1:3000/predict), or in one or "
     "more fields 'images' to /predict_batch; DICOM (CR/DX chest), PNG or JPEG"
 )
-_SITE = re.compile(r"^.{0,128}$", re.DOTALL)  # what the service's model allows
+_SITE = re.compile(SITE_PATTERN)
 _MAX_FILENAME_BYTES = 1024
 _MAX_TEXT_BYTES = 1024
 # RFC 9110 media type: token "/" token, then optional parameters.
@@ -66,7 +71,7 @@ _TOKEN = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
 _MEDIA_TYPE = re.compile(rf"^{_TOKEN}/{_TOKEN}\s*(;.*)?$")
 # RFC 2046 boundary characters (at most 70).
 _BOUNDARY = re.compile(r"^[0-9A-Za-z'()+_,./:=? -]{0,69}[0-9A-Za-z'()+_,./:=?-]$")
-_DROPPED_HEADERS = frozenset({b"x-request-id"})
+_DROPPED_HEADERS = frozenset({b"x-request-id", b"x-bentoml-request-id", b"x-bentoml-trace-id"})
 _REPLACED_HEADERS = _DROPPED_HEADERS | {b"content-length", b"content-type"}
 
 _REQUEST_ID: contextvars.ContextVar[str | None] = contextvars.ContextVar(
@@ -281,7 +286,8 @@ class _FormRewriter:
         if value is None or not pattern.match(value):
             raise _Refused(
                 Refusal.BAD_REQUEST,
-                f"invalid {name!r}: give at most 128 characters of text (e.g. hospital_a)",
+                f"invalid {name!r}: give 1-64 letters, digits, '.', '_' or '-', starting with a "
+                "letter or digit (e.g. hospital_a)",
             )
         self.text_values[name] = value
         self._emit_header(f'form-data; name="{name}"', None)
@@ -352,6 +358,8 @@ class RequestGuard:
         app: the ASGI app it wraps.
         settings: API key, body and image limits and ``Retry-After``; default
             :meth:`ServiceSettings.from_env`.
+        on_refusal: called with ``(reason, status)`` for every refusal it sends or rewrites
+            (metrics); default: nothing.
     """
 
     def __init__(
@@ -359,9 +367,11 @@ class RequestGuard:
         app: ASGIApp,
         *,
         settings: ServiceSettings | None = None,
+        on_refusal: RefusalHook | None = None,
     ) -> None:
         self.app = app
         self.settings = settings or ServiceSettings.from_env()
+        self.on_refusal = on_refusal
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -369,7 +379,7 @@ class RequestGuard:
             return
         request_id = uuid.uuid4().hex
         token = _REQUEST_ID.set(request_id)
-        responder = _Responder(send, request_id, self.settings.retry_after_s)
+        responder = _Responder(send, request_id, self.settings.retry_after_s, self.on_refusal)
         try:
             await self._handle(scope, receive, responder)
         finally:
@@ -522,10 +532,13 @@ def _replay(body: bytes) -> Receive:
 class _Responder:
     """Wraps ``send``: one request-id header, uniform error bodies, ``Retry-After``."""
 
-    def __init__(self, send: Send, request_id: str, retry_after_s: int) -> None:
+    def __init__(
+        self, send: Send, request_id: str, retry_after_s: int, on_refusal: RefusalHook | None
+    ) -> None:
         self._send = send
         self.request_id = request_id
         self.retry_after_s = retry_after_s
+        self.on_refusal = on_refusal
         self.started = False
         self._held: Message | None = None
         self._chunks: list[bytes] = []
@@ -567,6 +580,8 @@ class _Responder:
     async def _send_json(
         self, status: int, body: dict[str, Any], headers: Mapping[str, str]
     ) -> None:
+        if self.on_refusal is not None:
+            self.on_refusal(str(body.get("reason")), status)
         extra = {k.lower(): v for k, v in headers.items()}
         if status in RETRY_AFTER_STATUSES:
             extra.setdefault("retry-after", str(self.retry_after_s))

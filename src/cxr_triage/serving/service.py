@@ -12,8 +12,10 @@ Two BentoML services, composed with ``bentoml.depends``:
   from every worker of :class:`CxrTriage`, into one network call.
 
 Around them: :class:`~cxr_triage.serving.guard.RequestGuard` (request ids, API key, upload
-checks and rewriting, uniform errors), the refusals and their statuses
-(:mod:`~cxr_triage.serving.refusals`) and the settings (:mod:`~cxr_triage.serving.settings`).
+checks and rewriting, uniform errors), :class:`~cxr_triage.serving.docs.ApiDocs` (the
+product's OpenAPI document and a docs page without external assets), the refusals and their
+statuses (:mod:`~cxr_triage.serving.refusals`), the settings
+(:mod:`~cxr_triage.serving.settings`) and the domain metrics (:mod:`~cxr_triage.serving.metrics`).
 
 Which model: ``CXR_TRIAGE_MODEL_TAG`` when set (a Bento sets it in its envs; the class then
 declares it as a ``BentoModel``, so a Bento build references it), else
@@ -35,7 +37,9 @@ from pydantic import BaseModel, Field, StringConstraints
 
 from cxr_triage.errors import InvalidImageError
 from cxr_triage.inference.registry import ResolvedPackage, resolve_package
-from cxr_triage.serving.guard import USAGE, RequestGuard, current_request_id
+from cxr_triage.serving.docs import ApiDocs
+from cxr_triage.serving.guard import SITE_PATTERN, USAGE, RequestGuard, current_request_id
+from cxr_triage.serving.metrics import record_model, record_prediction, record_refusal
 from cxr_triage.serving.refusals import ErrorResponse, Refusal, error_body, image_status
 from cxr_triage.serving.settings import ServiceSettings
 from cxr_triage.vocabulary import NOT_FOR_CLINICAL_USE
@@ -91,10 +95,13 @@ class BatchResponse(BaseModel):
     disclaimer: str
 
 
-# The length limit sits on the str member: on the union pydantic raises TypeError for None (a 500).
+# The pattern sits on the str member: on the union pydantic raises TypeError for None (a 500).
 Site = Annotated[
-    Annotated[str, StringConstraints(max_length=128)] | None,
-    Field(description="the site (hospital) the image comes from; optional"),
+    Annotated[str, StringConstraints(pattern=SITE_PATTERN)] | None,
+    Field(
+        description="the site (hospital) the image comes from, optional: 1-64 letters, "
+        "digits, '.', '_' or '-', starting with a letter or digit"
+    ),
 ]
 
 
@@ -191,6 +198,7 @@ class CxrTriage:
         self.log_path = state_layout().prediction_log
         self._log: Any = None
         self._limiter: Any = None
+        record_model(package.tag)
         log.info(
             "serving %s (chosen by %s); prediction log %s",
             package.tag,
@@ -268,6 +276,8 @@ class CxrTriage:
                 "no unlogged prediction is returned: retry later, and operators should check "
                 f"that {self.log_path} is writable (the state folder, CXR_TRIAGE_STATE_DIR)",
             ) from exc
+        for prediction in predictions:
+            record_prediction(prediction.model_tag, prediction.label, prediction.prob_abnormal)
 
     async def _predict(self, prepared: Sequence[Any], ids: Sequence[str]) -> list[Any]:
         """Score, label and log prepared images; :class:`_Unavailable` on a 503."""
@@ -316,6 +326,7 @@ class CxrTriage:
             prepared = await self._prepare(path, site)
             if isinstance(prepared, InvalidImageError):
                 status = image_status(prepared)
+                record_refusal(prepared.reason, status)
                 error = ErrorResponse(
                     **error_body(status, str(prepared), prepared.reason, f"{request_id}-{index}")
                 )
@@ -349,4 +360,13 @@ class CxrTriage:
         return self.predictor.info_summary()
 
 
-CxrTriage.add_asgi_middleware(RequestGuard)
+def _describe() -> tuple[dict[str, Any], str | None]:
+    """BentoML's OpenAPI document of :class:`CxrTriage`, and the model this worker serves."""
+    instance = bentoml.get_current_service()
+    predictor = getattr(instance, "predictor", None)
+    return CxrTriage.openapi_spec.asdict(), getattr(predictor, "model_tag", DECLARED_MODEL_TAG)
+
+
+# The guard first: it wraps the docs too (the API key guards them).
+CxrTriage.add_asgi_middleware(RequestGuard, on_refusal=record_refusal)
+CxrTriage.add_asgi_middleware(ApiDocs, describe=_describe)
