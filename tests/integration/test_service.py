@@ -17,6 +17,7 @@ from types import ModuleType
 
 import pytest
 
+from cxr_triage.errors import ConfigError
 from cxr_triage.inference.predlog import PredictionLog
 from cxr_triage.inference.registry import register_package
 
@@ -277,3 +278,11 @@ def test_service_prediction_log_unwritable_is_503_and_nothing_unlogged(
     body = _assert_error(response, 503, "prediction_log_unavailable")
     assert "CXR_TRIAGE_STATE_DIR" in body["error"]
     assert response.headers["retry-after"] == "5"
+
+
+def test_service_refuses_a_log_inside_the_bentoml_store(service_module, monkeypatch) -> None:
+    inside = Path(os.environ["BENTOML_HOME"]) / "bentos" / "cxr-triage" / "x" / "p.sqlite"
+    monkeypatch.setenv("CXR_TRIAGE_PREDICTION_LOG", str(inside))
+    with pytest.raises(ConfigError, match="inside the BentoML store"):
+        service_module.CxrTriage()
+    assert not inside.exists()

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from service_server import serve
+from service_server import BENTOML, free_port, serve
 
 from cxr_triage.inference.registry import register_package
 
@@ -44,6 +44,8 @@ def test_bento_builds_offline_and_serves_its_model(tiny_pipeline, tmp_path) -> N
     ]
     assert tag in [str(m.tag) for m in bento.info.all_models]  # the class declared it
 
+    # The Bento's envs name the model; the prediction log is the state folder's, never the
+    # Bento's working directory (the Bento's src/ is where `bentoml serve <bento>` runs).
     with serve(tmp_path, tag=tag, target=bento_tag) as server:
         image = sorted(
             (Path(tiny_pipeline.params.paths.synth_dir) / "hospital_a" / "images").iterdir()
@@ -53,3 +55,22 @@ def test_bento_builds_offline_and_serves_its_model(tiny_pipeline, tmp_path) -> N
         )
         assert response.status_code == 200, response.text
         assert response.json()["model_tag"] == tag
+        assert server.log_path.is_file()
+        assert not list(Path(bento.path).rglob("*.sqlite*"))
+
+    # A prediction log inside the Bento (or the store) stops `bentoml serve` before any worker
+    # starts, with the reason; the audit log would otherwise be deleted with the Bento.
+    inside = Path(bento.path) / "src" / "predictions.sqlite"
+    command = [str(BENTOML), "serve", bento_tag, "--host", "127.0.0.1", "--port", str(free_port())]
+    refused = subprocess.run(
+        command,
+        cwd=tmp_path,
+        env={**env, "CXR_TRIAGE_PREDICTION_LOG": str(inside)},
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    output = refused.stdout + refused.stderr
+    assert refused.returncode != 0, output[-2000:]  # it refuses to start: it exits
+    assert f"the prediction log {inside} is inside" in output, output[-2000:]
+    assert not inside.exists()

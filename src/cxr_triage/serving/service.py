@@ -36,12 +36,13 @@ import numpy as np
 from pydantic import BaseModel, Field, StringConstraints
 
 from cxr_triage.errors import InvalidImageError
-from cxr_triage.inference.registry import ResolvedPackage, resolve_package
+from cxr_triage.inference.registry import ResolvedPackage, bentoml_home, resolve_package
 from cxr_triage.serving.docs import ApiDocs
 from cxr_triage.serving.guard import SITE_PATTERN, USAGE, RequestGuard, current_request_id
 from cxr_triage.serving.metrics import record_model, record_prediction, record_refusal
 from cxr_triage.serving.refusals import ErrorResponse, Refusal, error_body, image_status
 from cxr_triage.serving.settings import ServiceSettings
+from cxr_triage.serving.startup import check_log_location
 from cxr_triage.vocabulary import NOT_FOR_CLINICAL_USE
 
 __all__ = [
@@ -130,6 +131,27 @@ def _served_package(service: Any) -> ResolvedPackage:
     return resolve_package()
 
 
+def _check_state(package_path: Path) -> Path:
+    """The prediction log's path, checked to be outside every artifact.
+
+    Raises:
+        ConfigError: inside the BentoML store, the Bento being served or the model package.
+    """
+    from cxr_triage.state import state_layout
+
+    log_path = state_layout().prediction_log
+    bento = getattr(CxrTriage, "bento", None)
+    check_log_location(
+        log_path,
+        {
+            "the BentoML store": bentoml_home(),
+            "the Bento being served": Path(bento.path) if bento is not None else None,
+            "the model package": package_path,
+        },
+    )
+    return log_path
+
+
 # -- services -----------------------------------------------------------------------------------
 
 
@@ -189,15 +211,18 @@ class CxrTriage:
 
     def __init__(self) -> None:
         from cxr_triage.inference.predictor import Predictor
-        from cxr_triage.state import state_layout
 
         self.settings = ServiceSettings.from_env()
         package = _served_package(self)
         # The network runs in CxrScorer; this copy only decodes, labels and describes.
         self.predictor = Predictor(package.path, num_threads=1, model_tag=package.tag)
-        self.log_path = state_layout().prediction_log
+        self.log_path = _check_state(package.path)
         self._log: Any = None
         self._limiter: Any = None
+        try:
+            self._open_log()  # created empty on the first start
+        except Exception as exc:  # noqa: BLE001 - whatever the cause: 503s, not a crash
+            log.error("prediction log %s not writable (requests get 503): %s", self.log_path, exc)
         record_model(package.tag)
         log.info(
             "serving %s (chosen by %s); prediction log %s",
@@ -205,6 +230,13 @@ class CxrTriage:
             package.chosen_by,
             self.log_path,
         )
+
+    @bentoml.on_deployment
+    def _check_state_before_workers() -> None:
+        """In `bentoml serve`'s own process, before any worker starts: a prediction log inside
+        the store or the Bento, or a corrupt one, stops the server with the reason (a worker
+        failing the same check would only be restarted, again and again)."""
+        _check_state(_served_package(CxrTriage.inner).path)
 
     # -- helpers ---------------------------------------------------------------------------
 
