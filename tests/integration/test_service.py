@@ -262,6 +262,45 @@ def test_service_asgi_unforeseen_failure_of_one_file_is_that_files_error(
     assert results[1]["error"]["reason"] == "invalid_image"
 
 
+# -- the scorer failing -------------------------------------------------------------------------
+
+
+class _FakeScorer:
+    """Stands in for the scorer process: failing or too slow."""
+
+    def __init__(self, real) -> None:
+        self.real = real
+        self.mode = "fail"
+        self.to_async = self
+
+    async def score(self, images):
+        if self.mode == "fail":
+            raise ConnectionResetError("the scorer process died")
+        if self.mode == "slow":
+            await asyncio.sleep(2)
+        vectors = await self.real.to_async.score(images)
+        return vectors
+
+
+def test_service_asgi_scorer_failure_or_slowness_is_a_typed_503(
+    asgi, tiny_pipeline, monkeypatch
+) -> None:
+    import bentoml
+
+    image = {"image": ("a.dcm", _synth_dicom(tiny_pipeline).read_bytes())}
+    monkeypatch.setenv("CXR_TRIAGE_SCORE_TIMEOUT_S", "0.5")
+    with asgi() as client:
+        instance = bentoml.get_current_service()
+        fake = instance.scorer = _FakeScorer(instance.scorer)
+        failed = client.post("/predict", files=image)
+        _assert_error(failed, 503, "scorer_unavailable")
+        assert failed.headers["retry-after"] == "5"
+        fake.mode = "slow"
+        _assert_error(client.post("/predict", files=image), 503, "overloaded")
+        fake.mode = "ok"
+        assert client.post("/predict", files=image).status_code == 200
+
+
 # -- the prediction log -------------------------------------------------------------------------
 
 

@@ -437,6 +437,34 @@ def test_guard_answers_503_when_the_app_raises() -> None:
     assert "retry-after" in response.headers
 
 
+def test_guard_sheds_uploads_past_max_in_flight_with_a_typed_503() -> None:
+    release = asyncio.Event()
+    entered = asyncio.Event()
+
+    async def slow(scope, receive, send) -> None:
+        entered.set()
+        await release.wait()
+        await _answer(200, {"ok": True})(scope, receive, send)
+
+    guard = RequestGuard(Stub(slow), settings=_settings(max_in_flight=1))
+    upload = {"files": {"image": ("a.dcm", b"1")}}
+
+    async def run() -> tuple[httpx.Response, httpx.Response, httpx.Response]:
+        transport = httpx.ASGITransport(app=guard)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+            first = asyncio.create_task(c.post("/predict", **upload))
+            await entered.wait()
+            shed = await c.post("/predict", **upload)
+            release.set()
+            return await first, shed, await c.post("/predict", **upload)
+
+    first, shed, after = asyncio.run(run())
+    assert first.status_code == 200 and after.status_code == 200
+    _refused(shed, 503, "overloaded")
+    assert shed.headers["retry-after"] == "5"
+    assert guard.in_flight == 0
+
+
 def test_guard_reports_every_refusal_it_sends() -> None:
     counted: list[tuple[str, int]] = []
     guard = RequestGuard(

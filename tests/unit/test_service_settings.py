@@ -19,6 +19,7 @@ def test_service_settings_defaults_when_nothing_is_set() -> None:
     assert settings == ServiceSettings()
     assert settings.api_key is None and settings.model_tag is None
     assert settings.max_body_bytes == 64 * 2**20
+    assert settings.request_timeout_s > settings.score_timeout_s
 
 
 def test_service_settings_parse_every_variable() -> None:
@@ -32,12 +33,14 @@ def test_service_settings_parse_every_variable() -> None:
         "CXR_TRIAGE_SCORE_THREADS": "1",
         "CXR_TRIAGE_MAX_BATCH_SIZE": "16",
         "CXR_TRIAGE_MAX_LATENCY_MS": "250",
+        "CXR_TRIAGE_MAX_IN_FLIGHT": "10",
+        "CXR_TRIAGE_SCORE_TIMEOUT_S": "2.5",
         "CXR_TRIAGE_RETRY_AFTER_S": "9",
     }
     settings = ServiceSettings.from_env(env)
     assert len(env) == len(dataclasses.fields(ServiceSettings))  # every variable covered
     assert settings.model_tag == "cxr-triage:abc123" and settings.workers == 3
-    assert settings.max_body_bytes == 2**19
+    assert settings.max_body_bytes == 2**19 and settings.score_timeout_s == 2.5
     with pytest.raises(dataclasses.FrozenInstanceError):
         settings.workers = 1  # type: ignore[misc]
 
@@ -50,6 +53,7 @@ def test_service_settings_parse_every_variable() -> None:
         ("CXR_TRIAGE_MAX_BATCH_SIZE", "1.5"),
         ("CXR_TRIAGE_MAX_BODY_MB", "-1"),
         ("CXR_TRIAGE_MAX_BODY_MB", "nan"),
+        ("CXR_TRIAGE_SCORE_TIMEOUT_S", "0"),
         ("CXR_TRIAGE_MAX_BODY_MB", "inf"),
         ("CXR_TRIAGE_API_KEY", "short"),
         ("CXR_TRIAGE_API_KEY", "a key with spaces in it"),

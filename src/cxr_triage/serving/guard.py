@@ -7,7 +7,8 @@ app). In order, for every HTTP request it:
    header: BentoML's ``X-BentoML-Request-ID``/``-Trace-ID`` are removed);
 2. checks the API key (``Authorization: Bearer <key>`` or ``X-API-Key``) on every route but
    the probes and ``/metrics`` (401);
-3. on the upload routes: enforces the body limit while reading (413, chunked bodies included), and
+3. on the upload routes: sheds load past ``max_in_flight`` uploads in this worker (503
+   ``overloaded``), enforces the body limit while reading (413, chunked bodies included), and
    parses the multipart body with python-multipart's streaming parser (the one Starlette and
    BentoML parse it with again), checking field names, which parts are files, filenames,
    part content types and the ``site`` value (400/413/415);
@@ -352,12 +353,12 @@ def _header(scope: Scope, name: bytes) -> str | None:
 
 
 class RequestGuard:
-    """ASGI middleware: request ids, API key, upload checks, uniform errors.
+    """ASGI middleware: request ids, API key, load shedding, upload checks, uniform errors.
 
     Args:
         app: the ASGI app it wraps.
-        settings: API key, body and image limits and ``Retry-After``; default
-            :meth:`ServiceSettings.from_env`.
+        settings: API key, body and image limits, in-flight limit and ``Retry-After``;
+            default :meth:`ServiceSettings.from_env`.
         on_refusal: called with ``(reason, status)`` for every refusal it sends or rewrites
             (metrics); default: nothing.
     """
@@ -372,6 +373,7 @@ class RequestGuard:
         self.app = app
         self.settings = settings or ServiceSettings.from_env()
         self.on_refusal = on_refusal
+        self.in_flight = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -400,11 +402,25 @@ class RequestGuard:
                     )
                 await self._call_app(scope, receive, responder)
                 return
-            scope, receive = await self._read_upload(scope, receive, form, content_type)
+            if self.in_flight >= self.settings.max_in_flight:
+                raise _Refused(
+                    Refusal.OVERLOADED,
+                    f"the service is at capacity ({self.in_flight} uploads in progress in this "
+                    f"worker); retry after {self.settings.retry_after_s} s",
+                )
         except _Refused as refused:
             await responder.refuse(refused)
             return
-        await self._call_app(scope, receive, responder)
+        self.in_flight += 1
+        try:
+            try:
+                scope, receive = await self._read_upload(scope, receive, form, content_type)
+            except _Refused as refused:
+                await responder.refuse(refused)
+                return
+            await self._call_app(scope, receive, responder)
+        finally:
+            self.in_flight -= 1
 
     async def _call_app(self, scope: Scope, receive: Receive, responder: _Responder) -> None:
         try:

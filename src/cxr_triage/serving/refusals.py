@@ -48,7 +48,12 @@ class Refusal(enum.Enum):
     BODY_TOO_LARGE = (413, "body over `CXR_TRIAGE_MAX_BODY_MB` (chunked uploads included)")
     TOO_MANY_IMAGES = (413, "more files than `CXR_TRIAGE_MAX_IMAGES` in one /predict_batch")
     UNSUPPORTED_MEDIA_TYPE = (415, "not `multipart/form-data` (JSON, raw bytes)")
-    OVERLOADED = (503, "the scorer's batcher refused the request (BentoML's own 503)")
+    OVERLOADED = (
+        503,
+        "more uploads than the service takes at once, or the scorer did not answer within "
+        "`CXR_TRIAGE_SCORE_TIMEOUT_S` (the batcher refused or was too slow)",
+    )
+    SCORER_UNAVAILABLE = (503, "the scoring process is restarting or unreachable")
     PREDICTION_LOG_UNAVAILABLE = (
         503,
         "the prediction could not be logged (read-only or full disk): nothing is returned "

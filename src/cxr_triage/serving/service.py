@@ -11,9 +11,9 @@ Two BentoML services, composed with ``bentoml.depends``:
   :meth:`Predictor.score`. BentoML's adaptive batching merges the images of concurrent requests,
   from every worker of :class:`CxrTriage`, into one network call.
 
-Around them: :class:`~cxr_triage.serving.guard.RequestGuard` (request ids, API key, upload
-checks and rewriting, uniform errors), :class:`~cxr_triage.serving.docs.ApiDocs` (the
-product's OpenAPI document and a docs page without external assets), the refusals and their
+Around them: :class:`~cxr_triage.serving.guard.RequestGuard` (request ids, API key, load
+shedding, upload checks and rewriting, uniform errors), :class:`~cxr_triage.serving.docs.ApiDocs`
+(the product's OpenAPI document and a docs page without external assets), the refusals and their
 statuses (:mod:`~cxr_triage.serving.refusals`), the settings
 (:mod:`~cxr_triage.serving.settings`) and the domain metrics (:mod:`~cxr_triage.serving.metrics`).
 
@@ -160,7 +160,7 @@ def _check_state(package_path: Path) -> Path:
     workers=1,  # one process, so concurrent requests from every front worker meet in one batch
     threads=1,
     resources={"cpu": "2"},
-    traffic={"timeout": 60, "max_concurrency": 256},
+    traffic={"timeout": _DEFINITION.request_timeout_s, "max_concurrency": 256},
     # BentoML 1.4.31+ recycles the callers' connection session after 100 requests (or 300 s) by
     # closing it under requests still in flight: "Server disconnected", a 500 (bentoml/BentoML
     # #5540). Over a local Unix socket there is nothing to rebalance, so never recycle.
@@ -198,7 +198,9 @@ class CxrScorer:
     name="cxr-triage",
     workers=_DEFINITION.workers,
     resources={"cpu": "2"},
-    traffic={"timeout": 60, "max_concurrency": 128},
+    # No max_concurrency: BentoML would answer an untyped 429 outside the request guard; the
+    # guard sheds load itself (CXR_TRIAGE_MAX_IN_FLIGHT, a typed 503).
+    traffic={"timeout": _DEFINITION.request_timeout_s},
     http={"host": "127.0.0.1"},
     labels={"task": "cxr-normal-vs-abnormal", "intended_use": "research, not for clinical use"},
 )
@@ -265,14 +267,38 @@ class CxrTriage:
             )
 
     async def _score(self, prepared: Sequence[Any]) -> Any:
-        """Scores from the scorer (batched with other requests' images there)."""
+        """Scores from the scorer, or :class:`_Unavailable` (overload, restart)."""
+        import anyio
+
         from cxr_triage.inference.predictor import Scores
 
         size = _DEFINITION.max_batch_size
         vectors: list[np.ndarray] = []
-        for start in range(0, len(prepared), size):
-            chunk = [p.pixels for p in prepared[start : start + size]]
-            vectors.extend(await self.scorer.to_async.score(chunk))
+        try:
+            with anyio.fail_after(self.settings.score_timeout_s):
+                for start in range(0, len(prepared), size):
+                    chunk = [p.pixels for p in prepared[start : start + size]]
+                    vectors.extend(await self.scorer.to_async.score(chunk))
+        except TimeoutError as exc:
+            raise _Unavailable(
+                Refusal.OVERLOADED,
+                f"the scorer did not answer within {self.settings.score_timeout_s:g} s: the "
+                f"service is overloaded; retry after {self.settings.retry_after_s} s",
+            ) from exc
+        except Exception as exc:  # noqa: BLE001 - whatever the scorer's failure, a typed 503
+            code = getattr(getattr(exc, "error_code", None), "value", None)
+            if code in (429, 503):
+                raise _Unavailable(
+                    Refusal.OVERLOADED,
+                    "the scorer is at capacity (its batcher refused the request); retry after "
+                    f"{self.settings.retry_after_s} s",
+                ) from exc
+            log.warning("scorer call failed: %s: %s", type(exc).__name__, exc)
+            raise _Unavailable(
+                Refusal.SCORER_UNAVAILABLE,
+                "the scoring process is restarting or unreachable; retry after "
+                f"{self.settings.retry_after_s} s",
+            ) from exc
         out = np.stack([np.asarray(v, dtype=np.float64) for v in vectors])
         return Scores(prob_abnormal=out[:, 0], raw=out[:, 1], summary=out[:, 2:])
 
