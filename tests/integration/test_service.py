@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import importlib
 import os
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
@@ -266,7 +267,7 @@ def test_service_asgi_unforeseen_failure_of_one_file_is_that_files_error(
 
 
 class _FakeScorer:
-    """Stands in for the scorer process: failing or too slow."""
+    """Stands in for the scorer process: failing, too slow, or serving another model."""
 
     def __init__(self, real) -> None:
         self.real = real
@@ -279,6 +280,8 @@ class _FakeScorer:
         if self.mode == "slow":
             await asyncio.sleep(2)
         vectors = await self.real.to_async.score(images)
+        if self.mode == "other model":
+            return [v[:-1].tolist() + [12345.0] for v in vectors]
         return vectors
 
 
@@ -297,6 +300,8 @@ def test_service_asgi_scorer_failure_or_slowness_is_a_typed_503(
         assert failed.headers["retry-after"] == "5"
         fake.mode = "slow"
         _assert_error(client.post("/predict", files=image), 503, "overloaded")
+        fake.mode = "other model"
+        _assert_error(client.post("/predict", files=image), 503, "model_mismatch")
         fake.mode = "ok"
         assert client.post("/predict", files=image).status_code == 200
 
@@ -319,9 +324,87 @@ def test_service_prediction_log_unwritable_is_503_and_nothing_unlogged(
     assert response.headers["retry-after"] == "5"
 
 
+def test_service_refuses_to_start_on_a_corrupt_log(service_module, tmp_path, monkeypatch) -> None:
+    log_path = tmp_path / "predictions.sqlite"
+    log_path.write_bytes(b"this is not a database" * 100)
+    monkeypatch.setenv("CXR_TRIAGE_PREDICTION_LOG", str(log_path))
+    with pytest.raises(ConfigError, match="corrupt.*Move it"):
+        service_module.CxrTriage()
+    good = PredictionLog(tmp_path / "good.sqlite")
+    good.append([{"request_id": "r", "model_tag": "m", "threshold": 0.5}])
+    good.close()  # checkpointed into the file
+    raw = bytearray((tmp_path / "good.sqlite").read_bytes())
+    assert len(raw) >= 3 * 4096
+    raw[4096 : 4096 + 8] = b"\xff" * 8  # page 2's header destroyed, behind a sound file header
+    log_path.write_bytes(bytes(raw))
+    with pytest.raises(ConfigError, match="corrupt"):
+        service_module.CxrTriage()
+
+
 def test_service_refuses_a_log_inside_the_bentoml_store(service_module, monkeypatch) -> None:
     inside = Path(os.environ["BENTOML_HOME"]) / "bentos" / "cxr-triage" / "x" / "p.sqlite"
     monkeypatch.setenv("CXR_TRIAGE_PREDICTION_LOG", str(inside))
     with pytest.raises(ConfigError, match="inside the BentoML store"):
         service_module.CxrTriage()
     assert not inside.exists()
+
+
+@contextlib.contextmanager
+def _tmpfs(folder: Path, size: str) -> Iterator[Path]:
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    folder.mkdir()
+    try:
+        subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)], check=True
+        )
+    except (OSError, subprocess.CalledProcessError) as exc:
+        pytest.skip(f"cannot mount a tmpfs here: {exc}")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+def test_service_prediction_log_on_a_full_disk_is_503_until_space_returns(
+    asgi, tiny_pipeline, tmp_path, monkeypatch
+) -> None:
+    image = {"image": ("a.dcm", _synth_dicom(tiny_pipeline).read_bytes())}
+    with _tmpfs(tmp_path / "disk", "2m") as disk:
+        log_path = disk / "predictions.sqlite"
+        monkeypatch.setenv("CXR_TRIAGE_PREDICTION_LOG", str(log_path))
+        with asgi() as client:
+            first = client.post("/predict", files=image)
+            assert first.status_code == 200, first.text
+            filler = disk / "filler"
+            with filler.open("wb") as f, contextlib.suppress(OSError):
+                while True:
+                    f.write(bytes(64 * 1024))
+                    f.flush()
+            full = client.post("/predict", files=image)
+            _assert_error(full, 503, "prediction_log_unavailable")
+            assert "full" in full.json()["error"]
+            filler.unlink()
+            back = client.post("/predict", files=image)
+            assert back.status_code == 200, back.text
+        frame = PredictionLog(log_path).read()
+        ids = set(frame["request_id"])
+        assert {first.json()["request_id"], back.json()["request_id"]} <= ids
+        assert full.json()["request_id"] not in ids
+
+
+def test_service_prediction_log_on_a_read_only_disk_is_503(
+    asgi, tiny_pipeline, tmp_path, monkeypatch
+) -> None:
+    with _tmpfs(tmp_path / "disk", "2m") as disk:
+        log_path = disk / "predictions.sqlite"
+        log = PredictionLog(log_path)
+        log.append([{"request_id": "before", "model_tag": "m", "threshold": 0.5}])
+        log.close()
+        subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)
+        monkeypatch.setenv("CXR_TRIAGE_PREDICTION_LOG", str(log_path))
+        with asgi() as client:  # starts: a read-only disk is not corruption
+            response = client.post(
+                "/predict", files={"image": ("a.dcm", _synth_dicom(tiny_pipeline).read_bytes())}
+            )
+        _assert_error(response, 503, "prediction_log_unavailable")

@@ -1,15 +1,18 @@
-"""The service under load: a real `bentoml serve`, 32 concurrent clients (hey) and more.
+"""The service under load and under faults: a real `bentoml serve`, 32 concurrent clients.
 
-Never a timing assertion: what is checked is what each client was answered (a success or a
-typed 503 with ``Retry-After``, never a 500), that nothing hangs past the client timeout, and
-that the prediction log holds exactly one row per success.
+Never a timing assertion: what is checked is what each client was answered (a success, a typed
+503 with ``Retry-After``, or, for a request in flight on a killed worker, a reset connection),
+that nothing hangs past the client timeout, and that the prediction log holds exactly one row
+per success plus at most one per reset request (counted by request id).
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import os
 import shutil
+import signal
 import subprocess
 import threading
 import time
@@ -18,7 +21,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from service_server import serve
+from service_server import Server, serve, wait_ready
 
 from cxr_triage.inference.predlog import PredictionLog
 from cxr_triage.inference.registry import register_package
@@ -116,6 +119,19 @@ def _assert_answers_typed(outcomes: list[Outcome], allowed: set[int | str]) -> N
             assert outcome.retry_after is not None and int(outcome.retry_after) >= 1, outcome
 
 
+def _assert_log_accounts_for(server: Server, outcomes: list[Outcome]) -> None:
+    """One row per 200, none for a refusal, at most one per reset request."""
+    rows = PredictionLog(server.log_path).read()["request_id"]
+    assert rows.is_unique
+    logged = set(rows)
+    answered = {o.request_id for o in outcomes if o.status == 200}
+    refused = {o.request_id for o in outcomes if o.status == 503}
+    assert answered <= logged, f"{len(answered - logged)} answered predictions are not logged"
+    assert not refused & logged, "a refused request was logged"
+    unexplained = logged - answered
+    assert len(unexplained) <= _count(outcomes, "reset"), (len(unexplained), outcomes[-5:])
+
+
 def _refusals_503(metrics: str) -> float:
     return sum(
         float(line.rsplit(" ", 1)[1])
@@ -166,4 +182,70 @@ def test_service_under_overload_answers_a_typed_503_or_succeeds(tiny_pipeline, t
     print(  # the figures, for the README (pytest -s)
         f"\nhey: {hey_statuses.count(200)} x 200, {hey_503} x 503; sampler: "
         f"{_count(sampler.outcomes, 200)} x 200, {_count(sampler.outcomes, 503)} x 503"
+    )
+
+
+def _workers(server: Server) -> dict[str, list[int]]:
+    """The worker processes of this server: service name -> pids."""
+    import psutil
+
+    found: dict[str, list[int]] = {}
+    for child in psutil.Process(server.proc.pid).children(recursive=True):
+        try:
+            args = child.cmdline()
+        except psutil.Error:  # gone, or a zombie not reaped yet
+            continue
+        if "--service-name" in args:
+            found.setdefault(args[args.index("--service-name") + 1], []).append(child.pid)
+    return found
+
+
+def _replaced(server: Server, name: str, killed: int, count: int) -> bool:
+    """Whether ``count`` workers of ``name`` run again, the killed one not among them."""
+    pids = _workers(server).get(name, [])
+    return len(pids) == count and killed not in pids
+
+
+def _wait_for(condition, timeout: float) -> bool:  # noqa: ANN001 - a zero-argument callable
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.5)
+    return False
+
+
+def test_service_survives_sigkill_of_the_scorer_then_a_front_worker(
+    tiny_pipeline, tmp_path
+) -> None:
+    name, data = _image(tiny_pipeline, _shared_data_dir())
+    tag = register_package(tiny_pipeline.package_dir)
+    with serve(tmp_path, tag=tag, env={"CXR_TRIAGE_WORKERS": "2"}) as server:
+        before = _workers(server)
+        assert len(before["cxr-scorer"]) == 1 and len(before["cxr-triage"]) == 2, before
+        with Load(server.url, name, data, clients=32) as load:
+            time.sleep(8)
+            scorer, front = before["cxr-scorer"][0], before["cxr-triage"][0]
+            os.kill(scorer, signal.SIGKILL)
+            killed_scorer_at = len(load.outcomes)
+            assert _wait_for(lambda: _replaced(server, "cxr-scorer", scorer, 1), 120)
+            time.sleep(8)
+            os.kill(front, signal.SIGKILL)
+            killed_front_at = len(load.outcomes)
+            assert _wait_for(lambda: _replaced(server, "cxr-triage", front, 2), 120)
+            wait_ready(server.url, server.proc, server.output, timeout=120)
+            time.sleep(8)  # served by the respawned processes
+        after = _workers(server)
+        with httpx.Client(timeout=CLIENT_TIMEOUT_S) as client:
+            final = _post(client, server.url, name, data)
+        outcomes = load.outcomes
+        _assert_answers_typed(outcomes, {200, 503, "reset"})
+        assert final.status == 200, final
+        assert _count(outcomes[killed_front_at:], 200) > 0  # it came back by itself
+        _assert_log_accounts_for(server, outcomes)
+    print(
+        f"\nscorer killed after {killed_scorer_at} answers, front worker after {killed_front_at}; "
+        f"{_count(outcomes, 200)} x 200, {_count(outcomes, 503)} x 503 "
+        f"({sorted({o.reason for o in outcomes if o.status == 503})}), "
+        f"{_count(outcomes, 'reset')} resets, 0 timeouts; workers {before} -> {after}"
     )

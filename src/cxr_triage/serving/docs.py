@@ -41,6 +41,7 @@ _UPLOAD = (
     Refusal.BODY_TOO_LARGE,
     Refusal.UNSUPPORTED_MEDIA_TYPE,
     Refusal.SCORER_UNAVAILABLE,
+    Refusal.MODEL_MISMATCH,
     Refusal.PREDICTION_LOG_UNAVAILABLE,
 )
 # route -> (the service's refusals it can give, whether image refusals are its own status)

@@ -54,6 +54,11 @@ class Refusal(enum.Enum):
         "`CXR_TRIAGE_SCORE_TIMEOUT_S` (the batcher refused or was too slow)",
     )
     SCORER_UNAVAILABLE = (503, "the scoring process is restarting or unreachable")
+    MODEL_MISMATCH = (
+        503,
+        "the scorer serves another model than this worker (one of them restarted after a "
+        "promotion): restart the service",
+    )
     PREDICTION_LOG_UNAVAILABLE = (
         503,
         "the prediction could not be logged (read-only or full disk): nothing is returned "

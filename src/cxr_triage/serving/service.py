@@ -26,6 +26,7 @@ when the classes are defined, so the settings are read (the environment only) at
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -42,7 +43,7 @@ from cxr_triage.serving.guard import SITE_PATTERN, USAGE, RequestGuard, current_
 from cxr_triage.serving.metrics import record_model, record_prediction, record_refusal
 from cxr_triage.serving.refusals import ErrorResponse, Refusal, error_body, image_status
 from cxr_triage.serving.settings import ServiceSettings
-from cxr_triage.serving.startup import check_log_location
+from cxr_triage.serving.startup import check_log_integrity, check_log_location
 from cxr_triage.vocabulary import NOT_FOR_CLINICAL_USE
 
 __all__ = [
@@ -132,10 +133,11 @@ def _served_package(service: Any) -> ResolvedPackage:
 
 
 def _check_state(package_path: Path) -> Path:
-    """The prediction log's path, checked to be outside every artifact.
+    """The prediction log's path, checked: outside every artifact, and sound if it exists.
 
     Raises:
-        ConfigError: inside the BentoML store, the Bento being served or the model package.
+        ConfigError: inside the BentoML store, the Bento being served or the model package;
+            or corrupt.
     """
     from cxr_triage.state import state_layout
 
@@ -149,7 +151,13 @@ def _check_state(package_path: Path) -> Path:
             "the model package": package_path,
         },
     )
+    check_log_integrity(log_path)
     return log_path
+
+
+def model_fingerprint(tag: str) -> float:
+    """A number naming a model tag (52 bits of its SHA-256: exact in a float64)."""
+    return float(int(hashlib.sha256(tag.encode()).hexdigest()[:13], 16))
 
 
 # -- services -----------------------------------------------------------------------------------
@@ -181,6 +189,7 @@ class CxrScorer:
             num_threads=ServiceSettings.from_env().score_threads,
             model_tag=package.tag,
         )
+        self.fingerprint = model_fingerprint(package.tag)
         log.info("scorer serving %s (chosen by %s)", package.tag, package.chosen_by)
 
     @bentoml.api(
@@ -189,9 +198,11 @@ class CxrScorer:
         max_latency_ms=_DEFINITION.max_latency_ms,
     )
     def score(self, images: list[np.ndarray]) -> list[np.ndarray]:
-        """Per image ``[prob_abnormal, raw, *summary]`` for prepared uint8 images ``(S, S)``."""
+        """Per image ``[prob_abnormal, raw, *summary, model fingerprint]`` for prepared uint8
+        images ``(S, S)``; the fingerprint lets the caller check it labels the same model."""
         scores = self.predictor.score(np.stack(images))
-        return list(np.column_stack([scores.prob_abnormal, scores.raw, scores.summary]))
+        tag = np.full(len(images), self.fingerprint)
+        return list(np.column_stack([scores.prob_abnormal, scores.raw, scores.summary, tag]))
 
 
 @bentoml.service(
@@ -218,6 +229,7 @@ class CxrTriage:
         package = _served_package(self)
         # The network runs in CxrScorer; this copy only decodes, labels and describes.
         self.predictor = Predictor(package.path, num_threads=1, model_tag=package.tag)
+        self.fingerprint = model_fingerprint(package.tag)
         self.log_path = _check_state(package.path)
         self._log: Any = None
         self._limiter: Any = None
@@ -267,7 +279,7 @@ class CxrTriage:
             )
 
     async def _score(self, prepared: Sequence[Any]) -> Any:
-        """Scores from the scorer, or :class:`_Unavailable` (overload, restart)."""
+        """Scores from the scorer, or :class:`_Unavailable` (overload, restart, other model)."""
         import anyio
 
         from cxr_triage.inference.predictor import Scores
@@ -300,6 +312,18 @@ class CxrTriage:
                 f"{self.settings.retry_after_s} s",
             ) from exc
         out = np.stack([np.asarray(v, dtype=np.float64) for v in vectors])
+        if not np.all(out[:, -1] == self.fingerprint):
+            log.error(
+                "the scorer serves another model than %s (restarted after a promotion?): "
+                "restart the service",
+                self.predictor.model_tag,
+            )
+            raise _Unavailable(
+                Refusal.MODEL_MISMATCH,
+                "the scoring process serves another model than this worker; operators must "
+                "restart the service",
+            )
+        out = out[:, :-1]
         return Scores(prob_abnormal=out[:, 0], raw=out[:, 1], summary=out[:, 2:])
 
     def _open_log(self) -> Any:
