@@ -168,8 +168,8 @@ def test_service_asgi_openapi_is_the_products(asgi, service_module) -> None:
     assert "not for clinical use" in info["description"].lower()
     assert "BentoML Team" not in str(spec)
     for route, statuses in {
-        "/predict": {"200", "400", "401", "413", "415", "422", "503"},
-        "/predict_batch": {"200", "400", "401", "413", "415", "503"},
+        "/predict": {"200", "400", "401", "413", "415", "422", "429", "503"},
+        "/predict_batch": {"200", "400", "401", "413", "415", "429", "503"},
     }.items():
         responses = spec["paths"][route]["post"]["responses"]
         assert set(responses) == statuses, route

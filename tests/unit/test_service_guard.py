@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
-from cxr_triage.serving.guard import RequestGuard
+from cxr_triage.serving.guard import RateLimiter, RequestGuard
 from cxr_triage.serving.settings import ServiceSettings
 
 KEY = "k" * 20
@@ -130,6 +130,44 @@ def test_guard_api_key_guards_every_route_but_probes_and_metrics() -> None:
     assert len(stub.seen) == 4  # the probes only
     for headers in ({"Authorization": f"Bearer {KEY}"}, {"X-API-Key": KEY}):
         assert _request(guard, "POST", "/model_info", headers=headers).status_code == 200
+
+
+def test_guard_rate_limit_answers_429_with_retry_after_per_client() -> None:
+    guard = RequestGuard(Stub(), settings=_settings(rate_limit_per_min=6, rate_limit_burst=2))
+    a, b = ("10.0.0.1", 1), ("10.0.0.2", 1)
+    assert [_request(guard, "POST", "/model_info", client=a).status_code for _ in range(2)] == [
+        200,
+        200,
+    ]
+    limited = _request(guard, "POST", "/model_info", client=a)
+    _refused(limited, 429, "rate_limited")
+    assert 1 <= int(limited.headers["retry-after"]) <= 10  # 6 per minute: one every 10 s
+    assert _request(guard, "POST", "/model_info", client=b).status_code == 200  # its own bucket
+    assert _request(guard, "GET", "/healthz", client=a).status_code == 200  # probes never
+
+
+def test_guard_rate_limit_off_by_default_and_keyed_by_api_key() -> None:
+    guard = RequestGuard(Stub(), settings=_settings())
+    assert guard.limiter is None
+    keyed = RequestGuard(
+        Stub(), settings=_settings(api_key=KEY, rate_limit_per_min=60, rate_limit_burst=1)
+    )
+    auth = {"X-API-Key": KEY}
+    first = _request(keyed, "POST", "/model_info", client=("10.0.0.1", 1), headers=auth)
+    # Another address with the same key is the same client.
+    second = _request(keyed, "POST", "/model_info", client=("10.0.0.9", 1), headers=auth)
+    assert first.status_code == 200
+    _refused(second, 429, "rate_limited")
+
+
+def test_rate_limiter_refills_at_its_rate() -> None:
+    now = [0.0]
+    limiter = RateLimiter(per_minute=30, burst=2, clock=lambda: now[0])
+    assert limiter.acquire("c") == 0 and limiter.acquire("c") == 0
+    assert limiter.acquire("c") == pytest.approx(2.0)  # 30/min: one token every 2 s
+    now[0] = 2.0
+    assert limiter.acquire("c") == 0
+    assert limiter.acquire("c") > 0
 
 
 # -- body limits and upload checks --------------------------------------------------------------

@@ -18,7 +18,7 @@ def test_service_settings_defaults_when_nothing_is_set() -> None:
     settings = ServiceSettings.from_env({"CXR_TRIAGE_API_KEY": "  ", "UNRELATED": "x"})
     assert settings == ServiceSettings()
     assert settings.api_key is None and settings.model_tag is None
-    assert settings.max_body_bytes == 64 * 2**20
+    assert settings.max_body_bytes == 64 * 2**20 and not settings.rate_limited
     assert settings.request_timeout_s > settings.score_timeout_s
 
 
@@ -36,11 +36,14 @@ def test_service_settings_parse_every_variable() -> None:
         "CXR_TRIAGE_MAX_IN_FLIGHT": "10",
         "CXR_TRIAGE_SCORE_TIMEOUT_S": "2.5",
         "CXR_TRIAGE_RETRY_AFTER_S": "9",
+        "CXR_TRIAGE_RATE_LIMIT_PER_MIN": "120",
+        "CXR_TRIAGE_RATE_LIMIT_BURST": "4",
     }
     settings = ServiceSettings.from_env(env)
     assert len(env) == len(dataclasses.fields(ServiceSettings))  # every variable covered
     assert settings.model_tag == "cxr-triage:abc123" and settings.workers == 3
     assert settings.max_body_bytes == 2**19 and settings.score_timeout_s == 2.5
+    assert settings.rate_limited and settings.rate_limit_burst == 4
     with pytest.raises(dataclasses.FrozenInstanceError):
         settings.workers = 1  # type: ignore[misc]
 
@@ -54,7 +57,8 @@ def test_service_settings_parse_every_variable() -> None:
         ("CXR_TRIAGE_MAX_BODY_MB", "-1"),
         ("CXR_TRIAGE_MAX_BODY_MB", "nan"),
         ("CXR_TRIAGE_SCORE_TIMEOUT_S", "0"),
-        ("CXR_TRIAGE_MAX_BODY_MB", "inf"),
+        ("CXR_TRIAGE_RATE_LIMIT_PER_MIN", "-5"),
+        ("CXR_TRIAGE_RATE_LIMIT_PER_MIN", "inf"),
         ("CXR_TRIAGE_API_KEY", "short"),
         ("CXR_TRIAGE_API_KEY", "a key with spaces in it"),
         ("CXR_TRIAGE_MODEL_TAG", "cxr triage:x"),
@@ -68,8 +72,8 @@ def test_service_settings_name_the_variable_that_is_wrong(variable: str, value: 
 def test_refusals_have_unique_reasons_and_client_or_retry_statuses() -> None:
     reasons = [r.reason for r in Refusal]
     assert len(set(reasons)) == len(reasons)
-    assert {r.status for r in Refusal} <= {400, 401, 404, 405, 413, 415, 503}
-    assert Refusal.OVERLOADED.status == 503
+    assert {r.status for r in Refusal} <= {400, 401, 404, 405, 413, 415, 429, 503}
+    assert Refusal.OVERLOADED.status == 503 and Refusal.RATE_LIMITED.status == 429
     images = {reason: status for reason, status, _ in image_refusals()}
     assert images["not_an_image"] == 415 and images["wrong_modality"] == 422
     assert images["invalid_image"] == 422  # the reader's unforeseen failure
@@ -107,9 +111,9 @@ def test_product_openapi_documents_the_product_and_every_error() -> None:
     for reason in [r.reason for r in Refusal] + [r for r, _, _ in image_refusals()]:
         assert f"`{reason}`" in info["description"], reason
     predict = spec["paths"]["/predict"]["post"]["responses"]
-    assert set(predict) == {"200", "400", "401", "413", "415", "422", "503"}
+    assert set(predict) == {"200", "400", "401", "413", "415", "422", "429", "503"}
     batch = spec["paths"]["/predict_batch"]["post"]["responses"]
-    assert set(batch) == {"200", "400", "401", "413", "415", "503"}
+    assert set(batch) == {"200", "400", "401", "413", "415", "429", "503"}
     ref = {"$ref": "#/components/schemas/ErrorResponse"}
     assert predict["422"]["content"]["application/json"]["schema"] == ref
     assert "wrong_modality" in predict["422"]["description"]

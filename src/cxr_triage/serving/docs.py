@@ -33,6 +33,7 @@ SPEC_PATH = "/docs.json"
 
 _ALWAYS = (
     Refusal.UNAUTHORIZED,
+    Refusal.RATE_LIMITED,
     Refusal.OVERLOADED,
     Refusal.INTERNAL_ERROR,
 )
@@ -95,7 +96,7 @@ digits, `.`, `_` or `-`). DICOM (CR/DX chest), PNG or JPEG. Example:
 {auth}
 
 Every answer has an `X-Request-ID` header. Every error body is
-`{{"error", "reason", "request_id", "status"}}`; 503 answers carry `Retry-After`. In a batch,
+`{{"error", "reason", "request_id", "status"}}`; 429 and 503 carry `Retry-After`. In a batch,
 each file gets its own result: 200 with a prediction, or the error that file alone would get
 from `/predict`; one bad file never fails the others.
 
@@ -107,7 +108,7 @@ def _error_response(status: int, reasons: list[tuple[str, str]]) -> dict[str, An
     headers: dict[str, Any] = {
         "X-Request-ID": {"description": "this request's id", "schema": {"type": "string"}}
     }
-    if status == 503:
+    if status in (429, 503):
         headers["Retry-After"] = {
             "description": "seconds to wait before retrying",
             "schema": {"type": "integer"},

@@ -7,28 +7,32 @@ app). In order, for every HTTP request it:
    header: BentoML's ``X-BentoML-Request-ID``/``-Trace-ID`` are removed);
 2. checks the API key (``Authorization: Bearer <key>`` or ``X-API-Key``) on every route but
    the probes and ``/metrics`` (401);
-3. on the upload routes: sheds load past ``max_in_flight`` uploads in this worker (503
+3. applies the per-client rate limit when one is set (429 with ``Retry-After``);
+4. on the upload routes: sheds load past ``max_in_flight`` uploads in this worker (503
    ``overloaded``), enforces the body limit while reading (413, chunked bodies included), and
    parses the multipart body with python-multipart's streaming parser (the one Starlette and
    BentoML parse it with again), checking field names, which parts are files, filenames,
    part content types and the ``site`` value (400/413/415);
-4. hands the service a rewritten body: client metadata never reaches the filesystem
+5. hands the service a rewritten body: client metadata never reaches the filesystem
    (BentoML names its temporary upload files after the client's filename, bentoml/BentoML
    #5532: a 255-byte name was a 500), so every file part is renamed ``upload-<n>``, typed
    ``application/octet-stream``, and text values are passed as JSON strings (BentoML
    JSON-decodes form values: ``7`` would arrive as a number);
-5. rewrites every error body the service or BentoML sends into the uniform shape
-   ``{"error", "reason", "request_id", "status"}``, adds ``Retry-After`` to 503s, and
+6. rewrites every error body the service or BentoML sends into the uniform shape
+   ``{"error", "reason", "request_id", "status"}``, adds ``Retry-After`` to 429/503, and
    turns any 500 (an exception nobody caught) into a typed 503 ``internal_error``.
 """
 
 from __future__ import annotations
 
 import contextvars
+import hashlib
 import hmac
 import json
 import logging
+import math
 import re
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping
 from dataclasses import dataclass, field
@@ -42,6 +46,7 @@ __all__ = [
     "SITE_PATTERN",
     "UPLOAD_FORMS",
     "USAGE",
+    "RateLimiter",
     "RequestGuard",
     "UploadForm",
     "current_request_id",
@@ -114,6 +119,54 @@ class _Refused(Exception):
         self.refusal = refusal
         self.message = message
         self.headers = dict(headers or {})
+
+
+# -- rate limit ---------------------------------------------------------------------------------
+
+
+class RateLimiter:
+    """Token buckets per client: ``per_minute`` sustained, ``burst`` at once.
+
+    The state lives in the process: with several front workers each keeps its own buckets
+    (the kernel spreads connections over them), so a client gets up to that many times the
+    rate. Idle clients are forgotten once more than ``max_clients`` are tracked.
+    """
+
+    def __init__(
+        self,
+        per_minute: float,
+        burst: int,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        max_clients: int = 10_000,
+    ) -> None:
+        self.rate = per_minute / 60.0
+        self.burst = float(burst)
+        self._clock = clock
+        self._max_clients = max_clients
+        self._buckets: dict[str, tuple[float, float]] = {}  # client -> (tokens, time)
+
+    def acquire(self, client: str) -> float:
+        """Take one token; 0 when granted, else the seconds until one is available."""
+        now = self._clock()
+        tokens, then = self._buckets.get(client, (self.burst, now))
+        tokens = min(self.burst, tokens + (now - then) * self.rate)
+        if tokens >= 1.0:
+            self._buckets[client] = (tokens - 1.0, now)
+            if len(self._buckets) > self._max_clients:
+                self._forget_idle(now)
+            return 0.0
+        self._buckets[client] = (tokens, now)
+        return (1.0 - tokens) / self.rate
+
+    def _forget_idle(self, now: float) -> None:
+        full = [
+            c
+            for c, (tokens, then) in self._buckets.items()
+            if tokens + (now - then) * self.rate >= self.burst
+        ]
+        for client in full:
+            del self._buckets[client]
 
 
 # -- multipart ----------------------------------------------------------------------------------
@@ -353,12 +406,12 @@ def _header(scope: Scope, name: bytes) -> str | None:
 
 
 class RequestGuard:
-    """ASGI middleware: request ids, API key, load shedding, upload checks, uniform errors.
+    """ASGI middleware: request ids, API key, rate limit, upload checks, uniform errors.
 
     Args:
         app: the ASGI app it wraps.
-        settings: API key, body and image limits, in-flight limit and ``Retry-After``;
-            default :meth:`ServiceSettings.from_env`.
+        settings: API key, body and image limits, in-flight limit, rate limit and
+            ``Retry-After``; default :meth:`ServiceSettings.from_env`.
         on_refusal: called with ``(reason, status)`` for every refusal it sends or rewrites
             (metrics); default: nothing.
     """
@@ -373,6 +426,11 @@ class RequestGuard:
         self.app = app
         self.settings = settings or ServiceSettings.from_env()
         self.on_refusal = on_refusal
+        self.limiter = (
+            RateLimiter(self.settings.rate_limit_per_min, self.settings.rate_limit_burst)
+            if self.settings.rate_limited
+            else None
+        )
         self.in_flight = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -393,6 +451,7 @@ class RequestGuard:
         try:
             if path not in OPEN_PATHS:
                 self._authorise(scope)
+                self._rate_limit(scope)
             content_type = _header(scope, b"content-type") or ""
             if form is None:
                 if _is_multipart(content_type) and "boundary=" not in content_type:
@@ -452,6 +511,25 @@ class RequestGuard:
                 "missing or wrong API key: send the header 'Authorization: Bearer <key>' or "
                 "'X-API-Key: <key>' with the key the operator set in CXR_TRIAGE_API_KEY",
                 {"WWW-Authenticate": "Bearer"},
+            )
+
+    def _rate_limit(self, scope: Scope) -> None:
+        if self.limiter is None:
+            return
+        if self.settings.api_key is not None:
+            # Authorised already: the client is its key (hashed: no secret kept in memory).
+            client = "key:" + hashlib.sha256(self.settings.api_key.encode()).hexdigest()[:16]
+        else:
+            peer = scope.get("client") or ("unknown", 0)
+            client = f"addr:{peer[0]}"
+        wait = self.limiter.acquire(client)
+        if wait > 0:
+            seconds = max(1, math.ceil(wait))
+            raise _Refused(
+                Refusal.RATE_LIMITED,
+                f"too many requests from this client (limit {self.settings.rate_limit_per_min:g} "
+                f"per minute, burst {self.settings.rate_limit_burst}); retry after {seconds} s",
+                {"Retry-After": str(seconds)},
             )
 
     async def _read_upload(
@@ -619,6 +697,7 @@ _FOREIGN_REASONS = {
     405: Refusal.METHOD_NOT_ALLOWED,
     413: Refusal.BODY_TOO_LARGE,
     415: Refusal.UNSUPPORTED_MEDIA_TYPE,
+    429: Refusal.RATE_LIMITED,
 }
 
 

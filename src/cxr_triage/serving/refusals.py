@@ -7,7 +7,7 @@ Two kinds of refusal reach a client, both as ``{"error", "reason", "request_id",
 - an image the reader refuses (:class:`~cxr_triage.errors.InvalidImageError`): its ``reason``
   and the status its class carries (``http_status``), so the status is defined with the error.
 
-503 answers carry ``Retry-After``. Nothing here imports BentoML.
+429 and 503 answers carry ``Retry-After``. Nothing here imports BentoML.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ __all__ = [
 ]
 
 # The statuses whose answers carry Retry-After.
-RETRY_AFTER_STATUSES = frozenset({503})
+RETRY_AFTER_STATUSES = frozenset({429, 503})
 
 
 class Refusal(enum.Enum):
@@ -48,6 +48,7 @@ class Refusal(enum.Enum):
     BODY_TOO_LARGE = (413, "body over `CXR_TRIAGE_MAX_BODY_MB` (chunked uploads included)")
     TOO_MANY_IMAGES = (413, "more files than `CXR_TRIAGE_MAX_IMAGES` in one /predict_batch")
     UNSUPPORTED_MEDIA_TYPE = (415, "not `multipart/form-data` (JSON, raw bytes)")
+    RATE_LIMITED = (429, "over `CXR_TRIAGE_RATE_LIMIT_PER_MIN` for this client")
     OVERLOADED = (
         503,
         "more uploads than the service takes at once, or the scorer did not answer within "

@@ -11,9 +11,9 @@ Two BentoML services, composed with ``bentoml.depends``:
   :meth:`Predictor.score`. BentoML's adaptive batching merges the images of concurrent requests,
   from every worker of :class:`CxrTriage`, into one network call.
 
-Around them: :class:`~cxr_triage.serving.guard.RequestGuard` (request ids, API key, load
-shedding, upload checks and rewriting, uniform errors), :class:`~cxr_triage.serving.docs.ApiDocs`
-(the product's OpenAPI document and a docs page without external assets), the refusals and their
+Around them: :class:`~cxr_triage.serving.guard.RequestGuard` (request ids, API key, rate limit,
+upload checks and rewriting, uniform errors), :class:`~cxr_triage.serving.docs.ApiDocs` (the
+product's OpenAPI document and a docs page without external assets), the refusals and their
 statuses (:mod:`~cxr_triage.serving.refusals`), the settings
 (:mod:`~cxr_triage.serving.settings`) and the domain metrics (:mod:`~cxr_triage.serving.metrics`).
 

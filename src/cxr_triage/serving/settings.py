@@ -26,6 +26,9 @@ variable                           default    meaning
 ``CXR_TRIAGE_SCORE_TIMEOUT_S``     30         longest wait for the scorer before 503
                                               ``overloaded``
 ``CXR_TRIAGE_RETRY_AFTER_S``       5          ``Retry-After`` of 503 answers
+``CXR_TRIAGE_RATE_LIMIT_PER_MIN``  0 (off)    requests per minute per client (its API key, else
+                                              its address), per front worker
+``CXR_TRIAGE_RATE_LIMIT_BURST``    10         requests a client may send at once above the rate
 =================================  =========  ===================================================
 
 The prediction log's place is not a service setting: it is the state folder's
@@ -75,10 +78,16 @@ class ServiceSettings:
     max_in_flight: int = 64
     score_timeout_s: float = 30.0
     retry_after_s: int = 5
+    rate_limit_per_min: float = 0.0
+    rate_limit_burst: int = 10
 
     @property
     def max_body_bytes(self) -> int:
         return int(self.max_body_mb * 2**20)
+
+    @property
+    def rate_limited(self) -> bool:
+        return self.rate_limit_per_min > 0
 
     @property
     def request_timeout_s(self) -> float:
@@ -117,7 +126,9 @@ _POSITIVE_INTS = {
     "max_latency_ms",
     "max_in_flight",
     "retry_after_s",
+    "rate_limit_burst",
 }
+_POSITIVE_FLOATS = {"max_body_mb", "score_timeout_s"}
 
 
 def _parse(name: str, raw: str) -> object:
@@ -150,6 +161,8 @@ def _parse(name: str, raw: str) -> object:
         raise ConfigError(f"{variable}={raw!r} is not a number; unset it or give one") from exc
     if value != value or value in (float("inf"), float("-inf")):
         raise ConfigError(f"{variable}={raw!r} must be a finite number")
-    if value <= 0:
+    if name in _POSITIVE_FLOATS and value <= 0:
         raise ConfigError(f"{variable}={raw!r} must be positive")
+    if value < 0:  # rate_limit_per_min: 0 turns the limit off
+        raise ConfigError(f"{variable}={raw!r} must be 0 (off) or positive")
     return value
