@@ -187,6 +187,20 @@ def test_guard_refuses_oversize_bodies_declared_or_chunked() -> None:
     _refused(chunked, 413, "body_too_large")
 
 
+def test_guard_limits_the_body_on_every_route_and_passes_small_ones_on() -> None:
+    stub = Stub()
+    guard = RequestGuard(stub, settings=_settings())
+
+    async def chunks():
+        for _ in range(3):
+            yield b"x" * 600_000
+
+    _refused(_request(guard, "POST", "/model_info", content=chunks()), 413, "body_too_large")
+    assert stub.seen == []
+    small = _request(guard, "POST", "/model_info", json={"a": 1})
+    assert small.status_code == 200 and stub.seen[0]["body"] == b'{"a":1}'
+
+
 BAD_UPLOADS: dict[str, tuple[str, dict[str, Any], int, str]] = {
     "empty body": ("/predict", {"content": b""}, 400, "bad_request"),
     "json": ("/predict", {"json": {"image": "chest.dcm"}}, 415, "unsupported_media_type"),

@@ -8,17 +8,17 @@ app). In order, for every HTTP request it:
 2. checks the API key (``Authorization: Bearer <key>`` or ``X-API-Key``) on every route but
    the probes and ``/metrics`` (401);
 3. applies the per-client rate limit when one is set (429 with ``Retry-After``);
-4. on the upload routes: sheds load past ``max_in_flight`` uploads in this worker (503
-   ``overloaded``), enforces the body limit while reading (413, chunked bodies included), and
-   parses the multipart body with python-multipart's streaming parser (the one Starlette and
-   BentoML parse it with again), checking field names, which parts are files, filenames,
-   part content types and the ``site`` value (400/413/415);
-5. hands the service a rewritten body: client metadata never reaches the filesystem
+4. limits every request body (413, chunked bodies included: BentoML reads bodies whole);
+5. on the upload routes: sheds load past ``max_in_flight`` uploads in this worker (503
+   ``overloaded``), and parses the multipart body with python-multipart's streaming parser
+   (the one Starlette and BentoML parse it with again), checking field names, which parts
+   are files, filenames, part content types and the ``site`` value (400/413/415);
+6. hands the service a rewritten body: client metadata never reaches the filesystem
    (BentoML names its temporary upload files after the client's filename, bentoml/BentoML
    #5532: a 255-byte name was a 500), so every file part is renamed ``upload-<n>``, typed
    ``application/octet-stream``, and text values are passed as JSON strings (BentoML
    JSON-decodes form values: ``7`` would arrive as a number);
-6. rewrites every error body the service or BentoML sends into the uniform shape
+7. rewrites every error body the service or BentoML sends into the uniform shape
    ``{"error", "reason", "request_id", "status"}``, adds ``Retry-After`` to 429/503, and
    turns any 500 (an exception nobody caught) into a typed 503 ``internal_error``.
 """
@@ -79,6 +79,7 @@ _MEDIA_TYPE = re.compile(rf"^{_TOKEN}/{_TOKEN}\s*(;.*)?$")
 _BOUNDARY = re.compile(r"^[0-9A-Za-z'()+_,./:=? -]{0,69}[0-9A-Za-z'()+_,./:=?-]$")
 _DROPPED_HEADERS = frozenset({b"x-request-id", b"x-bentoml-request-id", b"x-bentoml-trace-id"})
 _REPLACED_HEADERS = _DROPPED_HEADERS | {b"content-length", b"content-type"}
+_BODILESS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 _REQUEST_ID: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "cxr_triage_request_id", default=None
@@ -459,6 +460,10 @@ class RequestGuard:
                     raise _Refused(
                         Refusal.BAD_REQUEST, f"multipart/form-data without a boundary; {USAGE}"
                     )
+                if scope.get("method") not in _BODILESS and path not in OPEN_PATHS:
+                    # BentoML reads any body whole into memory, on every route.
+                    body = b"".join([chunk async for chunk in self._limited_body(scope, receive)])
+                    receive = _replay(body)
                 await self._call_app(scope, receive, responder)
                 return
             if self.in_flight >= self.settings.max_in_flight:
@@ -532,10 +537,8 @@ class RequestGuard:
                 {"Retry-After": str(seconds)},
             )
 
-    async def _read_upload(
-        self, scope: Scope, receive: Receive, form: UploadForm, content_type: str
-    ) -> tuple[Scope, Receive]:
-        """Read, check and rewrite an upload; the scope and body the app gets instead."""
+    async def _limited_body(self, scope: Scope, receive: Receive) -> Any:
+        """The body's chunks; :class:`_Refused` 413 once it passes the limit."""
         limit = self.settings.max_body_bytes
         too_large = _Refused(
             Refusal.BODY_TOO_LARGE,
@@ -545,15 +548,24 @@ class RequestGuard:
         length = _header(scope, b"content-length")
         if length is not None and length.isdigit() and int(length) > limit:
             raise too_large
-        rewriter: _FormRewriter | None = None
-        if _is_multipart(content_type):
-            boundary = _boundary(content_type)
-            rewriter = _FormRewriter(form, boundary, self.settings.max_images)
         size = 0
         async for chunk in _body_chunks(receive):
             size += len(chunk)
             if size > limit:
                 raise too_large
+            yield chunk
+
+    async def _read_upload(
+        self, scope: Scope, receive: Receive, form: UploadForm, content_type: str
+    ) -> tuple[Scope, Receive]:
+        """Read, check and rewrite an upload; the scope and body the app gets instead."""
+        rewriter: _FormRewriter | None = None
+        if _is_multipart(content_type):
+            boundary = _boundary(content_type)
+            rewriter = _FormRewriter(form, boundary, self.settings.max_images)
+        size = 0
+        async for chunk in self._limited_body(scope, receive):
+            size += len(chunk)
             if rewriter is not None:
                 rewriter.write(chunk)
         if size == 0:
