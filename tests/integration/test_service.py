@@ -239,10 +239,10 @@ def test_service_asgi_unforeseen_failure_of_one_file_is_that_files_error(
 
     real = Predictor.prepare
 
-    def flaky(self, source, metadata=None):
+    def flaky(self, source, metadata=None, **options):
         if Path(source).read_bytes().startswith(b"BOOM"):
             raise KeyError("a reader bug")  # outside the typed hierarchy
-        return real(self, source, metadata)
+        return real(self, source, metadata, **options)
 
     monkeypatch.setattr(Predictor, "prepare", flaky)
     good = _synth_dicom(tiny_pipeline).read_bytes()

@@ -34,6 +34,7 @@ pytestmark = pytest.mark.integration
 API_KEY = "test-key-0123456789"
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 MAX_BODY_MB = 10
+SALT = "service-test-salt-0123456789"
 JPEG_XL = "1.2.840.10008.1.2.4.110"  # no decoder exists in pydicom 3.0
 
 # ../shared/data/dicom: (status, reason); the readable chest radiographs get 200.
@@ -65,6 +66,7 @@ def server(tiny_pipeline, tmp_path_factory) -> Iterator[Server]:
         "CXR_TRIAGE_WORKERS": "2",
         "CXR_TRIAGE_API_KEY": API_KEY,
         "CXR_TRIAGE_MAX_BODY_MB": str(MAX_BODY_MB),
+        "CXR_TRIAGE_SALT": SALT,  # study UIDs are logged as keyed digests (feedback by study)
     }
     with serve(tmp_path_factory.mktemp("serve"), tag=tag, promote_tag=True, env=env) as running:
         yield running
@@ -435,3 +437,34 @@ def test_service_http_schemathesis_finds_no_server_error(server, tmp_path) -> No
     assert "No issues found" in result.stdout
     generated = re.search(r"(\d+) generated", result.stdout)
     assert generated is not None and int(generated.group(1)) >= 50, result.stdout[-2000:]
+
+
+# -- ground truth -----------------------------------------------------------------------------
+
+
+def test_service_http_feedback_matches_reads_by_request_id_and_by_study(
+    server, client, make_dicom
+) -> None:
+    first, second = make_dicom(name="a.dcm"), make_dicom(name="b.dcm")
+    study = pydicom.dcmread(second).StudyInstanceUID
+    by_id = client.post("/predict", files={"image": ("a.dcm", first.read_bytes())})
+    by_study = client.post("/predict", files={"image": ("b.dcm", second.read_bytes())})
+    assert by_id.status_code == by_study.status_code == 200
+    reads = [
+        {"request_id": by_id.json()["request_id"], "label": "abnormal", "findings": "Effusion"},
+        {"study_uid": study, "label": "normal"},
+        {"request_id": "never-answered", "label": "normal"},
+    ]
+    receipt = client.post("/feedback", json={"reads": reads})
+    assert receipt.status_code == 200, receipt.text
+    body = receipt.json()
+    assert (body["n_received"], body["n_stored"], body["n_matched"]) == (3, 3, 2)
+    assert body["unmatched"] == ["request_id=never-answered"]
+    logged = PredictionLog(server.log_path).read(with_feedback=True).set_index("request_id")
+    assert logged.loc[by_id.json()["request_id"], "true_label"] == "abnormal"
+    assert logged.loc[by_study.json()["request_id"], "true_label"] == "normal"
+    assert study not in server.log_path.read_bytes().decode("latin-1")  # only its digest
+
+    bad = client.post("/feedback", json={"reads": [{"label": "abnormal"}]})
+    _assert_error(bad, 400, "bad_request")
+    assert "request_id" in bad.json()["error"]

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from cxr_triage.errors import ConfigError, InvalidImageError, NotAnImageError
+from cxr_triage.errors import ConfigError, ImageTooLargeError, NotAnImageError
 from cxr_triage.serving.docs import ROUTE_ERRORS, docs_page, product_openapi
 from cxr_triage.serving.refusals import Refusal, image_refusals, image_status
 from cxr_triage.serving.settings import ServiceSettings
@@ -82,7 +82,7 @@ def test_refusals_have_unique_reasons_and_client_or_retry_statuses() -> None:
 
 def test_image_status_comes_from_the_error_class() -> None:
     assert image_status(NotAnImageError("x")) == 415
-    assert image_status(InvalidImageError("x", reason="image_too_large")) == 413
+    assert image_status(ImageTooLargeError("x")) == 413
 
     carried = NotAnImageError("x")
     carried.http_status = 418  # as the error classes carry it (no subclass: it would stay)

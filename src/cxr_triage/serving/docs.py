@@ -50,6 +50,7 @@ ROUTE_ERRORS: Mapping[str, tuple[tuple[Refusal, ...], bool]] = {
     "/predict": ((*_UPLOAD, *_ALWAYS), True),
     "/predict_batch": ((*_UPLOAD, Refusal.TOO_MANY_IMAGES, *_ALWAYS), False),
     "/model_info": (_ALWAYS, False),
+    "/feedback": ((Refusal.BAD_REQUEST, Refusal.PREDICTION_LOG_UNAVAILABLE, *_ALWAYS), False),
 }
 
 

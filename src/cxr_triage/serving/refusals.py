@@ -76,19 +76,8 @@ class Refusal(enum.Enum):
         return self.name.lower()
 
 
-# Today's statuses of the reader's reasons, for an errors module whose classes do not carry
-# `http_status` yet (the status travels with the class where they do).
-_IMAGE_STATUS = {
-    "truncated_pixel_data": 400,
-    "image_too_large": 413,
-    "decompression_bomb": 413,
-    "not_an_image": 415,
-    "codec_unavailable": 415,
-    "wrong_modality": 422,
-    "no_pixel_data": 422,
-    "unsupported_image_type": 422,
-    "invalid_image": 422,
-}
+# How the README and the OpenAPI description say when each image refusal happens (the status
+# comes from the error class itself); reasons not listed use their class docstring's first line.
 _IMAGE_WHEN = {
     "truncated_pixel_data": "the file was cut off",
     "image_too_large": "more pixels than the package allows",
@@ -104,8 +93,8 @@ _IMAGE_WHEN = {
 
 
 def image_status(error: InvalidImageError) -> int:
-    """The HTTP status for an unusable image: its class's ``http_status`` (else 422)."""
-    return int(getattr(error, "http_status", _IMAGE_STATUS.get(error.reason, 422)))
+    """The HTTP status for an unusable image: the one its error class carries."""
+    return int(error.http_status)
 
 
 def _image_classes() -> Iterator[type[InvalidImageError]]:
@@ -121,7 +110,7 @@ def image_refusals() -> list[tuple[str, int, str]]:
     seen: dict[str, tuple[str, int, str]] = {}
     for cls in _image_classes():
         reason = cls.reason
-        status = int(getattr(cls, "http_status", _IMAGE_STATUS.get(reason, 422)))
+        status = int(cls.http_status)
         doc = (cls.__doc__ or "").strip().splitlines()
         seen[reason] = (reason, status, _IMAGE_WHEN.get(reason) or (doc[0] if doc else reason))
     return sorted(seen.values(), key=lambda r: (r[1], r[0]))

@@ -26,6 +26,8 @@ when the classes are defined, so the settings are read (the environment only) at
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import hashlib
 import logging
 from collections.abc import Callable, Sequence
@@ -85,6 +87,16 @@ class BatchItem(BaseModel):
     status: int = Field(description="200, or the 4xx this image would get from /predict")
     prediction: PredictionResponse | None = None
     error: ErrorResponse | None = None
+
+
+class FeedbackResponse(BaseModel):
+    """What /feedback stored, and how many reads match a logged prediction."""
+
+    request_id: str
+    n_received: int = Field(description="reads in the request")
+    n_stored: int = Field(description="reads stored (new, or replacing an earlier read)")
+    n_matched: int = Field(description="reads whose prediction is in the log")
+    unmatched: list[str] = Field(description="the first reads that match no prediction (yet)")
 
 
 class BatchResponse(BaseModel):
@@ -231,6 +243,7 @@ class CxrTriage:
         self.predictor = Predictor(package.path, num_threads=1, model_tag=package.tag)
         self.fingerprint = model_fingerprint(package.tag)
         self.log_path = _check_state(package.path)
+        self._pseudonymiser = _study_pseudonymiser()
         self._log: Any = None
         self._limiter: Any = None
         try:
@@ -265,7 +278,14 @@ class CxrTriage:
     async def _prepare(self, path: Path, site: str | None) -> Any:
         """The prepared image, or the typed refusal of this one file (never an exception)."""
         try:
-            return await self._run(self.predictor.prepare, path, {"site": site})
+            return await self._run(
+                functools.partial(
+                    self.predictor.prepare,
+                    path,
+                    {"site": site},
+                    pseudonymiser=self._pseudonymiser,
+                )
+            )
         except InvalidImageError as exc:
             return exc
         except Exception as exc:  # noqa: BLE001 - one file's failure is that file's refusal
@@ -336,7 +356,9 @@ class CxrTriage:
     def _append(self, rows: list[dict[str, Any]]) -> None:
         self._open_log().append(rows)
 
-    async def _record(self, predictions: Sequence[Any], ids: Sequence[str]) -> None:
+    async def _record(
+        self, predictions: Sequence[Any], ids: Sequence[str], study_keys: Sequence[str | None]
+    ) -> None:
         """Append predictions to the log, or raise :class:`_Unavailable` (nothing unlogged)."""
         rows = [
             {
@@ -344,8 +366,10 @@ class CxrTriage:
                 "request_id": rid,
                 "model_tag": p.model_tag,
                 "threshold": p.threshold,
+                # The study's keyed digest (never the UID), to match reads fed back by study.
+                **({"study_key": key} if key else {}),
             }
-            for p, rid in zip(predictions, ids, strict=True)
+            for p, rid, key in zip(predictions, ids, study_keys, strict=True)
         ]
         try:
             await self._run(self._append, rows)
@@ -365,7 +389,7 @@ class CxrTriage:
         """Score, label and log prepared images; :class:`_Unavailable` on a 503."""
         scores = await self._score(prepared)
         predictions = await self._run(self.predictor.predictions, list(prepared), scores)
-        await self._record(predictions, ids)
+        await self._record(predictions, ids, [p.metadata.get("study_key") for p in prepared])
         return predictions
 
     def _response(self, prediction: Any, request_id: str) -> PredictionResponse:
@@ -440,6 +464,52 @@ class CxrTriage:
     async def model_info(self) -> dict[str, Any]:
         """The model: tag, candidate, threshold and operating point, metrics, versions."""
         return self.predictor.info_summary()
+
+    @bentoml.api(route="/feedback")
+    async def feedback(self, reads: list[dict[str, Any]]) -> FeedbackResponse:
+        """Store radiologists' final reads of earlier predictions (ground truth for monitoring).
+
+        Send JSON ``{"reads": [{"request_id": ..., "label": "abnormal", "findings":
+        "Effusion|Mass", "read_at": "2026-11-30T10:00:00Z"}, ...]}``; a read names its prediction
+        by ``request_id`` (as this service answered it) or by ``study_uid`` (a DICOM study; the
+        UID is kept only as a keyed digest). A later read of the same prediction replaces the
+        earlier one. ``cxr-triage monitor`` then reports realised sensitivity and specificity.
+        """
+        from cxr_triage.errors import CxrError
+        from cxr_triage.inference.feedback import parse_reads, record_feedback
+
+        request_id = current_request_id()
+        try:
+            parsed = parse_reads(reads, where="read", first=0)
+        except CxrError as exc:  # DataError, or ConfigError: study UIDs but no salt here
+            return _error_response(400, str(exc), Refusal.BAD_REQUEST.reason, request_id)
+        try:
+            receipt = await self._run(
+                functools.partial(record_feedback, parsed, log_path=self.log_path)
+            )
+        except Exception as exc:  # noqa: BLE001 - a log that cannot be written: a typed 503
+            log.error("feedback not stored in %s: %s", self.log_path, exc)
+            refusal = Refusal.PREDICTION_LOG_UNAVAILABLE
+            return _error_response(
+                refusal.status,
+                f"the reads could not be stored beside the prediction log ({exc}); retry later",
+                refusal.reason,
+                request_id,
+            )
+        return FeedbackResponse(request_id=request_id, **dataclasses.asdict(receipt))
+
+
+def _study_pseudonymiser() -> Any:
+    """The keyed hash for study UIDs (``CXR_TRIAGE_SALT``), or None: then reads can be fed back
+    by request id only."""
+    from cxr_triage.data.deid import Pseudonymiser, salt_from_env
+    from cxr_triage.errors import ConfigError
+
+    try:
+        return Pseudonymiser(salt_from_env(synthetic=False))
+    except ConfigError:
+        log.info("CXR_TRIAGE_SALT is not set: reads can be fed back by request id only")
+        return None
 
 
 def _describe() -> tuple[dict[str, Any], str | None]:
