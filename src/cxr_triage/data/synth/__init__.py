@@ -4,7 +4,8 @@
 realistic-looking PHI, so that de-identification has something to remove) and
 ``<out_dir>/labels.csv`` in the NIH ChestX-ray14 ``Data_Entry_2017.csv`` format plus a ``Site``
 column. Everything is a pure function of ``(n, site, seed, config)``: the same arguments give
-byte-identical files.
+byte-identical files, on any machine (exp, log, power and cos come from
+:mod:`~cxr_triage.data.synth.portable`, not from numpy's CPU-dispatched SIMD ufuncs).
 
 The modules, by concern:
 
@@ -13,6 +14,7 @@ The modules, by concern:
 - :mod:`~cxr_triage.data.synth.cohort`: patients, follow-ups, labels and lesion planning.
 - :mod:`~cxr_triage.data.synth.anatomy`, :mod:`~cxr_triage.data.synth.lesions`,
   :mod:`~cxr_triage.data.synth.acquisition`, :mod:`~cxr_triage.data.synth.render`: rendering.
+- :mod:`~cxr_triage.data.synth.portable`: elementary functions with the same bits on every CPU.
 - :mod:`~cxr_triage.data.synth.dicom`: the DICOM writer (shared with tests and benchmarks).
 - :mod:`~cxr_triage.data.synth.generate`: :func:`generate_dataset`, which ties them together.
 

@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 
+from cxr_triage.data.synth import portable
 from cxr_triage.data.synth.cohort import ImageSpec
 from cxr_triage.data.synth.fields import smooth_field
 from cxr_triage.data.synth.sites import SiteProfile
@@ -20,8 +21,8 @@ def blur(img: np.ndarray, sigma: float) -> np.ndarray:
     if sigma < 0.3:
         return img
     radius = max(1, math.ceil(2.5 * sigma))
-    taps = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma) ** 2)
-    taps = (taps / taps.sum()).astype(np.float32)
+    taps = portable.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma) ** 2)
+    taps = (taps / math.fsum(taps)).astype(np.float32)
     rows, cols = img.shape
     padded = np.pad(img, ((radius, radius), (0, 0)), mode="edge")
     out = sum(t * padded[k : k + rows] for k, t in enumerate(taps))
@@ -46,7 +47,7 @@ def acquire(
     v = v * (1.0 - 0.3 * (site.exposure - 1.0)) - 0.05 * (site.exposure - 1.0)
     y = ((np.arange(rows, dtype=np.float32) / rows) - 0.5)[:, None]
     heel = (0.03 * float(rng.uniform(-1, 1))) * y + 0.015 * smooth_field(rng, rows, cols, 3)
-    v = np.clip(v + heel, 0.0, 1.0) ** site.contrast
+    v = portable.power(np.clip(v + heel, 0.0, 1.0), site.contrast)
     sigma = site.blur * rows / site.rows  # the detector's blur, in this image's pixels
     v = blur(v, sigma)
     noise = rng.standard_normal((rows, cols), dtype=np.float32)

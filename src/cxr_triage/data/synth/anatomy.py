@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from cxr_triage.data.synth import portable
 from cxr_triage.data.synth.cohort import ImageSpec
 from cxr_triage.data.synth.config import SynthConfig
 from cxr_triage.data.synth.fields import ramp, smooth_field
@@ -131,7 +132,7 @@ def pose_frame(spec: ImageSpec, config: SynthConfig, rng: np.random.Generator) -
     half = rows / 2
     y0 = ((np.arange(rows, dtype=np.float32) + 0.5 - rows / 2) / half)[:, None]
     x0 = ((np.arange(cols, dtype=np.float32) + 0.5 - cols / 2) / half)[None, :]
-    c, s = math.cos(theta) / scale, math.sin(theta) / scale
+    c, s = float(portable.cos(theta)) / scale, float(portable.sin(theta)) / scale
     X = c * (x0 - tx) + s * (y0 - ty)
     Y = -s * (x0 - tx) + c * (y0 - ty + 0.04)
     return Frame(rows=rows, cols=cols, X=X, Y=Y, U=np.abs(X))
@@ -179,7 +180,7 @@ def draw_lungs(frame: Frame, anat: Anatomy) -> Lungs:
 def heart_mask(frame: Frame, anat: Anatomy) -> np.ndarray:
     """Soft mask of the heart: a tilted ellipse left of the midline (0 outside, 1 inside)."""
     hx, hy, ha, hb, tilt = anat.heart
-    ct, st = math.cos(tilt), math.sin(tilt)
+    ct, st = float(portable.cos(tilt)), float(portable.sin(tilt))
     dx, dy = frame.X - hx, frame.Y - hy
     hr = np.sqrt(((ct * dx + st * dy) / ha) ** 2 + ((-st * dx + ct * dy) / hb) ** 2)
     return ramp(1.0 - hr, 0.08)
@@ -199,7 +200,7 @@ def lung_markings(
     rows, cols, Y, U = frame.rows, frame.cols, frame.Y, frame.U
     mrng = np.random.default_rng([*spec.anatomy_seed, 7])
     field = smooth_field(mrng, rows, cols, 30) + 0.5 * smooth_field(rng, rows, cols, 60)
-    hilum = np.exp(-(((U - 0.17) ** 2) / 0.12 + ((Y - 0.02) ** 2) / 0.25))
+    hilum = portable.exp(-(((U - 0.17) ** 2) / 0.12 + ((Y - 0.02) ** 2) / 0.25))
     vessels = ramp(0.35 - np.abs(field), 0.3) * (0.2 + hilum)
     markings = anat.marking_density * gain * vessels * lungs.lung * (1.0 - no_markings)
     markings *= 1.0 - heart
@@ -215,7 +216,7 @@ def add_mediastinum(
     mw = 0.11 + 0.05 * ramp(Y + 0.2, 0.6)
     density += 0.06 * ramp(mw - np.abs(X - 0.02), 0.04) * ramp(hy - Y, 0.2)
     density -= 0.07 * ramp(0.028 - np.abs(X), 0.012) * ramp(-0.4 - Y, 0.08)
-    density += 0.1 * ramp(0.065 - U, 0.02) * (0.85 + 0.15 * np.cos(Y * (2 * math.pi / 0.09)))
+    density += 0.1 * ramp(0.065 - U, 0.02) * (0.85 + 0.15 * portable.cos(Y * (2 * math.pi / 0.09)))
     knob = ((X - 0.1) ** 2 + (Y + 0.27) ** 2) / 0.055**2
     density += 0.12 * ramp(1.0 - knob, 0.4)
     density += 0.04 * heart
@@ -227,11 +228,11 @@ def add_ribs(density: np.ndarray, frame: Frame, anat: Anatomy) -> np.ndarray:
     Y, U = frame.Y, frame.U
     inside = ramp(anat.body_width * 0.93 - U, 0.04)
     phase = np.clip((Y + 0.2 * U - 0.62 * U * U + 0.83) / 1.45, 0.0, 1.0)
-    ribs = 0.5 + 0.5 * np.cos(2 * math.pi * 9.0 * (phase + 0.22 * phase * phase))
+    ribs = 0.5 + 0.5 * portable.cos(2 * math.pi * 9.0 * (phase + 0.22 * phase * phase))
     ribs = ribs * ribs
     ribs = ribs * ribs * ribs * ramp(0.98 - phase, 0.04)  # cos**6: narrow bright bands
     phase_a = np.clip((Y + 0.35 * U + 0.55) / 1.3, 0.0, 1.0)
-    anterior = 0.5 + 0.5 * np.cos(2 * math.pi * 6.0 * phase_a)
+    anterior = 0.5 + 0.5 * portable.cos(2 * math.pi * 6.0 * phase_a)
     ribs += 0.45 * anterior * anterior * anterior * ramp(0.95 - phase_a, 0.05)
     above_domes = ramp(anat.dome[1] + 0.05 - Y, 0.2)
     density += anat.rib_density * ribs * inside * ramp(U - 0.07, 0.03) * (0.4 + 0.6 * above_domes)

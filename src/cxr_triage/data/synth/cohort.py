@@ -11,11 +11,11 @@ follow-ups (same place, same size).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from cxr_triage.data.synth import portable
 from cxr_triage.data.synth.config import SynthConfig
 from cxr_triage.data.synth.sites import SiteProfile, name_hash
 from cxr_triage.vocabulary import FINDINGS
@@ -165,7 +165,7 @@ class _Plan:
 
 def _logit(p: float) -> float:
     p = min(max(p, 1e-4), 1 - 1e-4)
-    return math.log(p / (1 - p))
+    return float(portable.log(p / (1 - p)))
 
 
 def output_size(site: SiteProfile, config: SynthConfig) -> tuple[int, int, float]:
@@ -301,7 +301,7 @@ def _abnormal_probability(plan: _Plan, patient: _Patient, age: int) -> float:
         + 0.025 * (age - 52)
         + (0.1 if patient.sex == "M" else -0.1)
     )
-    return 1 / (1 + math.exp(-logit))
+    return 1 / (1 + float(portable.exp(-logit)))
 
 
 def _draw_findings(

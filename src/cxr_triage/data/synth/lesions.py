@@ -16,6 +16,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from cxr_triage.data.synth import portable
 from cxr_triage.data.synth.anatomy import LUNG_AIR, Anatomy, Frame, Lungs
 from cxr_triage.data.synth.cohort import Lesion
 from cxr_triage.data.synth.fields import ramp, smooth_field
@@ -83,7 +84,8 @@ def _nodule_or_mass(site: _Site, strength: float) -> np.ndarray:
         cos3 = cos_t * (4 * cos_t * cos_t - 3)
         sin3 = sin_t * (3 - 4 * sin_t * sin_t)
         phi = float(site.rng.uniform(0, 2 * math.pi))
-        rr = rr / (1 + 0.15 * (cos3 * math.cos(phi) - sin3 * math.sin(phi)))
+        cos_phi, sin_phi = float(portable.cos(phi)), float(portable.sin(phi))
+        rr = rr / (1 + 0.15 * (cos3 * cos_phi - sin3 * sin_phi))
     return strength * np.sqrt(np.clip(1.0 - rr * rr, 0.0, 1.0)) * 1.4
 
 
@@ -114,8 +116,9 @@ def _atelectasis(site: _Site, strength: float) -> np.ndarray:
     les, X, Y, cx, cy = site.les, site.frame.X, site.frame.Y, site.cx, site.cy
     angle = math.radians(float(site.rng.uniform(-30, 10)))
     length, half_width = 0.22 * les.size, 0.022 * les.size
-    par = (X - cx) * math.cos(angle) + (Y - cy) * math.sin(angle) * les.side
-    perp = -(X - cx) * math.sin(angle) * les.side + (Y - cy) * math.cos(angle)
+    cos_a, sin_a = float(portable.cos(angle)), float(portable.sin(angle))
+    par = (X - cx) * cos_a + (Y - cy) * sin_a * les.side
+    perp = -(X - cx) * sin_a * les.side + (Y - cy) * cos_a
     band = ramp(half_width - np.abs(perp), half_width) * ramp(length / 2 - np.abs(par), 0.06)
     return strength * 1.3 * band
 
@@ -124,7 +127,8 @@ def _edema(site: _Site, strength: float) -> np.ndarray:
     """A perihilar (bat-wing) haze on both sides."""
     les, frame = site.les, site.frame
     U, Y = frame.U, frame.Y
-    haze = np.exp(-((U - 0.2) ** 2 / (0.05 * les.size) + (Y - 0.08) ** 2 / (0.12 * les.size)))
+    spread = (U - 0.2) ** 2 / (0.05 * les.size) + (Y - 0.08) ** 2 / (0.12 * les.size)
+    haze = portable.exp(-spread)
     patch = np.clip(0.7 + 0.5 * smooth_field(site.rng, frame.rows, frame.cols, 10), 0.0, 1.0)
     return strength * haze * patch
 
