@@ -8,10 +8,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 from pydicom import dcmread
 from pydicom.pixels import apply_modality_lut, apply_voi_lut
 from pydicom.uid import ComputedRadiographyImageStorage
 
+from cxr_triage.config import SynthParams, load_params
 from cxr_triage.data.synth import (
     LABEL_COLUMNS,
     SITE_PRESETS,
@@ -249,6 +251,26 @@ def test_synth_config_bad_range_raises_config_error() -> None:
         SynthConfig(lesion_contrast=(1.0, 0.5))
     with pytest.raises(ConfigError, match="subtle_fraction"):
         SynthConfig(subtle_fraction=1.5)
+
+
+def test_synth_config_defaults_are_the_pipeline_default() -> None:
+    # One default dataset: params.yaml's synth knobs, SynthParams' and SynthConfig's agree, so the
+    # CLI and the promotion gate's frozen set draw from the same task as the pipeline.
+    params = load_params(Path(__file__).resolve().parents[2] / "params.yaml")
+    assert SynthConfig.from_params(params.synth) == SynthConfig()
+    assert SynthConfig.from_params(SynthParams()) == SynthConfig()
+
+
+def test_synth_config_from_params_reads_every_knob(tmp_path: Path) -> None:
+    data = yaml.safe_load((Path(__file__).resolve().parents[2] / "params.yaml").read_text())
+    data["synth"].update(lesion_contrast=[0.2, 0.4], label_noise=0.5, image_size=64)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(data))
+    config = SynthConfig.from_params(load_params(tmp_path / "params.yaml").synth)
+    assert (config.lesion_contrast, config.label_noise, config.image_size) == ((0.2, 0.4), 0.5, 64)
+    data["synth"]["subtle_fraction"] = 2.0
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(data))
+    with pytest.raises(ConfigError, match="subtle_fraction"):
+        SynthConfig.from_params(load_params(tmp_path / "params.yaml").synth)
 
 
 def test_generate_dataset_existing_out_dir_raises_config_error(tmp_path: Path) -> None:

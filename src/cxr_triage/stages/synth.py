@@ -8,7 +8,7 @@ from pathlib import Path
 
 from cxr_triage.atomic import atomic_dir
 from cxr_triage.config import Params
-from cxr_triage.data.synth import generate_dataset
+from cxr_triage.data.synth import SynthConfig, generate_dataset
 from cxr_triage.stages._entry import run_stage
 
 log = logging.getLogger(__name__)
@@ -17,6 +17,7 @@ log = logging.getLogger(__name__)
 def run(params: Params) -> dict[str, int]:
     """Write ``paths.synth_dir/<site>/`` (DICOM files + ChestX-ray14-style labels.csv) per site."""
     out_dir = Path(params.paths.synth_dir)
+    config = SynthConfig.from_params(params.synth)
     counts = {}
     with atomic_dir(out_dir) as tmp:
         for site, n in params.synth.sites.items():
@@ -25,6 +26,7 @@ def run(params: Params) -> dict[str, int]:
                 n=n,
                 site=site,
                 seed=params.seed,
+                config=config,
                 workers=params.synth.workers or os.cpu_count() or 1,
             )
             counts[site] = len(table)

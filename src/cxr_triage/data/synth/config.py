@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
+from cxr_triage.config import SynthKnobs
 from cxr_triage.errors import ConfigError
 from cxr_triage.vocabulary import FINDINGS
 
@@ -11,46 +12,12 @@ __all__ = ["SynthConfig"]
 
 
 @dataclass(frozen=True)
-class SynthConfig:
-    """Difficulty and content knobs of the generator (defaults give a realistic, imperfect task).
+class SynthConfig(SynthKnobs):
+    """The generator's knobs (:class:`cxr_triage.config.SynthKnobs`, documented there), checked.
 
-    Args:
-        lesion_contrast: range of the per-finding contrast multiplier (1 = a clearly visible
-            lesion of that kind); drawn uniformly per finding.
-        lesion_size: range of the per-finding size multiplier (1 = typical size of that kind).
-        subtle_fraction: fraction of abnormal images drawn subtle: every finding at
-            ``subtle_scale`` times its contrast and at the smallest size of ``lesion_size``.
-            These are what keeps a good model well below AUROC 1.0.
-        subtle_scale: contrast multiplier of subtle findings.
-        max_findings: most findings per abnormal image (1 to 14); the count is drawn with
-            decreasing probability, as in ChestX-ray14.
-        label_noise: fraction of images whose content disagrees with the label, as in report-mined
-            labels: a labelled abnormal image drawn without visible finding, or a "No Finding"
-            image with an unlabelled faint finding.
-        anatomy_variation: scale of normal anatomical variability (heart and lung size and shape,
-            diaphragm height, breast and rib density); 0 makes all patients alike.
-        pose_jitter: scale of per-image rotation (about 3 degrees at 1), translation and scale.
-        ap_abnormal_ratio: how much more often abnormal images are AP than normal ones (about 2 in
-            real data); 1 removes the view shortcut.
-        max_followups: most images per patient (follow-ups share sex, age, anatomy and chronic
-            findings; their labels may differ).
-        prevalence: abnormal fraction overriding the site's ``abnormal_prevalence``; None keeps it.
-        image_size: longest side in pixels overriding the site's native size (aspect and field of
-            view kept, pixel spacing scaled); None keeps the native size.
+    Raises:
+        ConfigError: a knob is out of range.
     """
-
-    lesion_contrast: tuple[float, float] = (0.6, 1.3)
-    lesion_size: tuple[float, float] = (0.6, 1.3)
-    subtle_fraction: float = 0.25
-    subtle_scale: float = 0.3
-    max_findings: int = 3
-    label_noise: float = 0.06
-    anatomy_variation: float = 1.0
-    pose_jitter: float = 1.0
-    ap_abnormal_ratio: float = 2.0
-    max_followups: int = 5
-    prevalence: float | None = None
-    image_size: int | None = None
 
     def __post_init__(self) -> None:
         for key in ("lesion_contrast", "lesion_size"):
@@ -73,3 +40,12 @@ class SynthConfig:
             )
         if self.image_size is not None and not 32 <= self.image_size <= 4096:
             raise ConfigError("synth config: image_size must be 32..4096 or None")
+
+    @classmethod
+    def from_params(cls, params: SynthKnobs) -> SynthConfig:
+        """The knobs of ``params.yaml``'s ``synth`` section (``params.synth``).
+
+        Raises:
+            ConfigError: a knob is out of range.
+        """
+        return cls(**{f.name: getattr(params, f.name) for f in fields(SynthKnobs)})
