@@ -14,7 +14,14 @@ The sections live by concern: :mod:`~cxr_triage.config.data` (paths, synth, inge
 
 from __future__ import annotations
 
-from cxr_triage.config.data import SOURCES, IngestParams, PathsParams, SplitParams, SynthParams
+from cxr_triage.config.data import (
+    SOURCES,
+    IngestParams,
+    PathsParams,
+    SplitParams,
+    SynthKnobs,
+    SynthParams,
+)
 from cxr_triage.config.evaluation import (
     CompareParams,
     EvaluateParams,
@@ -61,6 +68,7 @@ __all__ = [
     "Recalibration",
     "ScheduleParams",
     "SplitParams",
+    "SynthKnobs",
     "SynthParams",
     "ThresholdParams",
     "TransferParams",
