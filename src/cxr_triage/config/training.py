@@ -124,9 +124,26 @@ class FinetuneOptions:
 
 @dataclass(frozen=True)
 class FinetuneParams(FinetuneOptions):
-    """The fine-tuned candidate: ``FinetuneOptions`` plus whether to train it at all."""
+    """The fine-tuned candidate: ``FinetuneOptions`` plus how it is cross-validated.
 
-    enabled: bool = True  # false for an ONNX backbone, which can only be used frozen
+    Attributes:
+        enabled: false for an ONNX backbone, which can only be used frozen.
+        cv_repeats: repeats of the network's patient-grouped CV over train+val (the first
+            ``cv_repeats`` fold assignments of ``compare``; each costs ``compare.cv_folds``
+            trainings).
+        inner_val_frac: share of each training fold's patients held out for early stopping.
+    """
+
+    enabled: bool = True
+    cv_repeats: int = 1
+    inner_val_frac: float = 0.15
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.cv_repeats < 1:
+            raise ConfigError(f"finetune cv_repeats must be >= 1, got {self.cv_repeats}")
+        if not 0 < self.inner_val_frac < 0.5:
+            raise ConfigError("finetune inner_val_frac must be in (0, 0.5)")
 
 
 @dataclass(frozen=True)
@@ -165,9 +182,14 @@ ZOO_NAMES: tuple[str, ...] = (
 
 @dataclass(frozen=True)
 class TransferParams:
-    """The classifier zoo on embeddings, each tuned by patient-grouped CV on train only."""
+    """The classifier zoo on embeddings: every configuration of every candidate scored out of
+    fold on ``compare``'s folds of train+val, each candidate's best refitted on train+val.
+
+    Attributes:
+        candidates: zoo members (:data:`ZOO_NAMES`).
+        n_jobs: parallel fitting processes (joblib; -1 = all cores). Every fit runs on one
+            BLAS/OpenMP thread, so the results do not depend on this or on the core count.
+    """
 
     candidates: list[str] = field(default_factory=lambda: list(ZOO_NAMES))
-    cv_folds: int = 3
-    tune_max_rows: int = 3000
-    n_jobs: int = -1
+    n_jobs: int = 1
