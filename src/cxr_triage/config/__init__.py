@@ -16,7 +16,9 @@ from __future__ import annotations
 
 from cxr_triage.config.data import SOURCES, IngestParams, PathsParams, SplitParams, SynthParams
 from cxr_triage.config.evaluation import (
+    SELECTION_RULES,
     CompareParams,
+    EnsembleParams,
     EvaluateParams,
     Recalibration,
     ThresholdParams,
@@ -43,12 +45,14 @@ from cxr_triage.config.training import (
 
 __all__ = [
     "LOSSES",
+    "SELECTION_RULES",
     "SOURCES",
     "ZOO_NAMES",
     "AugmentOptions",
     "BackboneParams",
     "CompareParams",
     "EmbedParams",
+    "EnsembleParams",
     "EvaluateParams",
     "FinetuneOptions",
     "FinetuneParams",

@@ -20,7 +20,7 @@ __all__ = [
 Recalibration = Literal["none", "temperature", "platt", "isotonic"]
 
 
-SELECTION_RULES = ("one_se", "tolerance")
+SELECTION_RULES = ("one_se", "paired_se", "tolerance")
 
 
 @dataclass(frozen=True)
@@ -32,10 +32,12 @@ class WinnerRule:
         primary: column compared first (``cv_auroc``: mean over repeats of the pooled
             out-of-fold AUROC over train+val).
         higher_is_better: direction of ``primary``.
-        rule: ``one_se``: every candidate whose gap to the best is at most ``se_multiplier``
-            times the paired patient-bootstrap standard error of that gap is tied with it;
-            ``tolerance``: every candidate within ``tie_tolerance`` (absolute) is tied.
-        se_multiplier: width of the ``one_se`` band in standard errors.
+        rule: ``one_se`` (Breiman et al. 1984): every candidate within ``se_multiplier``
+            patient-bootstrap standard errors of the best candidate's estimate is tied with it;
+            ``paired_se``: every candidate whose gap to the best is within ``se_multiplier``
+            paired-bootstrap standard errors of that gap (a paired test: narrower when the
+            candidates err on the same images); ``tolerance``: within ``tie_tolerance``.
+        se_multiplier: width of the ``one_se``/``paired_se`` band in standard errors.
         tie_tolerance: the ``tolerance`` rule's band.
         tie_breaker: column that decides among tied candidates (``complexity``: the simplest
             model, ranked in ``cxr_triage.evaluation.compare.COMPLEXITY``).
@@ -44,7 +46,7 @@ class WinnerRule:
 
     primary: str = "cv_auroc"
     higher_is_better: bool = True
-    rule: Literal["one_se", "tolerance"] = "one_se"
+    rule: Literal["one_se", "paired_se", "tolerance"] = "one_se"
     se_multiplier: float = 1.0
     tie_tolerance: float = 0.0
     tie_breaker: str = "complexity"

@@ -19,11 +19,13 @@ them into one table row per candidate:
   how much the backbone's label exposure flatters the cross-validation.
 
 The rule (:func:`choose_winner`, :class:`~cxr_triage.config.WinnerRule`): among eligible
-candidates (the metadata baseline never is), take the best ``primary``; with ``rule: one_se``,
-every candidate whose gap is at most ``se_multiplier`` standard errors of that gap is tied with
-it (Breiman et al., *Classification and Regression Trees*, 1984, the one-standard-error rule,
-with the paired bootstrap standard error of the difference); with ``rule: tolerance``, every
-candidate within ``tie_tolerance``. Among the tied, ``tie_breaker`` decides: by default
+candidates (the metadata baseline never is), take the best ``primary``; with ``rule: one_se``
+(the one-standard-error rule of Breiman et al., *Classification and Regression Trees*, 1984),
+every candidate within ``se_multiplier`` bootstrap standard errors of the best candidate's
+estimate is tied with it; with ``rule: paired_se``, every candidate whose gap is within
+``se_multiplier`` paired-bootstrap standard errors of that gap (a paired test, narrower when
+candidates err on the same images); with ``rule: tolerance``, every candidate within
+``tie_tolerance``. Among the tied, ``tie_breaker`` decides: by default
 ``complexity`` (:data:`COMPLEXITY`: the simplest model), so a more complex candidate, an
 ensemble included, wins only when it is better by more than the noise of the comparison. A
 remaining tie goes to the better primary, then to the name.
@@ -134,7 +136,8 @@ def choose_winner(table: pd.DataFrame, rule: WinnerRule | None = None) -> Winner
 
     Args:
         table: one row per candidate: ``candidate``, the rule's ``primary`` and
-            ``tie_breaker`` columns, ``<primary>_gap_se`` for ``rule: one_se``, and optionally
+            ``tie_breaker`` columns, ``<primary>_se`` for ``rule: one_se`` or
+            ``<primary>_gap_se`` for ``rule: paired_se``, and optionally
             a boolean ``eligible`` column (False rows are reported, never chosen).
         rule: the rule; defaults to ``WinnerRule()``.
 
@@ -146,10 +149,11 @@ def choose_winner(table: pd.DataFrame, rule: WinnerRule | None = None) -> Winner
             candidate has a finite primary value.
     """
     rule = rule or WinnerRule()
-    if rule.rule not in ("one_se", "tolerance"):
-        raise ConfigError(f"winner rule must be one_se or tolerance, got {rule.rule!r}")
-    se_column = f"{rule.primary}_gap_se"
-    needed = [rule.primary, rule.tie_breaker] + ([se_column] if rule.rule == "one_se" else [])
+    se_columns = {"one_se": f"{rule.primary}_se", "paired_se": f"{rule.primary}_gap_se"}
+    if rule.rule not in (*se_columns, "tolerance"):
+        raise ConfigError(f"winner rule must be one_se, paired_se or tolerance, got {rule.rule!r}")
+    se_column = se_columns.get(rule.rule)
+    needed = [rule.primary, rule.tie_breaker] + ([se_column] if se_column else [])
     _check_table(table, needed)
     sign = 1.0 if rule.higher_is_better else -1.0
     tb_sign = 1.0 if rule.tie_breaker_higher_is_better else -1.0
@@ -166,9 +170,11 @@ def choose_winner(table: pd.DataFrame, rule: WinnerRule | None = None) -> Winner
         raise ConfigError(f"no eligible candidate has a finite {rule.primary}; nothing to compare")
     best_index = min(np.flatnonzero(valid), key=lambda i: (-primary[i], names[i]))
     best = primary[best_index]
-    if rule.rule == "one_se":
+    if se_column:
         se = pd.to_numeric(table[se_column], errors="coerce").to_numpy(float)
-        band = rule.se_multiplier * np.where(np.isfinite(se), se, 0.0)
+        se = np.where(np.isfinite(se), se, 0.0)
+        # one_se: the best candidate's own standard error, the same band for everyone.
+        band = rule.se_multiplier * (se if rule.rule == "paired_se" else se[best_index])
     else:
         band = np.full(len(table), rule.tie_tolerance)
     # A small epsilon keeps a gap of exactly the band tied despite float rounding.
@@ -185,11 +191,12 @@ def choose_winner(table: pd.DataFrame, rule: WinnerRule | None = None) -> Winner
     winner = int(ordered[0])
     value = float(sign * primary[winner])
     best_name = str(names[best_index])
-    band_text = (
-        f"{rule.se_multiplier:g} paired-bootstrap standard error(s) of the gap"
-        if rule.rule == "one_se"
-        else f"{rule.tie_tolerance:g}"
-    )
+    band_text = {
+        "one_se": f"{rule.se_multiplier:g} standard error(s) of its estimate "
+        f"({rule.se_multiplier * (se[best_index] if se_column else 0):.4f})",
+        "paired_se": f"{rule.se_multiplier:g} paired-bootstrap standard error(s) of the gap",
+        "tolerance": f"{rule.tie_tolerance:g}",
+    }[rule.rule]
     if len(ordered) == 1:
         reason = (
             f"{best_name} has the best {rule.primary} ({value:.4f}) and no other eligible "

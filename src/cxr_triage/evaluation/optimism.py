@@ -104,8 +104,9 @@ def bbc_cv(
         family_of: column -> candidate name (a configuration's zoo candidate; else itself).
         y_true: 0/1 labels.
         groups: patient id per row.
-        table: the comparison table (``candidate`` plus the rule's columns and
-            ``<primary>_gap_se``): the rule's band and tie-breaker values are taken from it.
+        table: the comparison table (``candidate``, the rule's columns and the standard
+            errors): the rule's band and tie-breaker values are taken from it (full-data
+            standard errors: re-estimating them per resample would need a nested bootstrap).
         rule: the winner rule (its primary must be an AUROC column).
         apparent: the winner's reported CV AUROC.
         n_boot: patient resamples.
@@ -126,14 +127,14 @@ def bbc_cv(
     families = sorted({family_of[n] for n in names})
     members = {f: [j for j, n in enumerate(names) if family_of[n] == f] for f in families}
     by_name = table.set_index("candidate")
-    band = {
-        f: (
-            rule.se_multiplier * float(by_name.loc[f, f"{rule.primary}_gap_se"])
-            if rule.rule == "one_se"
-            else rule.tie_tolerance
-        )
-        for f in families
-    }
+
+    def band_of(f: str, top: str) -> float:
+        if rule.rule == "paired_se":
+            return rule.se_multiplier * float(by_name.loc[f, f"{rule.primary}_gap_se"])
+        if rule.rule == "one_se":
+            return rule.se_multiplier * float(by_name.loc[top, f"{rule.primary}_se"])
+        return rule.tie_tolerance
+
     sign = 1.0 if rule.tie_breaker_higher_is_better else -1.0
     breaker = {f: sign * float(by_name.loc[f, rule.tie_breaker]) for f in families}
     chosen_columns = np.empty(n_boot, dtype=np.int64)
@@ -145,7 +146,7 @@ def bbc_cv(
         }
         value = {f: np.nan_to_num(inbag[b, rep[f]], nan=-1.0) for f in families}
         top = max(families, key=lambda f: (value[f], f))
-        tied = [f for f in families if value[f] >= value[top] - band[f] - 1e-12] or [top]
+        tied = [f for f in families if value[f] >= value[top] - band_of(f, top) - 1e-12]
         pick = max(tied, key=lambda f: (breaker[f], value[f], f))
         chosen_columns[b] = rep[pick]
         chosen[pick] = chosen.get(pick, 0) + 1

@@ -40,6 +40,7 @@ TABLE_COLUMNS = [
     "cv_auroc",
     "cv_auroc_ci_low",
     "cv_auroc_ci_high",
+    "cv_auroc_se",
     "cv_auroc_gap",
     "cv_auroc_gap_se",
     "repeats",
@@ -263,10 +264,11 @@ def _report(
         f"read. {data_note(params)}.",
         "",
         "cv_auroc: mean over repeats of the pooled out-of-fold AUROC, with a patient-bootstrap "
-        "95% CI; cv_auroc_gap: distance to the best, with the paired bootstrap standard error of "
-        "that distance; calibration (cv_brier, cv_ece) after recalibration cross-fitted on the "
-        "out-of-fold scores (raw_cv_ece: before); complexity: the rule's tie-breaker rank; "
-        "cv_auroc_seen/unseen: rows of the train/val split (see below).",
+        "95% CI and standard error; cv_auroc_gap: distance to the best, with the paired "
+        "bootstrap standard error of that distance; calibration (cv_brier, cv_ece) after "
+        "recalibration cross-fitted on the out-of-fold scores (raw_cv_ece: before); "
+        "complexity: the rule's tie-breaker rank; cv_auroc_seen/unseen: rows of the train/val "
+        "split (see below).",
         "",
         comparison_markdown(
             table, columns=[col for col in TABLE_COLUMNS if col in table], winner=w.candidate
