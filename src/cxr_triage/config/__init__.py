@@ -40,6 +40,7 @@ from cxr_triage.config.training import (
     EmbedParams,
     FinetuneOptions,
     FinetuneParams,
+    SslParams,
     TransferParams,
 )
 
@@ -65,6 +66,7 @@ __all__ = [
     "Recalibration",
     "ScheduleParams",
     "SplitParams",
+    "SslParams",
     "SynthParams",
     "ThresholdParams",
     "TransferParams",

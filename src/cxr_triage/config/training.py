@@ -15,6 +15,7 @@ __all__ = [
     "EmbedParams",
     "FinetuneOptions",
     "FinetuneParams",
+    "SslParams",
     "TransferParams",
 ]
 
@@ -146,6 +147,58 @@ class FinetuneParams(FinetuneOptions):
             raise ConfigError("finetune inner_val_frac must be in (0, 0.5)")
 
 
+def _ssl_augment() -> AugmentOptions:
+    # Stronger than the supervised defaults: two views must differ enough that matching them
+    # needs anatomy, not pixel statistics (SimCLR's lesson: augmentation strength matters most).
+    return AugmentOptions(
+        max_rotation_deg=12.0,
+        max_translation=0.1,
+        scale_range=(0.8, 1.2),
+        brightness=0.15,
+        contrast=0.3,
+        gamma_range=(0.7, 1.4),
+    )
+
+
+@dataclass(frozen=True)
+class SslParams:
+    """Self-supervised (SimCLR-style contrastive) pretraining of the backbone, before the
+    supervised 14-finding pretraining, on every image available except the run's test patients.
+
+    Attributes:
+        enabled: run it (off by default: it multiplies the backbone stage's cost).
+        epochs: passes over the image pool.
+        batch_size: images per step (each gives two views; the other 2B - 2 are negatives).
+        lr: peak AdamW learning rate (cosine-annealed).
+        weight_decay: AdamW decoupled weight decay.
+        temperature: NT-Xent temperature.
+        projection_dim: output of the projection head (discarded after pretraining).
+        extra_dirs: more image folders, labelled or not; each needs a ``labels.csv`` with
+            ``image`` and ``patient_id`` so that test patients can be left out.
+        augment: ranges of the view transforms.
+        num_threads: torch CPU threads (fixed for reproducibility).
+        mixed_precision: autocast on a GPU (as fine-tuning).
+    """
+
+    enabled: bool = False
+    epochs: int = 20
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    temperature: float = 0.2
+    projection_dim: int = 128
+    extra_dirs: list[str] = field(default_factory=list)
+    augment: AugmentOptions = field(default_factory=_ssl_augment)
+    num_threads: int | None = 2
+    mixed_precision: bool = True
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.batch_size < 2 or not self.lr > 0:
+            raise ConfigError("backbone.ssl needs epochs >= 1, batch_size >= 2 and lr > 0")
+        if not self.temperature > 0:
+            raise ConfigError("backbone.ssl.temperature must be > 0")
+
+
 @dataclass(frozen=True)
 class BackboneParams:
     """The foundation model: an architecture and either a weights file or pretraining here."""
@@ -159,6 +212,7 @@ class BackboneParams:
     pretrain: FinetuneOptions = field(
         default_factory=lambda: FinetuneOptions(loss="bce", epochs=8, patience=3)
     )
+    ssl: SslParams = field(default_factory=SslParams)
 
 
 @dataclass(frozen=True)
