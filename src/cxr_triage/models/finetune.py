@@ -318,6 +318,36 @@ def _restore_rng(state: Mapping[str, Any], device: torch.device) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def _resume(
+    last_path: Path,
+    checkpoint_format: object,
+    fingerprint: Mapping[str, Any],
+    stateful: Mapping[str, Any],
+    device: torch.device,
+) -> dict[str, Any] | None:
+    """Load ``last_path`` into ``stateful`` (name -> object with ``load_state_dict``) and
+    restore the RNG; None when there is no checkpoint.
+
+    Raises:
+        ConfigError: the checkpoint is of another run (format or fingerprint differ).
+    """
+    if not last_path.exists():
+        return None
+    # On the CPU: RNG states must stay CPU tensors; load_state_dict moves the rest.
+    saved = torch.load(last_path, map_location="cpu", weights_only=True)
+    if saved.get("format") != checkpoint_format or saved.get("fingerprint") != fingerprint:
+        raise ConfigError(
+            f"{last_path.parent} holds a checkpoint of a different run "
+            f"({_describe_difference(saved.get('fingerprint', {}), fingerprint)}); "
+            "delete that folder to start over, or restore the original options to resume"
+        )
+    for name, obj in stateful.items():
+        obj.load_state_dict(saved[name])
+    _restore_rng(saved["rng"], device)
+    logger.info("resuming from %s after epoch %d", last_path, saved["epoch"])
+    return saved
+
+
 def _describe_difference(saved: Mapping[str, Any], current: Mapping[str, Any]) -> str:
     keys = sorted(set(saved) | set(current))
     diffs = [
@@ -422,22 +452,15 @@ def _train(
         "finished": False,
         "stopped_early": False,
     }
-    if last_path.exists():
-        # On the CPU: RNG states must stay CPU tensors; load_state_dict moves the rest.
-        saved = torch.load(last_path, map_location="cpu", weights_only=True)
-        if saved.get("format") != _CHECKPOINT_FORMAT or saved.get("fingerprint") != fingerprint:
-            raise ConfigError(
-                f"{checkpoint_dir} holds a checkpoint of a different run "
-                f"({_describe_difference(saved.get('fingerprint', {}), fingerprint)}); "
-                "delete that folder to start over, or restore the original options to resume"
-            )
-        model.load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
-        scheduler.load_state_dict(saved["scheduler"])
-        scaler.load_state_dict(saved["scaler"])
-        _restore_rng(saved["rng"], device)
+    saved = _resume(
+        last_path,
+        _CHECKPOINT_FORMAT,
+        fingerprint,
+        {"model": model, "optimizer": optimizer, "scheduler": scheduler, "scaler": scaler},
+        device,
+    )
+    if saved is not None:
         state = {k: saved[k] for k in state}
-        logger.info("resuming from %s after epoch %d", last_path, state["epoch"])
     resumed_from = state["epoch"]
 
     started = time.monotonic()

@@ -36,10 +36,9 @@ from cxr_triage.models.augment import augment_batch
 from cxr_triage.models.finetune import (
     _amp_settings,
     _atomic_save,
-    _describe_difference,
     _deterministic,
     _epoch_seed,
-    _restore_rng,
+    _resume,
     _rng_state,
     _threads,
     resolve_device,
@@ -166,22 +165,11 @@ def _pretrain(
         arch=str(getattr(backbone, "arch", type(backbone).__name__)),
     )
     state: dict[str, Any] = {"epoch": 0, "history": []}
-    if last_path.exists():
-        saved = torch.load(last_path, map_location="cpu", weights_only=True)
-        if saved.get("format") != _FORMAT or saved.get("fingerprint") != fingerprint:
-            raise ConfigError(
-                f"{checkpoint_dir} holds an SSL checkpoint of a different run "
-                f"({_describe_difference(saved.get('fingerprint', {}), fingerprint)}); delete "
-                "that folder to start over, or restore the original options to resume"
-            )
-        backbone.load_state_dict(saved["backbone"])
-        head.load_state_dict(saved["head"])
-        optimizer.load_state_dict(saved["optimizer"])
-        scheduler.load_state_dict(saved["scheduler"])
-        scaler.load_state_dict(saved["scaler"])
-        _restore_rng(saved["rng"], device)
+    stateful = {"backbone": backbone, "head": head, "optimizer": optimizer}
+    stateful.update(scheduler=scheduler, scaler=scaler)
+    saved = _resume(last_path, _FORMAT, fingerprint, stateful, device)
+    if saved is not None:
         state = {"epoch": saved["epoch"], "history": saved["history"]}
-        logger.info("SSL: resuming from %s after epoch %d", last_path, state["epoch"])
     resumed_from = state["epoch"]
     n = len(images)
     while state["epoch"] < options.epochs:

@@ -63,7 +63,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.kernel_approximation import Nystroem
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
-from sklearn.model_selection import GridSearchCV, ParameterGrid, StratifiedGroupKFold
+from sklearn.model_selection import GridSearchCV, ParameterGrid
 from sklearn.neighbors import KNeighborsClassifier
 from sklearn.neural_network import MLPClassifier
 from sklearn.pipeline import Pipeline
@@ -72,7 +72,7 @@ from sklearn.svm import LinearSVC
 from threadpoolctl import threadpool_limits
 
 from cxr_triage.config import ZOO_NAMES
-from cxr_triage.data.folds import Fold
+from cxr_triage.data.folds import Fold, dev_folds
 from cxr_triage.errors import ConfigError, DataError
 
 __all__ = [
@@ -269,18 +269,7 @@ def patient_cv_splits(
     Raises:
         ConfigError: when there are fewer patients of a class than folds.
     """
-    if cv_folds < 2:
-        raise ConfigError(f"cv_folds must be >= 2, got {cv_folds!r}")
-    codes, _ = pd.factorize(pd.Series(groups), use_na_sentinel=False)
-    for label in (0, 1):
-        n_patients = np.unique(codes[y == label]).size
-        if n_patients < cv_folds:
-            raise ConfigError(
-                f"only {n_patients} patients have label {label}, fewer than cv_folds={cv_folds}; "
-                "lower cv_folds or add data"
-            )
-    splitter = StratifiedGroupKFold(n_splits=cv_folds, shuffle=True, random_state=seed)
-    return list(splitter.split(np.zeros(y.size), y, codes))
+    return [(f.fit, f.score) for f in dev_folds(y, groups, n_folds=cv_folds, repeats=1, seed=seed)]
 
 
 def _tuning_rows(groups: np.ndarray, max_rows: int, seed: int) -> np.ndarray:

@@ -79,7 +79,8 @@ def run_seeds(
     if any(item.split("=", 1)[0].strip() == "seed" for item in set_params):
         raise ConfigError("pass the seeds with --seeds, not -S seed=...")
     out_dir = repo / "reports" / "seeds" / name
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if not dry_run:
+        out_dir.mkdir(parents=True, exist_ok=True)
     records_path = out_dir / "runs.jsonl"
     runs = (
         [json.loads(line) for line in records_path.read_text().splitlines() if line.strip()]
