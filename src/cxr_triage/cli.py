@@ -458,5 +458,37 @@ def backup(
     typer.echo(f"backed up {n_predictions} predictions and {n_reads} reads to {path}")
 
 
+@app.command()
+@_user_errors
+def seeds(
+    seed_list: Annotated[
+        str, typer.Option("--seeds", help="Comma-separated seeds, e.g. 42,1,2,3,4.")
+    ] = "42,1,2,3,4",
+    name: Annotated[
+        str, typer.Option(help="Experiment prefix and report folder (reports/seeds/NAME).")
+    ] = "default",
+    set_params: Annotated[
+        list[str] | None,
+        typer.Option("-S", "--set-param", help="key=value for every run (dvc exp run -S)."),
+    ] = None,
+    dry_run: Annotated[bool, typer.Option(help="Print the dvc commands only.")] = False,
+) -> None:
+    """Run the whole comparison once per seed (DVC experiments) and report mean ± sd.
+
+    Resumable: seeds already in reports/seeds/NAME/runs.jsonl are skipped.
+    """
+    from cxr_triage.orchestration.seeds import run_seeds
+
+    summary = run_seeds(
+        Path.cwd(),
+        [int(s) for s in seed_list.split(",") if s.strip()],
+        name=name,
+        set_params=set_params or [],
+        dry_run=dry_run,
+    )
+    if not dry_run:
+        typer.echo(json.dumps(summary, indent=2))
+
+
 if __name__ == "__main__":  # `python -m cxr_triage.cli`, used by tests and subprocesses
     app()

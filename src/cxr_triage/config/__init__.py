@@ -23,7 +23,9 @@ from cxr_triage.config.data import (
     SynthParams,
 )
 from cxr_triage.config.evaluation import (
+    SELECTION_RULES,
     CompareParams,
+    EnsembleParams,
     EvaluateParams,
     Recalibration,
     ThresholdParams,
@@ -45,17 +47,20 @@ from cxr_triage.config.training import (
     EmbedParams,
     FinetuneOptions,
     FinetuneParams,
+    SslParams,
     TransferParams,
 )
 
 __all__ = [
     "LOSSES",
+    "SELECTION_RULES",
     "SOURCES",
     "ZOO_NAMES",
     "AugmentOptions",
     "BackboneParams",
     "CompareParams",
     "EmbedParams",
+    "EnsembleParams",
     "EvaluateParams",
     "FinetuneOptions",
     "FinetuneParams",
@@ -68,6 +73,7 @@ __all__ = [
     "Recalibration",
     "ScheduleParams",
     "SplitParams",
+    "SslParams",
     "SynthKnobs",
     "SynthParams",
     "ThresholdParams",

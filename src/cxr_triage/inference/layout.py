@@ -3,13 +3,19 @@
 A package folder holds everything :class:`~cxr_triage.inference.predictor.Predictor` needs, in
 formats that are safe to load (ONNX, skops, JSON, npz; never pickle):
 
-- ``package.json``: candidate, kind (``finetuned`` or ``transfer``), image size, class names,
+- ``package.json``: candidate, kind (``finetuned``, ``transfer`` or ``ensemble``), image size,
+  class names,
   threshold and its operating point, the calibrator, the input limits, metrics, provenance
   (data and code versions) and the model tag (``cxr-triage:<content hash>``);
 - ``network.onnx``: the network on normalised images. For a fine-tuned winner its output is the
   embedding followed by the logit, ``(B, D + 1)``; for a transfer winner the frozen embedding
   ``(B, D)``;
 - ``classifier.skops``: the transfer winner's classifier (transfer only);
+- ``member-<candidate>.skops``: each frozen-feature member of an ensemble winner. An ensemble's
+  network outputs the frozen backbone's embedding, followed by the fine-tuned network's logit
+  when that network is a member (``members`` in ``package.json``: candidate, kind, calibrator);
+  its probability is the ensemble calibrator applied to the mean of the members' calibrated
+  probabilities;
 - ``projection.npz``: mean and principal axes of the train embeddings, for the embedding summary
   logged with every prediction (monitoring);
 - ``reference.parquet``: monitoring features of the val/test images (written by ``package``).
@@ -27,6 +33,7 @@ __all__ = [
     "CLASSIFIER_FILE",
     "FORMAT_VERSION",
     "KINDS",
+    "MEMBER_FILE",
     "MODEL_NAME",
     "NETWORK_FILE",
     "PACKAGE_FILE",
@@ -43,7 +50,8 @@ NETWORK_FILE = "network.onnx"
 CLASSIFIER_FILE = "classifier.skops"
 PROJECTION_FILE = "projection.npz"
 REFERENCE_FILE = "reference.parquet"
-KINDS = ("finetuned", "transfer")
+MEMBER_FILE = "member-{}.skops"  # .format(candidate)
+KINDS = ("finetuned", "transfer", "ensemble")
 # Keys of package.json that describe where a model came from, not what it computes: they are
 # left out of the model tag, so that re-packaging identical weights gives the same tag.
 PROVENANCE_KEYS = ("model_tag", "versions")

@@ -23,6 +23,7 @@ from cxr_triage.errors import DataError
 from cxr_triage.inference.layout import (
     CLASSIFIER_FILE,
     FORMAT_VERSION,
+    MEMBER_FILE,
     MODEL_NAME,
     NETWORK_FILE,
     PACKAGE_FILE,
@@ -57,8 +58,9 @@ class PackageSources:
     threshold_dir: Path
 
 
-def _embedding_and_logit(classifier: Any) -> Any:
-    """The fine-tuned classifier as one module giving ``[embedding, logit]`` per image."""
+def _embedding_and_logit(classifier: Any, frozen: Any = None) -> Any:
+    """One module giving ``[embedding, logit]`` per image: the embedding of ``frozen`` (a frozen
+    backbone, for an ensemble) or else of the fine-tuned network itself, then its logit."""
     import torch
     from torch import nn
 
@@ -66,35 +68,62 @@ def _embedding_and_logit(classifier: Any) -> Any:
         def __init__(self) -> None:
             super().__init__()
             self.backbone, self.head = classifier.backbone, classifier.head
+            self.frozen = frozen
             self.in_channels = getattr(classifier.backbone, "in_channels", 1)
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             features = self.backbone(x)
-            return torch.cat([features, self.head(features)], dim=1)
+            embedding = features if self.frozen is None else self.frozen(x)
+            return torch.cat([embedding, self.head(features)], dim=1)
 
     return EmbeddingAndLogit().eval()
 
 
-def _write_network(candidate: str, sources: PackageSources, out: Path, image_size: int) -> str:
-    """Write ``network.onnx`` (and ``classifier.skops``); return the package kind."""
+def _copy_classifier(sources: PackageSources, candidate: str, target: Path) -> None:
+    skops = Path(sources.transfer_dir) / f"{candidate}.skops"
+    if not skops.is_file():
+        raise DataError(f"{skops} is missing; run `dvc repro transfer`")
+    shutil.copyfile(skops, target)
+
+
+def _write_network(
+    winner: dict[str, Any], sources: PackageSources, out: Path, image_size: int
+) -> tuple[str, dict[str, Any]]:
+    """Write ``network.onnx`` (and the classifiers); return the package kind and its extra keys."""
     from cxr_triage.models.weights import export_onnx
 
+    candidate = winner["candidate"]
     if candidate == FINETUNED:
         classifier, _ = load_finetuned(sources.finetune_dir)
         with atomic_path(out / NETWORK_FILE) as tmp:
             export_onnx(_embedding_and_logit(classifier), tmp, image_size)
-        return "finetuned"
-    skops = Path(sources.transfer_dir) / f"{candidate}.skops"
-    if not skops.is_file():
-        raise DataError(f"{skops} is missing; run `dvc repro transfer`")
-    shutil.copyfile(skops, out / CLASSIFIER_FILE)
+        return "finetuned", {}
     backbone, info = load_backbone(Path(sources.backbone_dir))
+    members = winner.get("members") or []
+    if members:
+        has_logit = any(m["candidate"] == FINETUNED for m in members)
+        for m in members:
+            if m["candidate"] != FINETUNED:
+                _copy_classifier(sources, m["candidate"], out / MEMBER_FILE.format(m["candidate"]))
+        if has_logit:
+            classifier, _ = load_finetuned(sources.finetune_dir)
+            network = _embedding_and_logit(classifier, frozen=backbone)
+        else:
+            network = backbone
+        with atomic_path(out / NETWORK_FILE) as tmp:
+            export_onnx(network, tmp, image_size)
+        listed = [
+            {"candidate": m["candidate"], "kind": m["kind"], "calibrator": m["calibrator"]}
+            for m in members
+        ]
+        return "ensemble", {"members": listed, "network_logit": has_logit}
+    _copy_classifier(sources, candidate, out / CLASSIFIER_FILE)
     if info["format"] == "onnx":
         shutil.copyfile(Path(sources.backbone_dir) / "backbone.onnx", out / NETWORK_FILE)
     else:
         with atomic_path(out / NETWORK_FILE) as tmp:
             export_onnx(backbone, tmp, image_size)
-    return "transfer"
+    return "transfer", {}
 
 
 def fit_projection(embeddings: np.ndarray, n_components: int) -> dict[str, np.ndarray]:
@@ -150,7 +179,8 @@ def assemble_package(
         out: the folder to fill (created; existing package files are replaced).
         sources: the pipeline's artifact folders.
         image_size: the training resolution.
-        train_images: ``uint8`` train images ``(N, S, S)``, to fit the embedding summary.
+        train_images: ``uint8`` development (train + val) images ``(N, S, S)``, to fit the
+            embedding summary; never test images.
         summary_components: principal components kept in the embedding summary.
         limits: the input guards every consumer of the package applies.
         extra: more keys for ``package.json`` (metrics, versions).
@@ -167,7 +197,9 @@ def assemble_package(
             f"{winner['candidate']!r}; run `dvc repro threshold`"
         )
     calibrator_from_dict(winner["calibrator"])  # refuse an unreadable calibrator now
-    kind = _write_network(winner["candidate"], sources, out, image_size)
+    for member in winner.get("members") or []:
+        calibrator_from_dict(member["calibrator"])
+    kind, kind_info = _write_network(winner, sources, out, image_size)
     info: dict[str, Any] = {
         "format_version": FORMAT_VERSION,
         "candidate": winner["candidate"],
@@ -178,11 +210,14 @@ def assemble_package(
         "operating_point": operating,
         "calibrator": winner["calibrator"],
         "winner_reason": winner.get("reason", ""),
+        **kind_info,
         "limits": limits.to_dict(),
         **(extra or {}),
     }
     # The network's embeddings of train images fix the summary axes (never val/test).
-    embeddings = embed_with_network(out / NETWORK_FILE, kind, train_images)
+    embeddings = embed_with_network(
+        out / NETWORK_FILE, kind, train_images, has_logit=kind_info.get("network_logit")
+    )
     np.savez(out / PROJECTION_FILE, **fit_projection(embeddings, summary_components))
     info["embedding_dim"] = int(embeddings.shape[1])
     info["summary_components"] = int(min(summary_components, embeddings.shape[1]))
@@ -212,7 +247,7 @@ def package_from_params(
             threshold_dir=Path(paths.threshold_dir),
         ),
         image_size=params.ingest.image_size,
-        train_images=np.asarray(data.pixels[data.rows("train")]),
+        train_images=np.asarray(data.pixels[data.development_rows()]),
         summary_components=params.package.summary_components,
         limits=ImageLimits.from_params(params.ingest),
         extra=extra,
