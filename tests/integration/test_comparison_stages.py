@@ -121,4 +121,7 @@ def test_test_split_never_influences_model_calibration_threshold_or_winner(
     evaluate.run(altered)
     before = json.loads((Path(params.paths.evaluate_dir) / "metrics.json").read_text())
     after = json.loads((Path(altered.paths.evaluate_dir) / "metrics.json").read_text())
-    assert after["test_auroc"] != before["test_auroc"]
+    # The scores of the noise images change: log loss and Brier score (AUROC on a handful of
+    # images takes few values and can land on the same one by chance).
+    assert after["test_log_loss"] != before["test_log_loss"]
+    assert after["test_brier"] != before["test_brier"]
