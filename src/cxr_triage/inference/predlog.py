@@ -81,6 +81,7 @@ class PredictionLog:
             columns = ", ".join(f"{name} {kind}" for name, kind in _FIXED.items())
             db.execute(f"CREATE TABLE IF NOT EXISTS {_TABLE} ({columns})")
             db.execute(f"CREATE INDEX IF NOT EXISTS {_TABLE}_ts ON {_TABLE} (ts)")
+            db.execute(f"CREATE INDEX IF NOT EXISTS {_TABLE}_request ON {_TABLE} (request_id)")
 
     def _connection(self) -> sqlite3.Connection:
         db = getattr(self._local, "db", None)
@@ -176,6 +177,21 @@ class PredictionLog:
             )
             args.append(int(last))
         return pd.read_sql_query(query, self._connection(), params=args)
+
+    def existing_request_ids(self, request_ids: Sequence[str]) -> set[str]:
+        """Which of ``request_ids`` are already logged (a consumer that may retry after a
+        crash, like the DICOM listener's worker, appends each prediction once)."""
+        found: set[str] = set()
+        ids = list(dict.fromkeys(request_ids))
+        for start in range(0, len(ids), 500):  # SQLite's default limit on bound parameters
+            chunk = ids[start : start + 500]
+            rows = self._connection().execute(
+                f"SELECT request_id FROM {_TABLE} WHERE request_id IN "
+                f"({', '.join('?' for _ in chunk)})",
+                chunk,
+            )
+            found.update(row[0] for row in rows)
+        return found
 
     def count(self) -> int:
         return int(self._connection().execute(f"SELECT COUNT(*) FROM {_TABLE}").fetchone()[0])
