@@ -169,6 +169,31 @@ def _quiet_highdicom() -> Iterator[None]:
         logger.setLevel(level)
 
 
+# Type 2 attributes of the Patient and General Study modules that highdicom copies from the
+# first evidence item: present (empty if unknown) in a valid image, missing in some.
+_TYPE2 = (
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "AccessionNumber",
+    "StudyID",
+    "StudyDate",
+    "StudyTime",
+    "ReferringPhysicianName",
+)
+
+
+def _with_type2(header: Dataset) -> Dataset:
+    """A copy of ``header`` with every attribute of :data:`_TYPE2` present (empty if absent)."""
+    out = Dataset()
+    out.update(header)
+    for keyword in _TYPE2:
+        if keyword not in out:
+            setattr(out, keyword, None)
+    return out
+
+
 def _coding_scheme_item() -> Dataset:
     item = Dataset()
     item.CodingSchemeDesignator = CODING_SCHEME
@@ -285,7 +310,7 @@ def build_sr(
     )
     with _quiet_highdicom():
         sr = ComprehensiveSR(
-            evidence=[i.header for i in result.images],
+            evidence=[_with_type2(i.header) for i in result.images],
             content=report[0],
             series_instance_uid=series_uid,
             series_number=SERIES_NUMBER,
@@ -384,6 +409,8 @@ def build_secondary_capture(
         )
     sc.SeriesDescription = SERIES_DESCRIPTION
     sc.BurnedInAnnotation = "YES"
+    if "Laterality" not in sc:  # type 2C in General Series; a chest film has none
+        sc.Laterality = None
     _fix_copied_attributes(sc)
     return sc
 
