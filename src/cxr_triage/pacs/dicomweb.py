@@ -4,9 +4,10 @@ Two uses:
 
 - :func:`pull_study` (``cxr-triage pull STUDY_UID --from URL``): the study's instances go into
   the spool like instances received over DICOM (source ``pull``), then the worker triages them.
-- :func:`fetch_labelled_studies` (the ingestion flow's DICOMweb source): labelled studies are
-  downloaded into an incoming folder in the ``folder`` layout, so the usual ingestion (reader
-  checks, pseudonymisation, ``data/raw``, ``dvc add``) takes them from there.
+- :func:`fetch_labelled_studies` (the ingestion flow's DICOMweb source): the images (CR, DX,
+  SC) of labelled studies are downloaded into an incoming folder in the ``folder`` layout, so
+  the usual ingestion (reader checks, pseudonymisation, ``data/raw``, ``dvc add``) takes them
+  from there.
 
 The labels table for :func:`fetch_labelled_studies` is a CSV keyed by **either**
 ``sop_instance_uid`` (one row per image) **or** ``study_instance_uid`` (one row per study;
@@ -227,10 +228,11 @@ def _fetch_study(
 ) -> list[str]:
     """Write a study's instances (or only those in ``only``); their paths relative to ``out``."""
     written: list[str] = []
+    images = set(storage_sop_classes(PacsSettings()))
     for item in _instances(client, study_uid, url):
         sop_uid = _value(item, _SOP_INSTANCE)
-        if only is not None and sop_uid not in only:
-            continue
+        if (only is not None and sop_uid not in only) or _value(item, _SOP_CLASS) not in images:
+            continue  # not asked for, or not an image (an SR, a presentation state...)
         ds = _retrieve(client, study_uid, item, url)
         relative = f"{study_uid}/{sop_uid}.dcm"
         (out / study_uid).mkdir(parents=True, exist_ok=True)
