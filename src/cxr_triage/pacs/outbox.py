@@ -7,7 +7,8 @@ Instance UIDs, so every attempt sends the same instances. A failed attempt is re
 ``retry_initial_seconds``, doubling up to ``retry_max_seconds``, for as long as it takes: a
 destination that is down never blocks triage (the sender has its own thread) and never drops a
 result. After a failure, the rest of that destination's queue waits for the next pass, so a
-dead destination costs one timeout per pass, not one per result.
+dead destination costs one timeout per pass, not one per result. Within a pass, a destination's
+results share one association.
 
 Destinations are named as the spool records them: ``AE@host:port`` (C-STORE),
 ``stow:<base URL>`` (STOW-RS) and ``webhook:<URL>`` (the worklist feed).
@@ -27,9 +28,10 @@ worklist it goes to is the hospital's own.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
@@ -38,7 +40,7 @@ import pydicom
 
 from cxr_triage.errors import CxrError
 from cxr_triage.pacs.settings import Destination, PacsSettings
-from cxr_triage.pacs.spool import ResultRow, Spool
+from cxr_triage.pacs.spool import Delivery, ResultRow, Spool
 from cxr_triage.vocabulary import ABNORMAL, NOT_FOR_CLINICAL_USE
 
 __all__ = [
@@ -56,6 +58,8 @@ log = logging.getLogger(__name__)
 # C-STORE statuses that mean "stored": success and the three warnings (coercion, elements
 # discarded, data set does not match SOP class: stored anyway).
 _STORED = {0x0000, 0xB000, 0xB006, 0xB007}
+# What a result is made of: the SR, and the optional secondary capture.
+RESULT_SOP_CLASSES = ("1.2.840.10008.5.1.4.1.1.88.33", "1.2.840.10008.5.1.4.1.1.7")
 
 
 class SendError(CxrError):
@@ -64,6 +68,10 @@ class SendError(CxrError):
 
 class Sender(Protocol):
     name: str
+
+    def batch(self) -> contextlib.AbstractContextManager[None]:
+        """Deliveries inside share what can be shared (one association, one session)."""
+        ...
 
     def send(self, files: Sequence[Path], result: ResultRow) -> str:
         """Deliver the result's files; return a short description of what was done."""
@@ -79,29 +87,54 @@ def backoff_seconds(failures: int, settings: PacsSettings) -> float:
 
 
 class CStoreSender:
-    """C-STORE SCU (pynetdicom) to one destination AE, one association per delivery."""
+    """C-STORE SCU (pynetdicom) to one destination AE; inside :meth:`batch`, one association
+    carries every delivery of the pass."""
 
     def __init__(self, destination: Destination, settings: PacsSettings) -> None:
         self.destination = destination
         self.settings = settings
         self.name = destination.name
+        self._assoc: Any = None
+        self._batched = False
 
-    def send(self, files: Sequence[Path], result: ResultRow) -> str:
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[None]:
+        self._batched = True
+        try:
+            yield
+        finally:
+            self._batched = False
+            self._release()
+
+    def _association(self) -> Any:
+        if self._assoc is not None and self._assoc.is_established:
+            return self._assoc
         from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
         from pynetdicom import AE
 
-        datasets = [pydicom.dcmread(path) for path in files]
         ae = AE(ae_title=self.settings.ae_title)
         ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = self.settings.network_timeout
-        for sop_class in dict.fromkeys(str(ds.SOPClassUID) for ds in datasets):
+        for sop_class in RESULT_SOP_CLASSES:
             ae.add_requested_context(sop_class, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
         dest = self.destination
         assoc = ae.associate(dest.host, dest.port, ae_title=dest.ae_title)
         if not assoc.is_established:
             why = "rejected" if assoc.is_rejected else "aborted or unreachable"
             raise SendError(f"association with {dest.name} {why}")
+        self._assoc = assoc
+        return assoc
+
+    def _release(self) -> None:
+        if self._assoc is not None and self._assoc.is_established:
+            self._assoc.release()
+        self._assoc = None
+
+    def send(self, files: Sequence[Path], result: ResultRow) -> str:
+        datasets = [pydicom.dcmread(path) for path in files]
+        dest = self.destination
+        statuses = []
         try:
-            statuses = []
+            assoc = self._association()
             for ds in datasets:
                 status = assoc.send_c_store(ds)
                 code = int(status.Status) if "Status" in status else None
@@ -112,9 +145,12 @@ class CStoreSender:
                            else f"status 0x{code:04X}")
                     )  # fmt: skip
                 statuses.append(f"0x{code:04X}")
+        except SendError:
+            self._release()
+            raise
         finally:
-            if assoc.is_established:
-                assoc.release()
+            if not self._batched:
+                self._release()
         return f"C-STORE {', '.join(statuses)}"
 
 
@@ -125,6 +161,9 @@ class StowSender:
         self.url = url
         self.settings = settings
         self.name = f"stow:{url}"
+
+    def batch(self) -> contextlib.AbstractContextManager[None]:
+        return contextlib.nullcontext()
 
     def send(self, files: Sequence[Path], result: ResultRow) -> str:
         import requests
@@ -174,6 +213,9 @@ class WebhookSender:
         self.settings = settings
         self.name = f"webhook:{url}"
 
+    def batch(self) -> contextlib.AbstractContextManager[None]:
+        return contextlib.nullcontext()
+
     def send(self, files: Sequence[Path], result: ResultRow) -> str:
         import requests
 
@@ -222,48 +264,56 @@ class Outbox:
         """One pass over the due deliveries; returns counts of ``sent`` and ``failed``."""
         now = time.time() if now is None else now
         out = {"sent": 0, "failed": 0}
-        down: set[str] = set()
+        queues: dict[str, list[Delivery]] = {}
         for delivery in self.spool.due_deliveries(now):
-            if delivery.destination in down:
-                continue
-            result = self.spool.result(delivery.result_id)
-            sender = self.senders.get(delivery.destination)
-            try:
-                if sender is None:
-                    raise SendError(
-                        f"{delivery.destination} is no longer a configured destination; add it "
-                        "back to the settings to deliver its queue"
-                    )
-                detail = sender.send([self.spool.outbox / f for f in result.files], result)
-            except (SendError, OSError) as exc:
-                failures = delivery.attempts + 1
-                wait = backoff_seconds(failures, self.settings)
-                self.spool.record_attempt(
-                    delivery, ok=False, detail=str(exc), next_at=time.time() + wait
+            queues.setdefault(delivery.destination, []).append(delivery)
+        for destination, queue in queues.items():
+            sender = self.senders.get(destination)
+            batch = sender.batch() if sender is not None else contextlib.nullcontext()
+            with batch:
+                for delivery in queue:
+                    if not self._deliver(delivery, sender):
+                        out["failed"] += 1
+                        break  # down: the rest of its queue waits for the next pass
+                    out["sent"] += 1
+        return out
+
+    def _deliver(self, delivery: Delivery, sender: Sender | None) -> bool:
+        """One attempt, recorded; True when delivered."""
+        result = self.spool.result(delivery.result_id)
+        try:
+            if sender is None:
+                raise SendError(
+                    f"{delivery.destination} is no longer a configured destination; add it "
+                    "back to the settings to deliver its queue"
                 )
-                log.warning(
-                    "result %d (study %s, v%d) to %s: attempt %d failed: %s; next in %.0f s",
-                    result.id,
-                    result.study,
-                    result.version,
-                    delivery.destination,
-                    failures,
-                    exc,
-                    wait,
-                )
-                down.add(delivery.destination)
-                out["failed"] += 1
-                continue
-            self.spool.record_attempt(delivery, ok=True, detail=detail)
-            log.info(
-                "result %d (study %s, v%d, SR %s) delivered to %s on attempt %d: %s",
+            detail = sender.send([self.spool.outbox / f for f in result.files], result)
+        except (SendError, OSError) as exc:
+            failures = delivery.attempts + 1
+            wait = backoff_seconds(failures, self.settings)
+            self.spool.record_attempt(
+                delivery, ok=False, detail=str(exc), next_at=time.time() + wait
+            )
+            log.warning(
+                "result %d (study %s, v%d) to %s: attempt %d failed: %s; next in %.0f s",
                 result.id,
                 result.study,
                 result.version,
-                result.sr_uid,
                 delivery.destination,
-                delivery.attempts + 1,
-                detail,
+                failures,
+                exc,
+                wait,
             )
-            out["sent"] += 1
-        return out
+            return False
+        self.spool.record_attempt(delivery, ok=True, detail=detail)
+        log.info(
+            "result %d (study %s, v%d, SR %s) delivered to %s on attempt %d: %s",
+            result.id,
+            result.study,
+            result.version,
+            result.sr_uid,
+            delivery.destination,
+            delivery.attempts + 1,
+            detail,
+        )
+        return True
