@@ -214,3 +214,53 @@ def test_outbox_queues_while_the_destination_is_down(settings, spool, predictor,
     assert received.SOPInstanceUID == result.sr_uid
     assert [a["ok"] for a in spool.attempts()] == [0, 0, 1]
     assert spool.deliveries(result.id)[0].state == "sent"
+
+
+def test_dicom_tls_with_client_certificates(tmp_path, make_dicom) -> None:
+    import shutil
+    import ssl
+    import subprocess
+
+    from pynetdicom import AE
+
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed")
+
+    def certificate(name: str, *sign: str) -> tuple[Path, Path]:
+        key, cert = tmp_path / f"{name}.key", tmp_path / f"{name}.pem"
+        cmd = ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+               "-subj", f"/CN={name}", "-keyout", key, "-out", cert]  # fmt: skip
+        subprocess.run([*map(str, cmd), *sign], check=True, capture_output=True)
+        return cert, key
+
+    server_cert, server_key = certificate("127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1")
+    client_cert, client_key = certificate("modality")
+    settings = PacsSettings(port=free_port(), calling_aes={CALLING_AE: SITE},
+                            spool_dir=tmp_path / "spool", tls_cert=server_cert,
+                            tls_key=server_key, tls_ca=client_cert)  # fmt: skip
+    spool = Spool(settings.spool, Pseudonymiser(SALT))
+    receiver = DicomReceiver(settings, spool)
+    receiver.start()
+    try:
+        dataset = pydicom.dcmread(make_dicom())
+
+        def store(with_client_cert: bool) -> int | None:
+            context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(server_cert))
+            if with_client_cert:
+                context.load_cert_chain(str(client_cert), str(client_key))
+            ae = AE(ae_title=CALLING_AE)
+            ae.add_requested_context(dataset.SOPClassUID, ExplicitVRLittleEndian)
+            assoc = ae.associate("127.0.0.1", settings.port, ae_title="CXRTRIAGE",
+                                 tls_args=(context, "127.0.0.1"))  # fmt: skip
+            if not assoc.is_established:
+                return None
+            status = int(assoc.send_c_store(dataset).Status)
+            assoc.release()
+            return status
+
+        assert store(with_client_cert=False) is None  # no client certificate: no association
+        assert store(with_client_cert=True) == STATUS_SUCCESS
+        assert len(spool.instances()) == 1
+    finally:
+        receiver.stop(timeout=5)
+        spool.close()
