@@ -1,4 +1,4 @@
-"""Time one drift report (``run_monitoring``) on 10k current vs 10k reference rows.
+"""Time one drift report (``check_drift``) on 10k current vs 10k reference rows.
 
 The target: the whole run (column drift report, embedding drift report and its calibration,
 HTML, workspace) in at most 30 s on 2 cores. Run as::
@@ -29,7 +29,7 @@ import pandas as pd
 
 from cxr_triage.config import load_params
 from cxr_triage.inference.features import IMAGE_STAT_COLUMNS
-from cxr_triage.inference.layout import REFERENCE_FILE
+from cxr_triage.inference.layout import PACKAGE_FILE, REFERENCE_FILE
 
 logger = logging.getLogger("bench_drift")
 
@@ -82,13 +82,17 @@ def main() -> None:
     import evidently.presets  # noqa: F401
     import evidently.ui.workspace  # noqa: F401
 
-    from cxr_triage.monitoring.drift import run_monitoring
+    from cxr_triage.monitoring import CurrentData, check_drift
 
     import_s = time.perf_counter() - start
     work = Path(tempfile.mkdtemp(prefix="bench_drift-"))
     try:
         package = work / "package"
         package.mkdir()
+        info = source.parent / PACKAGE_FILE  # the package the reference comes with
+        if not info.is_file():
+            raise SystemExit(f"{info} not found: --reference must lie in a package folder")
+        shutil.copy(info, package / PACKAGE_FILE)
         reference = synthesise(real, args.n, noise=args.noise, shift=0, seed=args.seed)
         reference.to_parquet(package / REFERENCE_FILE, index=False)
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
@@ -109,12 +113,12 @@ def main() -> None:
         for name, shift, seed in (("same", 0.0, args.seed + 1), ("shifted", args.shift, 2)):
             current = synthesise(real, args.n, noise=args.noise, shift=shift, seed=seed)
             begin = time.perf_counter()
-            result = run_monitoring(
-                params, current=current, package_dir=package, out_dir=work / "monitor"
+            result = check_drift(
+                params, CurrentData(current), package=package, out_dir=work / "monitor"
             )
             wall = time.perf_counter() - begin
             totals.append(wall)
-            t = result.summary["timings_s"]
+            t = result.timings_s
             logger.info(
                 "%-9s %-9s %7.1f %7.1f %7.1f %7.1f %7.1f %7.1f %9.1f  %.1f",
                 name,

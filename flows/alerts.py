@@ -1,10 +1,12 @@
 """Alerts: a webhook block and the automations that post to it (idempotent).
 
 Automations (names in :data:`cxr_triage.orchestration.events.ALERTS`): any flow run Failed or
-Crashed; drift detected (``cxr.drift.detected``, with the summary and the report path); the
-retraining result (``cxr.retraining.finished``, promoted or not). They need a real
-``prefect server start`` (its event services evaluate the triggers). Re-running replaces the
-block and the automations of the same names, so there are never duplicates.
+Crashed (the exception's first line and the run's link); drift detected (``cxr.drift.detected``:
+site, model, rounded figures, links to the Evidently report and the run); the retraining result
+(``cxr.retraining.finished``, promoted or not). Repeats of the same alert within the cool-down
+are folded into the first. They need a real ``prefect server start`` (its event services
+evaluate the triggers). Re-running replaces the block and the automations of the same names, so
+there are never duplicates. Settings: :mod:`cxr_triage.orchestration.alerts`.
 
     CXR_TRIAGE_ALERT_WEBHOOK=https://hooks.example/... python -m flows.alerts
 """
@@ -22,7 +24,8 @@ from prefect.events.actions import SendNotification
 from prefect.events.schemas.automations import EventTrigger, Posture
 
 from cxr_triage.errors import ConfigError
-from cxr_triage.orchestration.events import ALERTS
+from cxr_triage.orchestration.alerts import AlertSettings
+from cxr_triage.orchestration.events import ALERTS, alert_specs
 
 __all__ = ["BLOCK_NAME", "WEBHOOK_ENV", "remove_alerts", "setup_alerts"]
 
@@ -41,20 +44,23 @@ def remove_alerts() -> int:
     return deleted
 
 
-def setup_alerts(url: str | None = None) -> dict[str, Any]:
+def setup_alerts(url: str | None = None, settings: AlertSettings | None = None) -> dict[str, Any]:
     """Create (or replace) the webhook block and the alert automations.
 
     Args:
         url: the webhook; default ``$CXR_TRIAGE_ALERT_WEBHOOK``. It receives a JSON POST
             ``{"title": ..., "text": ...}`` per alert (Slack/Teams/Mattermost-style hooks accept
             ``text``).
+        settings: link base URLs and the cool-down (default: from the environment, see
+            :mod:`cxr_triage.orchestration.alerts`).
 
     Returns:
         ``block_id`` and the automation ``names``.
 
     Raises:
-        ConfigError: no URL given and the environment variable is unset.
+        ConfigError: no URL given and the environment variable is unset; a bad setting.
     """
+    settings = settings or AlertSettings.from_env()
     url = url or os.environ.get(WEBHOOK_ENV)
     if not url:
         raise ConfigError(
@@ -67,15 +73,17 @@ def setup_alerts(url: str | None = None) -> dict[str, Any]:
         json_data={"title": "{{subject}}", "text": "{{body}}"},
     ).save(BLOCK_NAME, overwrite=True)
     remove_alerts()
-    for spec in ALERTS:
+    for spec in alert_specs(settings):
         Automation(
             name=spec["name"],
             description="cxr-triage alert (created by flows/alerts.py)",
             trigger=EventTrigger(
                 expect={spec["event"]},
                 match={"prefect.resource.id": spec["resource"]},
+                for_each=spec["for_each"],
                 posture=Posture.Reactive,
                 threshold=1,
+                within=settings.cooldown,  # fires once, then ignores repeats this long
             ),
             actions=[
                 SendNotification(

@@ -5,6 +5,8 @@ Against a running ``prefect server start`` (``PREFECT_API_URL=http://127.0.0.1:4
     python -m flows.deploy            # deployments on the process work pool (created if missing);
                                       # then run them with: prefect worker start --pool cxr-local
     python -m flows.deploy --serve    # or: one long-running process that schedules and runs them
+    python -m flows.deploy --hours 12 # the monitoring window, as `cxr-triage monitor` takes it
+                                      # (--hours/--since/--until/--last; default: schedule's)
 
 With ``CXR_TRIAGE_ALERT_WEBHOOK`` set, the alert automations are (re)created too.
 """
@@ -19,7 +21,14 @@ from typing import Any
 
 from cxr_triage.config import Params, load_params
 
-__all__ = ["DeploymentSpec", "deploy_all", "deployment_specs", "ensure_work_pool", "serve_all"]
+__all__ = [
+    "WINDOW_PARAMETERS",
+    "DeploymentSpec",
+    "deploy_all",
+    "deployment_specs",
+    "ensure_work_pool",
+    "serve_all",
+]
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -46,10 +55,29 @@ class DeploymentSpec:
         return f"{self.flow_name}/{self.name}"
 
 
-def deployment_specs(params: Params, repo_dir: str | os.PathLike[str]) -> list[DeploymentSpec]:
-    """The deployments, from ``params.schedule``; the flows run in ``repo_dir``."""
+WINDOW_PARAMETERS = {"hours": "window_hours", "since": "since", "until": "until", "last": "last"}
+
+
+def deployment_specs(
+    params: Params,
+    repo_dir: str | os.PathLike[str],
+    window: dict[str, Any] | None = None,
+) -> list[DeploymentSpec]:
+    """The deployments, from ``params.schedule``; the flows run in ``repo_dir``.
+
+    Args:
+        params: ``params.schedule`` gives the crons and the time zone.
+        repo_dir: the repository the flows run in.
+        window: the monitoring window, as ``cxr-triage monitor`` takes it (``hours``,
+            ``since``, ``until``, ``last``; None values are left out); default: the last
+            ``schedule.monitoring_window_hours``.
+    """
     repo = str(Path(repo_dir).resolve())
     schedule = params.schedule
+    monitoring = {"repo_dir": repo}
+    for option, value in (window or {}).items():
+        if value is not None:
+            monitoring[WINDOW_PARAMETERS[option]] = value
     return [
         DeploymentSpec(
             entrypoint="flows/monitoring.py:monitoring_flow",
@@ -57,7 +85,7 @@ def deployment_specs(params: Params, repo_dir: str | os.PathLike[str]) -> list[D
             cron=schedule.monitoring_cron,
             timezone=schedule.timezone,
             description="Drift of the last window of predictions against the reference",
-            parameters={"repo_dir": repo},
+            parameters=monitoring,
         ),
         DeploymentSpec(
             entrypoint="flows/retraining.py:retraining_flow",
@@ -94,8 +122,13 @@ def _load_flow(spec: DeploymentSpec) -> Any:
     return retraining_flow
 
 
-def deploy_all(repo_dir: str | os.PathLike[str] = REPO) -> list[str]:
-    """Register every deployment on the work pool of ``schedule.work_pool``; return their ids."""
+def deploy_all(
+    repo_dir: str | os.PathLike[str] = REPO, window: dict[str, Any] | None = None
+) -> list[str]:
+    """Register every deployment on the work pool of ``schedule.work_pool``; return their ids.
+
+    ``window``: the monitoring window (see :func:`deployment_specs`).
+    """
     from prefect import flow as prefect_flow
     from prefect.schedules import Cron
 
@@ -103,7 +136,7 @@ def deploy_all(repo_dir: str | os.PathLike[str] = REPO) -> list[str]:
     params = load_params(repo / "params.yaml")
     ensure_work_pool(params.schedule.work_pool)
     ids = []
-    for spec in deployment_specs(params, repo):
+    for spec in deployment_specs(params, repo, window):
         deployment_id = prefect_flow.from_source(
             source=str(repo), entrypoint=spec.entrypoint
         ).deploy(
@@ -118,7 +151,9 @@ def deploy_all(repo_dir: str | os.PathLike[str] = REPO) -> list[str]:
     return ids
 
 
-def serve_all(repo_dir: str | os.PathLike[str] = REPO) -> None:  # pragma: no cover - blocks
+def serve_all(  # pragma: no cover - blocks
+    repo_dir: str | os.PathLike[str] = REPO, window: dict[str, Any] | None = None
+) -> None:
     """Schedule and run every deployment from this one process (no work pool, no worker)."""
     from prefect import serve
     from prefect.schedules import Cron
@@ -133,29 +168,32 @@ def serve_all(repo_dir: str | os.PathLike[str] = REPO) -> None:  # pragma: no co
                 parameters=spec.parameters,
                 description=spec.description,
             )
-            for spec in deployment_specs(params, repo)
+            for spec in deployment_specs(params, repo, window)
         )
     )
 
 
 def main() -> None:  # pragma: no cover - CLI wrapper
     from flows.alerts import WEBHOOK_ENV, setup_alerts
+    from flows.monitoring import add_window_options
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repo-dir", default=str(REPO))
     parser.add_argument("--serve", action="store_true", help="serve here instead of a work pool")
+    add_window_options(parser)  # the monitoring deployment's window
     args = parser.parse_args()
+    window = {key: getattr(args, key) for key in WINDOW_PARAMETERS}
     if os.environ.get(WEBHOOK_ENV):
         print(f"alerts: {', '.join(setup_alerts()['names'])}")
     else:
         print(f"alerts: not set up ({WEBHOOK_ENV} is unset)")
     params = load_params(Path(args.repo_dir) / "params.yaml")
-    for spec in deployment_specs(params, args.repo_dir):
+    for spec in deployment_specs(params, args.repo_dir, window):
         print(f"{spec.full_name}: cron '{spec.cron}' ({spec.timezone})")
     if args.serve:
-        serve_all(args.repo_dir)
+        serve_all(args.repo_dir, window)
         return
-    deploy_all(args.repo_dir)
+    deploy_all(args.repo_dir, window)
     print(f"registered; run them with: prefect worker start --pool {params.schedule.work_pool}")
 
 

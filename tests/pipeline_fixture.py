@@ -6,10 +6,12 @@ network, calibrator, threshold and monitoring reference), not a mock.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import pandas as pd
 import yaml
 
 from cxr_triage.config import Params, parse_section
@@ -88,3 +90,27 @@ def build_tiny_pipeline(
     for stage in (*stages, evaluate, package):
         stage.run(params)
     return TinyPipeline(root, params)
+
+
+def stub_package(folder: Path, reference: pd.DataFrame, tag: str = "cxr-triage:stub") -> Path:
+    """A package folder with only what monitoring reads: ``package.json`` and the reference.
+
+    No network: it cannot score images, only be monitored against (frames in hand).
+    """
+    from cxr_triage.inference.layout import FORMAT_VERSION, PACKAGE_FILE, REFERENCE_FILE
+
+    folder.mkdir(parents=True, exist_ok=True)
+    info = {
+        "format_version": FORMAT_VERSION,
+        "kind": "transfer",
+        "image_size": 32,
+        "class_names": ["normal", "abnormal"],
+        "threshold": 0.5,
+        "operating_point": {"policy": "target_sensitivity", "target": 0.95, "threshold": 0.5},
+        "calibrator": {"method": "identity"},
+        "limits": {},
+        "model_tag": tag,
+    }
+    (folder / PACKAGE_FILE).write_text(json.dumps(info))
+    reference.to_parquet(folder / REFERENCE_FILE, index=False)
+    return folder

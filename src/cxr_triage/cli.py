@@ -244,6 +244,8 @@ def promote(
 
 
 EXIT_DRIFT = 3  # `cxr-triage monitor`: drift detected
+EXIT_SENSITIVITY = 4  # `cxr-triage monitor`: realised sensitivity below the target
+_MAX_LISTED = 20  # unreadable files listed on stderr (all of them are in summary.json)
 
 
 @app.command()
@@ -260,12 +262,22 @@ def monitor(
     last: Annotated[
         int | None, typer.Option(help="Only the most recent N predictions of the window.")
     ] = None,
+    hours: Annotated[
+        float | None, typer.Option(help="The last H hours of the log (instead of --since).")
+    ] = None,
     images: Annotated[
         Path | None,
         typer.Option("--images", help="Score this image folder (recursed) instead of the log."),
     ] = None,
     package: Annotated[
-        Path | None, typer.Option(help="Model package folder. Default: paths.package_dir.")
+        Path | None,
+        typer.Option(
+            help="A model package folder (e.g. models/package). Default: the serving "
+            "model in the BentoML store (the monitoring flow's default too)."
+        ),
+    ] = None,
+    model_tag: Annotated[
+        str | None, typer.Option(help="A model tag in the BentoML store, e.g. cxr-triage:abc123.")
     ] = None,
     site: Annotated[
         str | None,
@@ -284,55 +296,55 @@ def monitor(
 ) -> None:
     """Check current data for drift against the model package's reference (Evidently).
 
-    Current data: a prediction log window (default) or an image folder (--images).
-    Unreadable images are counted and listed.
+    Current data: a prediction log window (default: the whole log) or an image folder
+    (--images). Unreadable images are counted and listed. A log that does not exist yet
+    is an empty window ("insufficient data", exit 0).
 
     Writes report.html and summary.json under <monitor_dir>/runs/ and adds
     the run to the Evidently workspace <monitor_dir>/workspace, which
-    `evidently ui --workspace reports/monitor/workspace` shows.
+    `evidently ui --workspace <monitor_dir>/workspace` shows.
 
-    Exit codes: 0 no drift or insufficient data, 3 drift detected, 1 error.
+    With a log window, the predictions that have fed-back reads (cxr-triage
+    feedback) are graded: realised sensitivity, specificity and calibration at the
+    operating point, with 95% CIs.
+
+    Exit codes: 0 no drift or insufficient data, 3 drift detected, 4 realised
+    sensitivity below the target (CI lower bound; wins over 3), 1 error.
     """
     from cxr_triage.config import load_params
-    from cxr_triage.monitoring.drift import (
-        current_from_images,
-        current_from_log,
-        run_monitoring,
-    )
-    from cxr_triage.state import state_layout
+    from cxr_triage.monitoring import ImageFolder, LogWindow, check_drift
 
-    params = load_params(params_file)
-    package_dir = package or Path(params.paths.package_dir)
-    source: dict[str, object]
-    if images is not None:
-        if log_path is not None or since or until or last is not None:
-            raise CxrError("give --images or --log/--since/--until/--last, not both")
-        current, unreadable = current_from_images(package_dir, images, site=site)
-        source = {
-            "kind": "images",
-            "folder": str(images),
-            "n_unreadable": len(unreadable),
-            "unreadable": [{"file": f, "reason": r} for f, r in unreadable],
-        }
-        for file, reason in unreadable[:20]:
-            typer.echo(f"unreadable: {file}: {reason}", err=True)
-        if len(unreadable) > 20:
-            typer.echo(f"... and {len(unreadable) - 20} more (see summary.json)", err=True)
-    else:
-        path = log_path or state_layout().prediction_log
-        current = current_from_log(path, since=since, until=until, last=last)
-        source = {"kind": "log", "log": str(path), "since": since, "until": until, "last": last}
-    result = run_monitoring(
-        params, current=current, package_dir=package_dir, site=site, out_dir=out, source=source
+    window = {"since": since, "until": until, "last": last, "hours": hours}
+    if images is not None and (
+        log_path is not None or any(v is not None for v in window.values())
+    ):
+        raise CxrError("give --images or --log/--since/--until/--last/--hours, not both")
+    source = (
+        ImageFolder(images)
+        if images is not None
+        else LogWindow.from_options(log=log_path, **window)
     )
+    summary = check_drift(
+        load_params(params_file),
+        source,
+        package=package,
+        model_tag=model_tag,
+        site=site,
+        out_dir=out,
+    )
+    unreadable = summary.source.get("unreadable", [])
+    for entry in unreadable[:_MAX_LISTED]:
+        typer.echo(f"unreadable: {entry['file']}: {entry['reason']}", err=True)
+    if len(unreadable) > _MAX_LISTED:
+        typer.echo(f"... and {len(unreadable) - _MAX_LISTED} more (see summary.json)", err=True)
     if as_json:
-        typer.echo(json.dumps(result.summary, indent=2))
+        typer.echo(json.dumps(summary.to_json(), indent=2))
     else:
-        unreadable_note = (
-            f" ({source['n_unreadable']} unreadable files)" if source.get("n_unreadable") else ""
-        )
-        typer.echo(result.one_line() + unreadable_note)
-    if result.drift:
+        note = f" ({len(unreadable)} unreadable files)" if unreadable else ""
+        typer.echo(summary.one_line() + note)
+    if summary.performance_alert:
+        raise typer.Exit(EXIT_SENSITIVITY)
+    if summary.drift:
         raise typer.Exit(EXIT_DRIFT)
 
 
@@ -358,6 +370,79 @@ def doctor(
     typer.echo(report.text())
     if not report.healthy:
         raise typer.Exit(1)
+
+
+@app.command()
+@_user_errors
+def feedback(
+    reads_csv: Annotated[
+        Path,
+        typer.Argument(
+            help="CSV of final reads: request_id or study_uid, label (normal/abnormal), "
+            "optional findings (ChestX-ray14 names, |-separated) and read_at."
+        ),
+    ],
+    log_path: Annotated[
+        Path | None,
+        typer.Option("--log", help="Prediction log (SQLite). Default: the state folder's."),
+    ] = None,
+    images: Annotated[
+        Path | None,
+        typer.Option(
+            "--label-images",
+            help="Also write labels.csv into this folder of DICOM studies exported from the "
+            "PACS (by study_uid), making it a batch for data/incoming/ (retraining).",
+        ),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the receipt as JSON.")] = False,
+) -> None:
+    """Store radiologists' final reads beside the prediction log (ground truth).
+
+    Study UIDs are stored as keyed digests ($CXR_TRIAGE_SALT), never as such. A later
+    read of the same prediction replaces the earlier one. `cxr-triage monitor` then
+    grades the window's predictions that have a read.
+    """
+    from dataclasses import asdict
+
+    from cxr_triage.inference.feedback import (
+        read_feedback_csv,
+        record_feedback,
+        write_ingestion_labels,
+    )
+
+    receipt = record_feedback(read_feedback_csv(reads_csv), log_path=log_path)
+    typer.echo(json.dumps(asdict(receipt), indent=2) if as_json else receipt.one_line())
+    if images is not None:
+        labels, n_labelled, n_without = write_ingestion_labels(reads_csv, images)
+        typer.echo(
+            f"labelled {n_labelled} DICOM files in {labels} ({n_without} without a read)",
+            err=True,
+        )
+
+
+@app.command()
+@_user_errors
+def backup(
+    log_path: Annotated[
+        Path | None,
+        typer.Option("--log", help="Prediction log (SQLite). Default: the state folder's."),
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out", help="Backup file, or a folder for it. Default: <state folder>/backups/."
+        ),
+    ] = None,
+) -> None:
+    """Back up the prediction log and its fed-back reads (SQLite online backup).
+
+    Safe while the service is writing: the copy is consistent, and appears whole or
+    not at all.
+    """
+    from cxr_triage.inference.predlog import backup_log
+
+    path, n_predictions, n_reads = backup_log(log_path, out)
+    typer.echo(f"backed up {n_predictions} predictions and {n_reads} reads to {path}")
 
 
 def _pacs_settings(settings_file: Path | None):  # noqa: ANN202

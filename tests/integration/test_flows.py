@@ -126,16 +126,27 @@ def prefect_server(tmp_path_factory):
         log.close()
 
 
+PREFECT_UI = "http://prefect.hospital.example:4200"
+EVIDENTLY_UI = "http://drift.hospital.example:8000"
+
+
 @pytest.fixture(scope="module")
 def receiver(prefect_server):
-    """The webhook receiver with the alert block and automations pointing at it."""
+    """The webhook receiver with the alert block and automations pointing at it.
+
+    Links point to made-up UI addresses (the settings), and repeats within an hour are folded.
+    """
     from flows.alerts import setup_alerts
 
     rec = Receiver()
-    setup_alerts(rec.url)
-    setup_alerts(rec.url)  # idempotent: replaces, never duplicates
-    time.sleep(2)  # the triggers service picks up new automations
-    yield rec
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("CXR_TRIAGE_PREFECT_UI_URL", PREFECT_UI)
+        env.setenv("CXR_TRIAGE_EVIDENTLY_UI_URL", EVIDENTLY_UI)
+        env.setenv("CXR_TRIAGE_ALERT_COOLDOWN_MINUTES", "60")
+        setup_alerts(rec.url)
+        setup_alerts(rec.url)  # idempotent: replaces, never duplicates
+        time.sleep(2)  # the triggers service picks up new automations
+        yield rec
     rec.server.shutdown()
 
 
@@ -149,18 +160,48 @@ def test_alert_setup_is_idempotent(receiver):
             assert len(client.read_automations_by_name(spec["name"])) == 1
 
 
-def test_failing_flow_run_alerts_the_webhook(receiver):
+def test_failing_flow_run_alerts_once_with_the_first_line_and_the_run_link(receiver):
     from prefect import flow
+    from prefect.events import emit_event
+
+    from cxr_triage.orchestration.events import drift_event
+    from summaries import drift_summary
 
     @flow(name="cxr-test-always-fails")
     def always_fails() -> None:
-        raise RuntimeError("stage exploded on purpose")
+        raise RuntimeError("stage exploded on purpose\nTraceback details nobody reads")
 
     state = always_fails(return_state=True)
     assert state.is_failed()
     message = receiver.wait_for("cxr-test-always-fails")
     assert "flow run failed" in message["title"]
-    assert "stage exploded on purpose" in message["text"]
+    first_line, link = message["text"].split("\n")
+    assert "stage exploded on purpose" in first_line
+    assert link == f"Prefect run: {PREFECT_UI}/runs/flow-run/{state.state_details.flow_run_id}"
+
+    assert always_fails(return_state=True).is_failed()  # the same failure again: folded
+    emit_event(**drift_event(drift_summary(site="after_failures")))  # then something else
+    receiver.wait_for("after_failures")
+    assert receiver.count("cxr-test-always-fails") == 1
+
+
+def test_repeated_drift_alert_within_the_cooldown_is_folded(receiver):
+    from prefect.events import emit_event
+
+    from cxr_triage.orchestration.events import drift_event
+    from summaries import drift_summary
+
+    for _ in range(2):  # the same alert twice (same site, verdict and model)
+        emit_event(**drift_event(drift_summary(site="cool_site")))
+    emit_event(**drift_event(drift_summary(site="cool_other")))
+
+    receiver.wait_for("cool_other")
+    assert receiver.count("cool_site") == 1
+    message = receiver.wait_for("cool_site")
+    assert message["title"].startswith("[cxr-triage] drift detected at cool_site, model ")
+    assert "share 0.905, limit 0.3" in message["text"]
+    project, run = drift_summary()["reports"]["project_id"], drift_summary()["reports"]["run_id"]
+    assert f"Evidently report: {EVIDENTLY_UI}/projects/{project}/reports/{run}" in message["text"]
 
 
 # -- training --------------------------------------------------------------------------------
@@ -367,10 +408,9 @@ def test_gate_promotes_better_and_refuses_worse_with_notifications(
 @pytest.fixture(scope="module")
 def monitored_package(tiny_pipeline, tmp_path_factory) -> Path:
     """The tiny package plus 120 scored hospital_a reference rows (its own ~22 are too few)."""
-    pytest.importorskip("cxr_triage.monitoring.drift", reason="monitoring/drift.py not landed")
     from cxr_triage.inference.layout import REFERENCE_FILE
     from cxr_triage.inference.predictor import Predictor
-    from cxr_triage.monitoring.drift import load_reference
+    from cxr_triage.monitoring import load_reference
 
     root = tmp_path_factory.mktemp("monitored")
     package_dir = root / "package"
@@ -411,11 +451,143 @@ def test_monitoring_alerts_on_a_shifted_site_only(
     )
     assert loud["drift"] and loud["event"], loud["one_line"]
     assert loud["retraining_run"] is None  # the deployment is missing: logged, not crashed
-    message = receiver.wait_for("cxr.monitor.new_hospital")
-    assert "drift detected" in message["title"]
-    assert "report.html" in message["text"] and "DRIFT" in message["text"]
+    message = receiver.wait_for("drift detected at new_hospital")
+    summary = loud["summary"]
+    assert message["title"] == (
+        f"[cxr-triage] drift detected at new_hospital, model {summary['model_tag']}"
+    )
+    reports = summary["reports"]
+    report_link = f"{EVIDENTLY_UI}/projects/{reports['project_id']}/reports/{reports['run_id']}"
+    lines = message["text"].splitlines()
+    assert lines[0].startswith("Evidence: ") and f"Evidently report: {report_link}" in lines
+    assert any(line.startswith(f"Prefect run: {PREFECT_UI}/runs/flow-run/") for line in lines)
+    assert "report.html" not in message["text"]  # a link, not a path on the server
     time.sleep(2)
-    assert receiver.count("cxr.monitor.hospital_a") == 0
+    assert receiver.count("drift detected at hospital_a") == 0
+
+
+def test_cli_and_flow_check_the_same_package_and_keep_the_whole_summary(
+    prefect_server, tiny_pipeline, monitored_package, tmp_path, monkeypatch
+):
+    """Bug (issue 9): `cxr-triage monitor` defaulted to `paths.package_dir`, the flow to the
+    serving model; the flow dropped the unreadable files from its summary and patched keys in."""
+    from flows.monitoring import monitoring_flow
+    from typer.testing import CliRunner
+
+    from cxr_triage.cli import app
+    from cxr_triage.state import STATE_DIR_ENV
+
+    monkeypatch.setenv(STATE_DIR_ENV, str(tmp_path / "state"))  # its own serving record
+    serving = registry.register_package(tiny_pipeline.package_dir)
+    registry.promote(serving, reason="test: the serving model")
+    params = yaml.safe_load(yaml.safe_dump(dataclasses.asdict(tiny_pipeline.params)))
+    params["paths"]["package_dir"] = str(monitored_package)  # a workspace package, not serving
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    generate_dataset(tmp_path / "incoming", n=8, site="hospital_a", seed=104)
+    images = tmp_path / "incoming" / "images"
+    (images / "broken.dcm").write_bytes(b"\x00" * 400)
+
+    cli = CliRunner().invoke(
+        app,
+        ["monitor", "--images", str(images), "--site", "hospital_a", "--json",
+         "--params", str(tmp_path / "params.yaml")],
+    )  # fmt: skip
+    assert cli.exit_code == 0, cli.output
+    by_cli = json.loads(cli.stdout)
+    by_flow = monitoring_flow(repo_dir=str(tmp_path), folder=str(images), site="hospital_a")[
+        "summary"
+    ]
+
+    serving_dir = str(registry.stored_package_dir(serving))
+    assert by_cli["package_dir"] == by_flow["package_dir"] == serving_dir
+    assert by_cli["model_tag"] == by_flow["model_tag"] == serving
+    unreadable = by_flow["source"]["unreadable"]
+    assert [Path(u["file"]).name for u in unreadable] == ["broken.dcm"]
+    assert unreadable == by_cli["source"]["unreadable"]
+    # The flow returns the summary exactly as written, nothing patched in after the fact.
+    assert json.loads(Path(by_flow["reports"]["json"]).read_text()) == by_flow
+
+
+def test_first_day_and_empty_window_end_completed_without_alert(
+    receiver, tiny_pipeline, monitored_package, tmp_path, monkeypatch
+):
+    """Issue 10: before the service has logged a prediction the daily run ended Failed."""
+    from flows.monitoring import monitoring_flow
+
+    from cxr_triage.inference.predlog import PredictionLog
+    from cxr_triage.state import STATE_DIR_ENV, state_layout
+
+    monkeypatch.setenv(STATE_DIR_ENV, str(tmp_path / "state"))  # a fresh install: no log
+    params = yaml.safe_load(yaml.safe_dump(dataclasses.asdict(tiny_pipeline.params)))
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    common = {"repo_dir": str(tmp_path), "package_dir": str(monitored_package), "site": "day_one"}
+
+    state = monitoring_flow(**common, return_state=True)
+
+    assert state.is_completed(), state.message
+    first_day = state.result()
+    assert first_day["status"] == "insufficient_data" and first_day["event"] is None
+    summary = first_day["summary"]
+    assert summary["source"]["log_exists"] is False and "no prediction log" in summary["reason"]
+    assert not state_layout().prediction_log.exists()  # monitoring never creates the log
+
+    PredictionLog(state_layout().prediction_log).close()  # the service started, no prediction
+    empty = monitoring_flow(**common, window_hours=1.0, last=100)
+    assert empty["status"] == "insufficient_data" and empty["summary"]["n_current"] == 0
+    assert empty["summary"]["source"]["last"] == 100 and empty["summary"]["source"]["since"]
+    time.sleep(2)
+    assert receiver.count("day_one") == 0  # neither a drift alert nor a failure alert
+
+
+def test_fed_back_reads_with_missed_abnormals_alert_the_maintainers(
+    receiver, tiny_pipeline, monitored_package, tmp_path, monkeypatch
+):
+    """Issue 10: ground truth closes the loop (feedback -> realised sensitivity -> alert)."""
+    from flows.monitoring import monitoring_flow
+    from typer.testing import CliRunner
+
+    from cxr_triage.cli import app
+    from cxr_triage.inference.predictor import Predictor
+    from cxr_triage.inference.predlog import PredictionLog
+    from cxr_triage.state import STATE_DIR_ENV, state_layout
+
+    monkeypatch.setenv(STATE_DIR_ENV, str(tmp_path / "state"))
+    params = yaml.safe_load(yaml.safe_dump(dataclasses.asdict(tiny_pipeline.params)))
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    generate_dataset(tmp_path / "served", n=40, site="hospital_a", seed=105)
+    images = sorted((tmp_path / "served" / "images").iterdir())
+    rows = []  # what the service logged; every other study called abnormal
+    for i, p in enumerate(Predictor(monitored_package).predict(images, {"site": "hospital_a"})):
+        called = i % 2 == 0
+        prob = (1 + p.threshold) / 2 if called else p.threshold / 2
+        rows.append({**p.features, "prob_abnormal": prob, "label": "abnormal" if called else
+                     "normal", "request_id": f"req-{i}", "model_tag": p.model_tag,
+                     "threshold": p.threshold})  # fmt: skip
+    log = PredictionLog(state_layout().prediction_log)
+    log.append(rows)
+    log.close()
+    # The radiologists: 20 abnormal studies, 12 of them among those the model called normal.
+    called_normal = [r["request_id"] for r in rows if r["label"] == "normal"]
+    called_abnormal = [r["request_id"] for r in rows if r["label"] == "abnormal"]
+    abnormal = called_normal[:12] + called_abnormal[:8]
+    reads = pd.DataFrame(
+        {"request_id": [r["request_id"] for r in rows],
+         "label": ["abnormal" if r["request_id"] in abnormal else "normal" for r in rows]}
+    )  # fmt: skip
+    reads.to_csv(tmp_path / "reads.csv", index=False)
+    stored = CliRunner().invoke(app, ["feedback", str(tmp_path / "reads.csv")])
+    assert stored.exit_code == 0 and "40 match a logged prediction" in stored.stdout
+
+    report = monitoring_flow(repo_dir=str(tmp_path), package_dir=str(monitored_package))
+
+    performance = report["summary"]["performance"]
+    assert performance["status"] == "below_target" and report["performance_event"]
+    assert performance["sensitivity"]["estimate"] == pytest.approx(8 / 20)
+    assert performance["specificity"]["estimate"] == pytest.approx(8 / 20)
+    message = receiver.wait_for("sensitivity below target at hospital_a")
+    assert message["title"].endswith(f"model {rows[0]['model_tag']}")
+    assert "realised sensitivity 0.4 (95% CI " in message["text"]
+    assert f"Prefect run: {PREFECT_UI}/runs/flow-run/" in message["text"]
 
 
 # -- deployments -----------------------------------------------------------------------------
@@ -445,3 +617,23 @@ def test_deploy_registers_schedules_from_params(prefect_server):
         "daily": params.schedule.monitoring_cron,
         "weekly": params.schedule.retraining_cron,
     }
+
+
+def test_deploy_takes_the_monitoring_window_of_the_cli(prefect_server):
+    from flows.deploy import deploy_all, deployment_specs
+    from prefect.client.orchestration import get_client
+
+    from cxr_triage.config import load_params
+
+    params = load_params(REPO / "params.yaml")
+    window = {"hours": 12.0, "since": None, "until": None, "last": 500}
+    daily, weekly = deployment_specs(params, REPO, window)
+    assert daily.parameters == {"repo_dir": str(REPO), "window_hours": 12.0, "last": 500}
+    assert weekly.parameters == {"repo_dir": str(REPO)}
+    try:
+        deploy_all(REPO, window)
+        with get_client(sync_client=True) as client:
+            deployment = client.read_deployment_by_name(daily.full_name)
+        assert deployment.parameters == daily.parameters
+    finally:
+        deploy_all(REPO)  # as the other tests expect it

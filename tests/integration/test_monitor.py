@@ -31,7 +31,7 @@ from cxr_triage.data.synth import generate_dataset
 from cxr_triage.inference.layout import REFERENCE_FILE
 from cxr_triage.inference.predictor import Predictor
 from cxr_triage.inference.predlog import PredictionLog
-from cxr_triage.monitoring.drift import current_from_images, load_reference, run_monitoring
+from cxr_triage.monitoring import CurrentData, check_drift, current_from_images, load_reference
 from cxr_triage.state import state_layout
 from pipeline_fixture import tiny_params_data
 
@@ -100,11 +100,14 @@ def test_monitor_same_site_batch_is_no_drift(monitor_env):
     )
     assert unreadable == [] and len(current) == 40
 
-    result = run_monitoring(
-        monitor_env.params, current=current, out_dir=monitor_env.root / "same_site_run"
+    result = check_drift(
+        monitor_env.params,
+        CurrentData(current),
+        package=monitor_env.package_dir,
+        out_dir=monitor_env.root / "same_site_run",
     )
 
-    s = result.summary
+    s = result.to_json()
     assert result.status == "no_drift" and result.drift is False, result.one_line()
     assert s["scope"] == "site hospital_a"  # compared with hospital_a's rows only
     assert s["n_reference"] >= 120 and s["n_current"] == 40
@@ -132,6 +135,8 @@ def test_monitor_cli_new_hospital_images_is_drift_with_evidence(monitor_env, tmp
             "new_hospital",
             "--params",
             str(monitor_env.params_file),
+            "--package",
+            str(monitor_env.package_dir),
             "--json",
         ],
     )
@@ -188,6 +193,7 @@ def test_monitor_cli_log_window_no_drift_then_insufficient_data(monitor_env, tmp
     predictions.append(rows)
     predictions.close()
     base = ["monitor", "--log", str(log_path), "--params", str(monitor_env.params_file)]
+    base += ["--package", str(monitor_env.package_dir)]
 
     result = runner.invoke(app, [*base, "--json", "--since", "2000-01-01"])
 
@@ -205,7 +211,7 @@ def test_monitor_cli_log_window_no_drift_then_insufficient_data(monitor_env, tmp
     result = runner.invoke(app, [*base, "--last", "5", "--json"])
     insufficient = json.loads(result.stdout)
     assert insufficient["status"] == "insufficient_data" and insufficient["drift"] is False
-    assert set(insufficient) - {"reason"} == set(summary)  # one schema for the flow to read
+    assert set(insufficient) == set(summary)  # one schema for the flow to read
 
 
 def _free_port() -> int:
@@ -219,38 +225,110 @@ def _get_json(url: str) -> object:
         return json.loads(response.read())
 
 
-@pytest.mark.slow
-def test_monitor_run_is_served_by_evidently_ui(monitor_env):
-    current, _ = current_from_images(monitor_env.package_dir, monitor_env.new_site)
-    result = run_monitoring(
-        monitor_env.params, current=current, out_dir=monitor_env.root / "ui_run"
-    )
-    reports = result.summary["reports"]
-    port = _free_port()
-    evidently = Path(sys.executable).with_name("evidently")
-    server = subprocess.Popen(
-        [str(evidently), "ui", "--workspace", reports["workspace"]]
-        + ["--host", "127.0.0.1", "--port", str(port)],
-        env={**os.environ, "DO_NOT_TRACK": "1"},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        base = f"http://127.0.0.1:{port}/api/projects"
+ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"  # git-ignored
+
+
+@pytest.fixture
+def evidently_ui():
+    """Start ``evidently ui`` on a workspace: a function giving its base URL (stopped after)."""
+    servers = []
+
+    def start(workspace: str) -> str:
+        port = _free_port()
+        evidently = Path(sys.executable).with_name("evidently")
+        servers.append(
+            subprocess.Popen(
+                [str(evidently), "ui", "--workspace", workspace]
+                + ["--host", "127.0.0.1", "--port", str(port)],
+                env={**os.environ, "DO_NOT_TRACK": "1"},
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        )
+        base = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 60
         while True:
             try:
-                projects = _get_json(base)
-                break
+                _get_json(f"{base}/api/projects")
+                return base
             except OSError:
                 assert time.monotonic() < deadline, "evidently ui did not start within 60 s"
                 time.sleep(0.5)
-        assert {"cxr-drift-all"} <= {p["name"] for p in projects}
-        project = reports["project_id"]
-        runs = _get_json(f"{base}/{project}/snapshots")
-        assert reports["run_id"] in {r["id"] for r in runs}
-        data = json.dumps(_get_json(f"{base}/{project}/{reports['run_id']}/data"))
-        assert "Drift in embeddings" in data and "embedding drift" in data
-    finally:
+
+    yield start
+    for server in servers:
         server.terminate()
         server.wait(timeout=30)
+
+
+@pytest.fixture
+def browser():
+    """Headless Chromium (Debian's chromium + chromedriver) driven by Selenium."""
+    webdriver = pytest.importorskip("selenium.webdriver", reason="pip install selenium")
+    from selenium.webdriver.chrome.service import Service
+
+    if not (shutil.which("chromium") and shutil.which("chromedriver")):
+        pytest.skip("apt-get install -y chromium chromium-driver")
+    options = webdriver.ChromeOptions()
+    options.binary_location = shutil.which("chromium")
+    for argument in ("--headless=new", "--no-sandbox", "--window-size=1600,1800"):
+        options.add_argument(argument)
+    driver = webdriver.Chrome(options=options, service=Service(shutil.which("chromedriver")))
+    yield driver
+    driver.quit()
+
+
+def _wait_for_text(driver, texts: list[str], timeout: float = 60) -> str:
+    deadline = time.monotonic() + timeout
+    while True:
+        page = driver.find_element("tag name", "body").text
+        if all(text in page for text in texts) or time.monotonic() > deadline:
+            return page
+        time.sleep(0.5)
+
+
+@pytest.mark.slow
+def test_evidently_ui_tells_the_story_of_three_checks(monitor_env, evidently_ui, browser):
+    """Issue 10: the project dashboard has panels over time; reports are tagged and named."""
+    from cxr_triage.monitoring import ImageFolder
+    from cxr_triage.monitoring.dashboard import panel_titles
+
+    out = monitor_env.root / "story"
+    second = _images(monitor_env.root, "batch_a2", 40, "hospital_a", 106)
+    batches = [monitor_env.same_site, second, monitor_env.new_site]  # the last: a new scanner
+    runs = [
+        check_drift(
+            monitor_env.params,
+            ImageFolder(folder),
+            package=monitor_env.package_dir,
+            site="hospital_a",
+            out_dir=out,
+        )
+        for folder in batches
+    ]
+    assert [r.status for r in runs] == ["no_drift", "no_drift", "drift"]
+    reports = runs[-1].reports
+    base = evidently_ui(reports.workspace)
+
+    snapshots = _get_json(f"{base}/api/projects/{reports.project_id}/snapshots")
+    assert len(snapshots) == 3
+    last = next(s for s in snapshots if s["id"] == reports.run_id)
+    assert {"site:hospital_a", "verdict:drift", f"model:{runs[-1].model_tag}"} <= set(last["tags"])
+    assert last["metadata"]["verdict"] == "drift" and "images in" in last["metadata"]["window"]
+    data = json.dumps(_get_json(f"{base}/api/projects/{reports.project_id}/{reports.run_id}/data"))
+    assert "Drift in embeddings" in data and "embedding drift" in data
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    browser.get(f"{base}/projects/{reports.project_id}")
+    titles = panel_titles("hospital_a", monitor_env.params.monitor)
+    page = _wait_for_text(browser, titles)
+    browser.save_screenshot(str(ARTIFACTS / "evidently-dashboard.png"))
+    assert all(title in page for title in titles), page
+    assert "This dashboard is currently empty" not in page
+
+    browser.get(f"{base}/projects/{reports.project_id}/reports/{reports.run_id}")
+    page = _wait_for_text(browser, ["Drifted columns", "Prediction (prob_abnormal) distribution"])
+    browser.save_screenshot(str(ARTIFACTS / "evidently-report.png"))
+    assert "Drifted columns" in page and "Count of Drifted Columns" not in page
+    drifted = runs[-1].verdict
+    assert f"{len(drifted.drifted_columns)} of {drifted.n_columns}" in page  # an integer count

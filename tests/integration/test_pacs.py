@@ -15,6 +15,7 @@ from pacs_helpers import store_files as store_over_dicom
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from cxr_triage.data.deid import Pseudonymiser
+from cxr_triage.inference.feedback import study_key
 from cxr_triage.inference.predictor import Predictor
 from cxr_triage.inference.predlog import PredictionLog
 from cxr_triage.pacs.outbox import Outbox
@@ -168,6 +169,7 @@ def test_worker_triages_a_study_and_supersedes_it(
     logged = log.read()
     assert sorted(logged["request_id"]) == sorted(f"dicom-{k}" for k in keys[:2])
     assert set(logged["site"]) == {SITE}
+    assert set(logged["study_key"]) == {study_key(study_uid, SALT)}  # reads by study find them
     row = predictor.predict([pa], {"site": SITE})[0].features
     assert set(row) <= set(logged.columns)  # the same columns as the HTTP service's rows
     assert spool.counts()["refused_by_reason"] == {"not_frontal": 1, "wrong_modality": 1}

@@ -7,7 +7,6 @@ import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
 from typer.testing import CliRunner
@@ -15,38 +14,19 @@ from typer.testing import CliRunner
 from cxr_triage.cli import app
 from cxr_triage.config import MonitorParams, Params, load_params, parse_section
 from cxr_triage.errors import ConfigError, DataError
-from cxr_triage.inference.features import monitoring_columns
-from cxr_triage.inference.layout import REFERENCE_FILE
 from cxr_triage.inference.predlog import PredictionLog
-from cxr_triage.monitoring.drift import (
+from cxr_triage.monitoring import (
+    CurrentData,
+    DriftSummary,
+    LogWindow,
+    check_drift,
     current_from_log,
     load_reference,
-    run_monitoring,
 )
-from pipeline_fixture import REPO, tiny_params_data
+from drift_inputs import feature_rows
+from pipeline_fixture import REPO, stub_package, tiny_params_data
 
 runner = CliRunner()
-
-
-def feature_rows(n: int, *, site: str = "hospital_a", k: int = 8, seed: int = 0) -> pd.DataFrame:
-    """Monitoring rows in the real column layout, with plausible values."""
-    rng = np.random.default_rng(seed)
-    columns = monitoring_columns(k)
-    frame = pd.DataFrame({c: rng.normal(0.5, 0.1, n) for c in columns})
-    categories = {
-        "site": site,
-        "manufacturer": "Northwind Medical Systems",
-        "view_position": "PA",
-        "sex": "F",
-        "age_band": "40-59",
-        "modality": "DX",
-        "photometric": "MONOCHROME2",
-    }
-    for column, value in categories.items():
-        frame[column] = value
-    frame["label"] = np.where(frame["prob_abnormal"] > 0.5, "abnormal", "normal")
-    frame[["orig_rows", "orig_cols", "bits_stored"]] = [512.0, 512.0, 12.0]
-    return frame
 
 
 @pytest.fixture
@@ -56,14 +36,18 @@ def params(tmp_path) -> Params:
 
 @pytest.fixture
 def package_dir(tmp_path) -> Path:
-    """A folder with just a monitoring reference: 80 hospital_a and 10 hospital_b rows."""
-    folder = tmp_path / "package"
-    folder.mkdir()
+    """A package with just a monitoring reference: 80 hospital_a and 10 hospital_b rows."""
     reference = pd.concat(
         [feature_rows(80), feature_rows(10, site="hospital_b", seed=1)], ignore_index=True
     )
-    reference.to_parquet(folder / REFERENCE_FILE, index=False)
-    return folder
+    return stub_package(tmp_path / "package", reference)
+
+
+def run_monitoring(
+    params: Params, *, current: pd.DataFrame, package_dir: Path, **options: object
+) -> DriftSummary:
+    """The drift check on rows in hand."""
+    return check_drift(params, CurrentData(current), package=package_dir, **options)
 
 
 def test_monitor_section_of_params_yaml_parses():
@@ -102,7 +86,7 @@ def test_run_monitoring_too_small_window_is_insufficient_data(params, package_di
     )
 
     assert result.status == "insufficient_data" and result.drift is False
-    s = result.summary
+    s = result.to_json()
     assert s["n_current"] == 5 and s["scope"] == "site hospital_a" and s["n_reference"] == 80
     assert "5 current rows < monitor.min_current_rows (30)" in s["reason"]
     assert s["failed_tests"] == [] and s["embedding_drift"]["score"] is None  # same keys
@@ -119,8 +103,8 @@ def test_run_monitoring_empty_window_is_insufficient_data(params, package_dir, t
         params, current=pd.DataFrame(), package_dir=package_dir, out_dir=tmp_path / "m"
     )
 
-    assert result.status == "insufficient_data" and result.summary["n_current"] == 0
-    assert result.summary["site"] is None and result.summary["scope"] == "all"
+    assert result.status == "insufficient_data" and result.to_json()["n_current"] == 0
+    assert result.to_json()["site"] is None and result.to_json()["scope"] == "all"
 
 
 def test_run_monitoring_small_site_reference_falls_back_to_whole_reference(
@@ -133,7 +117,7 @@ def test_run_monitoring_small_site_reference_falls_back_to_whole_reference(
         out_dir=tmp_path / "m",
     )
 
-    s = result.summary
+    s = result.to_json()
     assert s["site"] == "hospital_b" and s["scope"] == "all" and s["n_reference"] == 90
     assert "only 10 reference rows < monitor.min_reference_rows (50)" in s["scope_reason"]
 
@@ -145,7 +129,8 @@ def test_run_monitoring_site_keeps_only_its_rows(params, package_dir, tmp_path):
         params, current=current, package_dir=package_dir, site="hospital_b", out_dir=tmp_path
     )
 
-    assert result.summary["n_current"] == 6 and result.summary["n_current_other_sites"] == 4
+    s = result.to_json()
+    assert s["n_current"] == 6 and s["n_current_other_sites"] == 4
 
 
 def test_run_monitoring_refuses_a_site_the_current_data_lacks(params, package_dir, tmp_path):
@@ -189,10 +174,14 @@ def test_current_from_log_reads_a_window(tmp_path):
     assert len(current_from_log(path, since=hour_ago)) == 3  # a flow passes datetimes
 
 
-def test_current_from_log_errors_say_what_to_do(tmp_path):
-    with pytest.raises(DataError, match="does not exist.*--images FOLDER"):
-        current_from_log(tmp_path / "missing.sqlite")
+def test_current_from_log_of_a_missing_log_is_empty_and_creates_nothing(tmp_path):
+    assert current_from_log(tmp_path / "missing.sqlite").empty  # the first day: no log yet
     assert not (tmp_path / "missing.sqlite").exists()  # reading never creates a log
+    with pytest.raises(ConfigError, match="ISO 8601"):  # the same refusals as with a log
+        current_from_log(tmp_path / "missing.sqlite", since="yesterday")
+
+
+def test_current_from_log_errors_say_what_to_do(tmp_path):
     PredictionLog(tmp_path / "log.sqlite").close()
     with pytest.raises(ConfigError, match="--last must be >= 1"):
         current_from_log(tmp_path / "log.sqlite", last=0)
@@ -220,24 +209,36 @@ def test_cli_monitor_refuses_images_with_a_log_window(tmp_path):
         ],
     )
     assert result.exit_code == 1
-    assert "give --images or --log/--since/--until/--last, not both" in result.stderr
+    assert "give --images or --log/--since/--until/--last/--hours, not both" in result.stderr
 
 
-def test_cli_monitor_missing_log_exits_1_with_the_fix(tmp_path):
-    result = runner.invoke(
-        app,
-        [
-            "monitor",
-            "--log",
-            str(tmp_path / "none.sqlite"),
-            "--package",
-            str(tmp_path),
-            "--params",
-            str(REPO / "params.yaml"),
-        ],
-    )
-    assert result.exit_code == 1
-    assert "does not exist" in result.stderr and "Traceback" not in result.output
+def test_cli_monitor_missing_log_is_insufficient_data_and_says_why(package_dir, tmp_path):
+    missing = tmp_path / "none.sqlite"
+    base = ["monitor", "--log", str(missing), "--package", str(package_dir)]
+    base += ["--params", str(REPO / "params.yaml"), "--out", str(tmp_path / "monitor")]
+
+    result = runner.invoke(app, base)
+
+    assert result.exit_code == 0, result.output  # no prediction yet: not an error
+    assert result.stdout.startswith(f"INSUFFICIENT DATA: no prediction log at {missing} yet")
+    summary = json.loads(runner.invoke(app, [*base, "--json"]).stdout)
+    assert summary["status"] == "insufficient_data" and summary["n_current"] == 0
+    assert summary["source"]["log_exists"] is False and "treated as empty" in summary["reason"]
+    assert not missing.exists()
+
+
+def test_log_window_options_are_the_clis(tmp_path):
+    now = datetime(2026, 11, 23, 12, tzinfo=UTC)
+
+    window = LogWindow.from_options(hours=6, last=100, now=now)
+
+    assert window.since == now - timedelta(hours=6) and window.last == 100
+    described = window.describe()
+    assert described["since"] == "2026-11-23T06:00:00+00:00" and described["kind"] == "log"
+    with pytest.raises(ConfigError, match="--hours or --since, not both"):
+        LogWindow.from_options(hours=6, since="2026-11-22")
+    with pytest.raises(ConfigError, match="positive number of hours"):
+        LogWindow.from_options(hours=0)
 
 
 def test_run_monitoring_unknown_stat_test_is_a_config_error_and_leaves_nothing(

@@ -13,7 +13,7 @@ import yaml
 
 from cxr_triage.config import Params, PromoteParams, ScheduleParams, parse_section
 from cxr_triage.errors import ConfigError, DataError
-from cxr_triage.orchestration.events import ALERTS, DRIFT_EVENT, drift_event, retraining_event
+from cxr_triage.orchestration.events import ALERTS, DRIFT_EVENT, retraining_event
 from cxr_triage.orchestration.gate import decide_on_scores
 from cxr_triage.orchestration.pipeline import (
     StageFailedError,
@@ -191,15 +191,6 @@ def test_params_yaml_has_promote_and_schedule_sections():
 def test_schedule_and_promote_params_are_validated(section, values, match):
     with pytest.raises(ConfigError, match=match):
         parse_section(section, values, "x")
-
-
-def test_drift_event_names_the_site_and_carries_the_report():
-    summary = {"drift_share": 0.4, "n_current": 50, "html_path": "reports/monitor/x.html"}
-    event = drift_event(summary, "DRIFT hospital_x: 40% of columns", "hospital_x")
-    assert event["event"] == DRIFT_EVENT
-    assert event["resource"]["prefect.resource.id"] == "cxr.monitor.hospital_x"
-    assert event["payload"]["report_html"] == "reports/monitor/x.html"
-    assert event["payload"]["drift_share"] == 0.4
 
 
 def test_retraining_event_and_alerts_cover_every_result():

@@ -44,6 +44,15 @@ class MonitorParams:
         calibration_margin: ... times this margin (above the method's no-drift baseline) is the
             embedding threshold.
         retrain_on_drift: the monitoring flow starts retraining when drift is detected.
+        feedback_min_reads: realised sensitivity and specificity are graded (and may alert)
+            only with at least this many fed-back abnormal reads and as many normal ones in
+            the window; fewer: "insufficient feedback".
+        feedback_n_boot: bootstrap resamples of their 95% CIs.
+        report_retention_days: each drift check deletes run folders (and their workspace runs)
+            older than this; null keeps them all.
+        log_retention_days: each drift check of the prediction log deletes its predictions
+            (and reads received) older than this; null keeps them all (an audit log: back it
+            up first, ``cxr-triage backup``).
     """
 
     min_current_rows: int = 30
@@ -61,8 +70,21 @@ class MonitorParams:
     calibration_quantile: float = 0.95
     calibration_margin: float = 1.5
     retrain_on_drift: bool = False
+    feedback_min_reads: int = 20
+    feedback_n_boot: int = 1000
+    report_retention_days: float | None = None
+    log_retention_days: float | None = None
 
     def __post_init__(self) -> None:
+        for key in ("report_retention_days", "log_retention_days"):
+            days = getattr(self, key)
+            if days is not None and not days >= 1:
+                raise ConfigError(f"monitor.{key} must be >= 1 day or null (keep), got {days}")
+        if self.feedback_min_reads < 1 or self.feedback_n_boot < 100:
+            raise ConfigError(
+                "monitor.feedback_min_reads must be >= 1 and monitor.feedback_n_boot >= 100 "
+                "(a 95% CI needs a few hundred resamples)"
+            )
         if self.min_current_rows < 2 or self.min_reference_rows < 4:
             raise ConfigError(
                 "monitor.min_current_rows must be >= 2 and monitor.min_reference_rows >= 4 "

@@ -8,6 +8,11 @@ acknowledged prediction is on disk even if the machine loses power right after.
 Rows are stored as their monitoring columns (see :mod:`cxr_triage.inference.features`) plus
 ``request_id``, ``ts`` (UTC, ISO 8601), ``model_tag`` and ``threshold``. Columns are added when
 a row brings a new one (a package with more summary components), never removed.
+
+The same file holds the radiologists' fed-back reads in their own table ``feedback`` (one per
+prediction key: ``request_id``, or ``study_key`` for a logged study digest; a later read
+replaces an earlier one), see :mod:`cxr_triage.inference.feedback`. :meth:`PredictionLog.read`
+joins them to a window on request (``true_label``, ``true_findings``).
 """
 
 from __future__ import annotations
@@ -23,10 +28,18 @@ from typing import Any
 
 import pandas as pd
 
+from cxr_triage.atomic import atomic_path
 from cxr_triage.errors import ConfigError, DataError
 from cxr_triage.state import PREDICTION_LOG_ENV, state_layout
 
-__all__ = ["LOG_PATH_ENV", "PredictionLog", "utc_now"]
+__all__ = [
+    "KEY_KINDS",
+    "LOG_PATH_ENV",
+    "PredictionLog",
+    "backup_log",
+    "normalise_time",
+    "utc_now",
+]
 
 LOG_PATH_ENV = PREDICTION_LOG_ENV
 _TABLE = "predictions"
@@ -37,7 +50,15 @@ _FIXED = {
     "model_tag": "TEXT NOT NULL",
     "threshold": "REAL NOT NULL",
 }
+_FEEDBACK = "feedback"
+_FEEDBACK_COLUMNS = (
+    "id INTEGER PRIMARY KEY AUTOINCREMENT, key_kind TEXT NOT NULL, key TEXT NOT NULL, "
+    "label TEXT NOT NULL, findings TEXT NOT NULL DEFAULT '', read_at TEXT, "
+    "received_at TEXT NOT NULL, UNIQUE (key_kind, key)"
+)
+KEY_KINDS = ("request_id", "study_key")  # what a read is matched by (a column of the log)
 _BUSY_TIMEOUT_MS = 30_000
+_CHUNK = 500  # keys per query (SQLite limits the number of parameters)
 
 
 def utc_now() -> str:
@@ -82,6 +103,7 @@ class PredictionLog:
             db.execute(f"CREATE TABLE IF NOT EXISTS {_TABLE} ({columns})")
             db.execute(f"CREATE INDEX IF NOT EXISTS {_TABLE}_ts ON {_TABLE} (ts)")
             db.execute(f"CREATE INDEX IF NOT EXISTS {_TABLE}_request ON {_TABLE} (request_id)")
+            db.execute(f"CREATE TABLE IF NOT EXISTS {_FEEDBACK} ({_FEEDBACK_COLUMNS})")
 
     def _connection(self) -> sqlite3.Connection:
         db = getattr(self._local, "db", None)
@@ -151,6 +173,7 @@ class PredictionLog:
         until: str | None = None,
         last: int | None = None,
         model_tag: str | None = None,
+        with_feedback: bool = False,
     ) -> pd.DataFrame:
         """Rows in time order: those with ``since <= ts < until``, or the ``last`` N of them.
 
@@ -158,40 +181,129 @@ class PredictionLog:
             since, until: ISO 8601 times (UTC; a date alone means its midnight).
             last: keep only the most recent N rows of the window.
             model_tag: only predictions of this model.
+            with_feedback: add each row's fed-back read, ``true_label`` and ``true_findings``
+                (None where none came back; a read by request id wins over one by study).
         """
         where, args = [], []
         for op, value in ((">=", since), ("<", until)):
             if value is not None:
                 where.append(f"ts {op} ?")
-                args.append(_normalise_time(value))
+                args.append(normalise_time(value))
         if model_tag is not None:
             where.append("model_tag = ?")
             args.append(model_tag)
         clause = f" WHERE {' AND '.join(where)}" if where else ""
         if last is None:
-            query = f"SELECT * FROM {_TABLE}{clause} ORDER BY id"
+            query = f"SELECT * FROM {_TABLE}{clause}"
         else:
-            query = (
-                f"SELECT * FROM (SELECT * FROM {_TABLE}{clause} ORDER BY id DESC LIMIT ?) "
-                "ORDER BY id"
-            )
+            query = f"SELECT * FROM {_TABLE}{clause} ORDER BY id DESC LIMIT ?"
             args.append(int(last))
-        return pd.read_sql_query(query, self._connection(), params=args)
+        if with_feedback:
+            query = self._with_feedback(query)
+        ordered = f"SELECT * FROM ({query}) ORDER BY id"
+        return pd.read_sql_query(ordered, self._connection(), params=args)
 
-    def existing_request_ids(self, request_ids: Sequence[str]) -> set[str]:
-        """Which of ``request_ids`` are already logged (a consumer that may retry after a
-        crash, like the DICOM listener's worker, appends each prediction once)."""
-        found: set[str] = set()
-        ids = list(dict.fromkeys(request_ids))
-        for start in range(0, len(ids), 500):  # SQLite's default limit on bound parameters
-            chunk = ids[start : start + 500]
-            rows = self._connection().execute(
-                f"SELECT request_id FROM {_TABLE} WHERE request_id IN "
-                f"({', '.join('?' for _ in chunk)})",
-                chunk,
-            )
-            found.update(row[0] for row in rows)
+    def _with_feedback(self, window: str) -> str:
+        """The window's query with each row's read joined (by request id, else by study)."""
+        db = self._connection()
+        joins = [("request_id", "r")]
+        if "study_key" in self._existing_columns(db):
+            joins.append(("study_key", "s"))
+        on = " ".join(
+            f"LEFT JOIN {_FEEDBACK} {a} ON {a}.key_kind = '{kind}' AND {a}.key = p.{kind}"
+            for kind, a in joins
+        )
+        label = ", ".join(f"{a}.label" for _, a in joins)
+        findings = ", ".join(f"{a}.findings" for _, a in joins)
+        return (
+            f"SELECT p.*, COALESCE({label}, NULL) AS true_label, "
+            f"COALESCE({findings}, NULL) AS true_findings FROM ({window}) p {on}"
+        )
+
+    def record_feedback(self, reads: Sequence[Mapping[str, Any]]) -> int:
+        """Store reads (``key_kind``, ``key``, ``label``, ``findings``, ``read_at``), all or none.
+
+        A read of a key already read replaces it. Returns the number of reads written.
+
+        Raises:
+            DataError: a ``key_kind`` that is not one of :data:`KEY_KINDS`.
+        """
+        bad = {r["key_kind"] for r in reads} - set(KEY_KINDS)
+        if bad:
+            raise DataError(f"feedback keys must be one of {KEY_KINDS}, got {sorted(bad)}")
+        received = utc_now()
+        with self._transaction() as db:
+            db.executemany(
+                f"INSERT INTO {_FEEDBACK} (key_kind, key, label, findings, read_at, received_at) "
+                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (key_kind, key) DO UPDATE SET "
+                "label = excluded.label, findings = excluded.findings, "
+                "read_at = excluded.read_at, received_at = excluded.received_at",
+                [
+                    (r["key_kind"], r["key"], r["label"], r.get("findings") or "",
+                     r.get("read_at"), received)
+                    for r in reads
+                ],
+            )  # fmt: skip
+        return len(reads)
+
+    def matched_keys(self, keys: Sequence[tuple[str, str]]) -> set[tuple[str, str]]:
+        """The ``(key_kind, key)`` pairs that name a logged prediction."""
+        db = self._connection()
+        columns = self._existing_columns(db)
+        found: set[tuple[str, str]] = set()
+        for kind in KEY_KINDS:
+            wanted = sorted({key for k, key in keys if k == kind})
+            if kind not in columns:
+                continue
+            for start in range(0, len(wanted), _CHUNK):
+                chunk = wanted[start : start + _CHUNK]
+                marks = ", ".join("?" for _ in chunk)
+                rows = db.execute(
+                    f"SELECT DISTINCT {kind} FROM {_TABLE} WHERE {kind} IN ({marks})", chunk
+                )
+                found.update((kind, row[0]) for row in rows)
         return found
+
+    def delete_before(self, cutoff: str) -> tuple[int, int]:
+        """Delete predictions logged, and reads received, before ``cutoff`` (retention).
+
+        Args:
+            cutoff: an ISO 8601 time (UTC when no offset).
+
+        Returns:
+            The numbers of predictions and of reads deleted (in one transaction).
+        """
+        moment = normalise_time(cutoff)
+        with self._transaction() as db:
+            predictions = db.execute(f"DELETE FROM {_TABLE} WHERE ts < ?", (moment,)).rowcount
+            reads = db.execute(
+                f"DELETE FROM {_FEEDBACK} WHERE received_at < ?", (moment,)
+            ).rowcount
+        return predictions, reads
+
+    def backup(self, dest: str | os.PathLike[str]) -> Path:
+        """Copy the log (predictions and reads) to ``dest`` with SQLite's online backup API.
+
+        Consistent while the service keeps writing (pages changed during the copy are copied
+        again); ``dest`` appears whole or not at all.
+
+        Raises:
+            ConfigError: ``dest`` cannot be written.
+        """
+        dest = Path(dest)
+        try:
+            with atomic_path(dest, fsync=True) as tmp:
+                target = sqlite3.connect(tmp)
+                try:
+                    self._connection().backup(target)
+                finally:
+                    target.close()
+        except (OSError, sqlite3.Error) as exc:
+            raise ConfigError(f"cannot write the backup {dest}: {exc}") from exc
+        return dest
+
+    def feedback_count(self) -> int:
+        return int(self._connection().execute(f"SELECT COUNT(*) FROM {_FEEDBACK}").fetchone()[0])
 
     def count(self) -> int:
         return int(self._connection().execute(f"SELECT COUNT(*) FROM {_TABLE}").fetchone()[0])
@@ -203,12 +315,57 @@ class PredictionLog:
             self._local.db = None
 
 
+def backup_log(
+    log_path: str | os.PathLike[str] | None = None,
+    dest: str | os.PathLike[str] | None = None,
+) -> tuple[Path, int, int]:
+    """Back up the prediction log (with its fed-back reads) while the service may be writing.
+
+    Args:
+        log_path: the log (default: the state folder's).
+        dest: a file (a name with a suffix, e.g. ``.sqlite``), or a folder to put
+            ``predictions-<UTC time>.sqlite`` in (default: the state folder's ``backups/``).
+
+    Returns:
+        The backup file, and the predictions and reads it holds.
+
+    Raises:
+        DataError: there is no log to back up.
+        ConfigError: the backup cannot be written.
+    """
+    source = Path(log_path) if log_path else state_layout().prediction_log
+    if not source.is_file():
+        raise DataError(f"no prediction log at {source}: nothing to back up (pass --log PATH)")
+    target = Path(dest) if dest else state_layout().backup_dir
+    if target.is_dir() or not target.suffix:  # a folder (created if need be)
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+        target = target / f"predictions-{stamp}.sqlite"
+    log = PredictionLog(source)
+    try:
+        log.backup(target)
+    finally:
+        log.close()
+    copy = sqlite3.connect(f"{target.resolve().as_uri()}?mode=ro", uri=True)
+    try:  # what the copy holds, read back from it
+        counts = [
+            copy.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0] for t in (_TABLE, _FEEDBACK)
+        ]
+    finally:
+        copy.close()
+    return target, int(counts[0]), int(counts[1])
+
+
 def _plain(value: Any) -> Any:
     """numpy scalars to Python (sqlite3 stores only builtins)."""
     return value.item() if hasattr(value, "item") else value
 
 
-def _normalise_time(value: str) -> str:
+def normalise_time(value: str) -> str:
+    """An ISO 8601 time as the log stores it (UTC, microseconds); no offset means UTC.
+
+    Raises:
+        ConfigError: not ISO 8601.
+    """
     try:
         moment = datetime.fromisoformat(value)
     except ValueError as exc:

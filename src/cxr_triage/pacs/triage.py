@@ -13,7 +13,9 @@ Per instance (in batches, oldest first):
    ``unsupported_image_type``...).
 3. Each prediction is appended to the prediction log with the same row the HTTP service
    writes (the PHI-free monitoring features, ``request_id`` = ``<source>-<instance key>``,
-   ``model_tag``, ``threshold``), once: a retry after a crash skips ids already logged. The
+   ``model_tag``, ``threshold``) plus ``study_key`` (the keyed digest of the Study Instance
+   UID, :func:`cxr_triage.inference.feedback.study_key`, so radiologists' reads fed back by
+   study find their predictions), once: a retry after a crash skips ids already logged. The
    header (no pixels) is kept in the spool for the study's SR.
 4. Every refusal is recorded with its reason in the spool (counted by
    :meth:`Spool.counts`) and logged with the instance's pseudonym.
@@ -181,13 +183,18 @@ class TriageWorker:
                     {
                         **outcome.features,
                         "request_id": request_id,
+                        "study_key": row.study,
                         "model_tag": outcome.model_tag,
                         "threshold": outcome.threshold,
                     }
                 )
         if log_rows:
-            logged = self.prediction_log.existing_request_ids([r["request_id"] for r in log_rows])
-            self.prediction_log.append([r for r in log_rows if r["request_id"] not in logged])
+            logged = self.prediction_log.matched_keys(
+                [("request_id", r["request_id"]) for r in log_rows]
+            )
+            self.prediction_log.append(
+                [r for r in log_rows if ("request_id", r["request_id"]) not in logged]
+            )
         self.spool.mark_outcomes(triaged, refused)
         by_key = {row.key: row for row in rows}
         for key, prob, _ in triaged:
