@@ -490,3 +490,38 @@ def test_pull_a_study_over_dicomweb_and_stow_the_result(ns, orthanc, shared_data
 
     batch = add_batch_to_raw(tmp_path / "incoming", tmp_path / "raw", salt=SALT)
     assert len(batch.accepted) == 1 and batch.rejected == []
+
+
+def test_a_full_disk_answers_out_of_resources_never_success(ns, tiny_pipeline, tmp_path) -> None:
+    """The spool on a 20 MiB tmpfs (a mount namespace of the listener's own): once full, the
+    listener refuses with 0xA700, keeps running, and takes what fits again."""
+    spool = tmp_path / "state" / "spool"
+    spool.mkdir(parents=True)
+    listener = Listener(ns, tmp_path, tiny_pipeline.package_dir, 11115)
+    python = f"{sys.executable} -m cxr_triage.cli listen --receive-only"
+    mount = f"mount -t tmpfs -o size=20m tmpfs {spool} && exec {python}"
+    listener.process = ns.popen(["unshare", "-m", "sh", "-c", mount],
+                                log=open(listener.log, "a"), env=listener.env)  # fmt: skip
+    echo = [ECHOSCU, "-aet", CALLING_AE, "-aec", "CXRTRIAGE", "127.0.0.1", str(listener.port)]
+    ns.wait_for(echo, what="listener on a tmpfs spool")
+    big = []
+    for n in range(3):  # 8 MB each: two fit, the third does not
+        ds = pydicom.dcmread(
+            synthetic_study(tiny_pipeline, tmp_path / "in", ["PA"], seed=10 + n)[0]
+        )
+        ds.Rows = ds.Columns = 2000
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 12, 11
+        ds.PixelData = np.full((2000, 2000), 1000, np.uint16).tobytes()
+        big.append(tmp_path / f"big{n}.dcm")
+        ds.save_as(big[-1], enforce_file_format=True)
+    answers = [storescu(ns, [path], listener.port) for path in big]
+    small = synthetic_study(tiny_pipeline, tmp_path / "in", ["PA"], seed=20)
+    answers.append(storescu(ns, small, listener.port))
+    try:
+        assert [outcome_of(a) for a in answers[:2]] == ["acknowledged"] * 2, answers
+        assert "Success" not in answers[2] and "OutOfResources" in answers[2], answers[2]
+        assert outcome_of(answers[3]) == "acknowledged", answers[3]  # what fits is taken again
+        assert ns.run(echo).returncode == 0
+    finally:
+        assert listener.stop() == 0, listener.log.read_text()
+    assert "out of resources (0xA700)" in listener.log.read_text()
