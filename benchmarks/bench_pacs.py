@@ -48,35 +48,28 @@ def free_port() -> int:
 
 
 def make_batch(out: Path) -> list[list[Path]]:
-    """20 studies of 2 DX images (PA, AP), 2048x2048, 16 bits stored; files per study."""
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+    """20 studies of 2 DX images (PA, AP), 2048x2048, 16 bits stored; files per study.
+
+    Each image is ``bench_serve``'s synthetic DX (12 bits stored) brought to 16 bits and put in
+    its study.
+    """
+    import pydicom
+    from pydicom.uid import generate_uid
+
+    from bench_serve import make_dicom
 
     out.mkdir(parents=True, exist_ok=True)
-    yy, xx = np.mgrid[0:SIZE, 0:SIZE] / SIZE
-    body = np.exp(-(((xx - 0.5) / 0.35) ** 2 + ((yy - 0.5) / 0.45) ** 2))
-    rng = np.random.default_rng(0)
     studies = []
     for s in range(STUDIES):
         study, files = generate_uid(), []
         for n, view in enumerate(("PA", "AP")[:IMAGES_PER_STUDY]):
-            pixels = body * rng.uniform(30000, 60000) + rng.normal(0, 800, (SIZE, SIZE))
-            meta = FileMetaDataset()
-            meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"
-            meta.MediaStorageSOPInstanceUID = generate_uid()
-            meta.TransferSyntaxUID = ExplicitVRLittleEndian
-            ds = Dataset()
-            ds.file_meta = meta
-            ds.SOPClassUID = meta.MediaStorageSOPClassUID
-            ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+            path = make_dicom(out / f"s{s:02d}_{n}.dcm", size=SIZE, seed=s * IMAGES_PER_STUDY + n)
+            ds = pydicom.dcmread(path)
             ds.StudyInstanceUID, ds.SeriesInstanceUID = study, generate_uid()
             ds.PatientID, ds.PatientName = f"BENCH{s:03d}", f"Bench^Patient{s}"
-            ds.Modality, ds.BodyPartExamined, ds.ViewPosition = "DX", "CHEST", view
-            ds.PhotometricInterpretation, ds.SamplesPerPixel = "MONOCHROME2", 1
-            ds.Rows = ds.Columns = SIZE
-            ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
-            ds.PixelData = np.clip(pixels, 0, 65535).astype(np.uint16).tobytes()
-            path = out / f"s{s:02d}_{n}.dcm"
+            ds.ViewPosition = view
+            ds.BitsStored, ds.HighBit = 16, 15
+            ds.PixelData = (ds.pixel_array.astype(np.uint16) << 4).tobytes()
             ds.save_as(path, enforce_file_format=True)
             files.append(path)
         studies.append(files)

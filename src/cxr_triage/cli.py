@@ -462,18 +462,18 @@ SettingsOption = Annotated[
         "CXR_TRIAGE_PACS_* variables override it.",
     ),
 ]
+PackageOption = Annotated[
+    Path | None, typer.Option(help="A model package folder. Default: the serving model.")
+]
+ModelTagOption = Annotated[str | None, typer.Option(help="A model tag in the BentoML store.")]
 
 
 @app.command()
 @_user_errors
 def listen(
     settings_file: SettingsOption = None,
-    package: Annotated[
-        Path | None, typer.Option(help="A model package folder. Default: the serving model.")
-    ] = None,
-    model_tag: Annotated[
-        str | None, typer.Option(help="A model tag in the BentoML store.")
-    ] = None,
+    package: PackageOption = None,
+    model_tag: ModelTagOption = None,
     receive_only: Annotated[
         bool, typer.Option("--receive-only", help="Only receive into the spool (no triage).")
     ] = False,
@@ -537,12 +537,8 @@ def pull(
     ],
     site: Annotated[str | None, typer.Option(help="Site the study comes from.")] = None,
     settings_file: SettingsOption = None,
-    package: Annotated[
-        Path | None, typer.Option(help="A model package folder. Default: the serving model.")
-    ] = None,
-    model_tag: Annotated[
-        str | None, typer.Option(help="A model tag in the BentoML store.")
-    ] = None,
+    package: PackageOption = None,
+    model_tag: ModelTagOption = None,
 ) -> None:
     """Fetch a study over DICOMweb (QIDO-RS, WADO-RS), triage it, send its SR like `listen`.
 

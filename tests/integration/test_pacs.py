@@ -10,8 +10,6 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-from pacs_helpers import CALLING_AE, SALT, SITE, StorageDestination, association, free_port
-from pacs_helpers import store_files as store_over_dicom
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from cxr_triage.data.deid import Pseudonymiser
@@ -29,6 +27,16 @@ from cxr_triage.pacs.scp import (
 from cxr_triage.pacs.settings import Destination, PacsSettings
 from cxr_triage.pacs.spool import Spool
 from cxr_triage.pacs.triage import TriageWorker
+from pacs_helpers import (
+    CALLING_AE,
+    SALT,
+    SITE,
+    StorageDestination,
+    association,
+    free_port,
+    store_file,
+)
+from pacs_helpers import store_files as store_over_dicom
 
 pytestmark = pytest.mark.integration
 
@@ -114,17 +122,7 @@ def predictor(tiny_pipeline) -> Predictor:
 
 
 def _store_locally(spool: Spool, path: Path) -> str:
-    ds = pydicom.dcmread(path, stop_before_pixels=True)
-    return spool.store(
-        path.read_bytes(),
-        sop_instance_uid=ds.SOPInstanceUID,
-        sop_class_uid=ds.SOPClassUID,
-        study_instance_uid=ds.StudyInstanceUID,
-        transfer_syntax=str(ds.file_meta.TransferSyntaxUID),
-        source="dicom",
-        calling_ae=CALLING_AE,
-        site=SITE,
-    ).key
+    return store_file(spool, path).key
 
 
 def _study(

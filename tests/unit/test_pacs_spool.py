@@ -14,6 +14,7 @@ from cxr_triage.data.deid import Pseudonymiser
 from cxr_triage.pacs.outbox import backoff_seconds, worklist_entry
 from cxr_triage.pacs.settings import PacsSettings
 from cxr_triage.pacs.spool import Spool, SpoolBusyError, SpoolUnavailableError
+from pacs_helpers import CALLING_AE, store_file
 
 SALT = "unit-test-salt-0123456789"
 
@@ -25,19 +26,8 @@ def spool(tmp_path: Path) -> Spool:
     spool.close()
 
 
-def _store(spool: Spool, path: Path, **kwargs):
-    ds = pydicom.dcmread(path, stop_before_pixels=True)
-    return spool.store(
-        path.read_bytes(),
-        sop_instance_uid=ds.SOPInstanceUID,
-        sop_class_uid=ds.SOPClassUID,
-        study_instance_uid=ds.StudyInstanceUID,
-        transfer_syntax=str(ds.file_meta.TransferSyntaxUID),
-        source="dicom",
-        calling_ae="MOD1",
-        site="hospital_a",
-        **kwargs,
-    )
+def _store(spool: Spool, path: Path):
+    return store_file(spool, path, site="hospital_a")
 
 
 def test_store_writes_the_file_under_a_pseudonym_and_records_it(spool, make_dicom) -> None:
@@ -53,7 +43,7 @@ def test_store_writes_the_file_under_a_pseudonym_and_records_it(spool, make_dico
         outcome.key,
         "received",
         "hospital_a",
-        "MOD1",
+        CALLING_AE,
     )
     assert not list(spool.incoming.glob(".*"))  # no temporary file left
 

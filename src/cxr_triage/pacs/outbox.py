@@ -154,16 +154,24 @@ class CStoreSender:
         return f"C-STORE {', '.join(statuses)}"
 
 
-class StowSender:
-    """STOW-RS (dicomweb-client) to a DICOMweb server's ``/studies``."""
+class _UrlSender:
+    """A destination named ``<kind>:<url>``; nothing shared between its deliveries."""
+
+    kind = ""
 
     def __init__(self, url: str, settings: PacsSettings) -> None:
         self.url = url
         self.settings = settings
-        self.name = f"stow:{url}"
+        self.name = f"{self.kind}:{url}"
 
     def batch(self) -> contextlib.AbstractContextManager[None]:
         return contextlib.nullcontext()
+
+
+class StowSender(_UrlSender):
+    """STOW-RS (dicomweb-client) to a DICOMweb server's ``/studies``."""
+
+    kind = "stow"
 
     def send(self, files: Sequence[Path], result: ResultRow) -> str:
         import requests
@@ -205,16 +213,10 @@ def worklist_entry(result: ResultRow, study_instance_uid: str, threshold: float)
     }
 
 
-class WebhookSender:
+class WebhookSender(_UrlSender):
     """The worklist feed: POST the result's JSON to a URL (2xx = delivered)."""
 
-    def __init__(self, url: str, settings: PacsSettings) -> None:
-        self.url = url
-        self.settings = settings
-        self.name = f"webhook:{url}"
-
-    def batch(self) -> contextlib.AbstractContextManager[None]:
-        return contextlib.nullcontext()
+    kind = "webhook"
 
     def send(self, files: Sequence[Path], result: ResultRow) -> str:
         import requests

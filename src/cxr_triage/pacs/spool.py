@@ -33,14 +33,14 @@ import logging
 import os
 import sqlite3
 import tempfile
-import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from cxr_triage.data.deid import Pseudonymiser
+from cxr_triage.database import Database
 from cxr_triage.errors import ConfigError, CxrError
 
 __all__ = [
@@ -56,8 +56,8 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
-_BUSY_TIMEOUT_MS = 30_000
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS instances (
     key TEXT PRIMARY KEY,           -- digest of the SOP Instance UID
@@ -236,6 +236,11 @@ def write_durably(path: Path, data: bytes) -> None:
     _fsync_dir(path.parent)
 
 
+def _from_row(cls: type[T], row: sqlite3.Row) -> T:
+    """A row as the dataclass whose fields name its columns."""
+    return cls(**{f.name: row[f.name] for f in fields(cls)})
+
+
 def part10_bytes(ds: Any) -> bytes:
     """A pydicom data set as the bytes of a DICOM Part 10 file."""
     buffer = io.BytesIO()
@@ -275,7 +280,11 @@ class Spool:
                 f"cannot create the spool {self.root}: {exc}; set CXR_TRIAGE_PACS_SPOOL_DIR "
                 "(or CXR_TRIAGE_STATE_DIR) to a writable folder"
             ) from exc
-        self._local = threading.local()
+        self._db = Database(
+            self.db_path,
+            lambda exc: ConfigError(f"cannot open the spool database {self.db_path}: {exc}"),
+            row_factory=sqlite3.Row,
+        )
         self._lock_fd: int | None = None
         try:
             self._connection().executescript(_SCHEMA)
@@ -285,41 +294,17 @@ class Spool:
     # -- database --------------------------------------------------------------------------
 
     def _connection(self) -> sqlite3.Connection:
-        db = getattr(self._local, "db", None)
-        if db is None:
-            try:
-                db = sqlite3.connect(
-                    self.db_path, timeout=_BUSY_TIMEOUT_MS / 1000, isolation_level=None
-                )
-                db.row_factory = sqlite3.Row
-                db.execute("PRAGMA journal_mode=WAL")
-                db.execute("PRAGMA synchronous=FULL")
-                db.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}")
-            except sqlite3.Error as exc:
-                raise ConfigError(f"cannot open the spool database {self.db_path}: {exc}") from exc
-            self._local.db = db
-        return db
+        return self._db.connection()
 
-    @contextlib.contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        db = self._connection()
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            yield db
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
+    def _transaction(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
+        return self._db.transaction()
 
     def _query(self, sql: str, args: Sequence[Any] = ()) -> list[sqlite3.Row]:
         return list(self._connection().execute(sql, args))
 
     def close(self) -> None:
         """Close this thread's connection and release the worker lock if held."""
-        db = getattr(self._local, "db", None)
-        if db is not None:
-            db.close()
-            self._local.db = None
+        self._db.close()
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
@@ -500,34 +485,19 @@ class Spool:
 
     # -- triage ----------------------------------------------------------------------------
 
-    def _instance(self, row: sqlite3.Row) -> InstanceRow:
-        return InstanceRow(
-            key=row["key"],
-            study=row["study"],
-            sop_class=row["sop_class"],
-            source=row["source"],
-            calling_ae=row["calling_ae"],
-            site=row["site"],
-            received_at=row["received_at"],
-            state=row["state"],
-            reason=row["reason"],
-            prob=row["prob"],
-            result_id=row["result_id"],
-        )
-
     def pending(self, limit: int) -> list[InstanceRow]:
         """Instances received and not yet triaged, oldest first."""
         rows = self._query(
             "SELECT * FROM instances WHERE state = 'received' ORDER BY received_at LIMIT ?",
             (limit,),
         )
-        return [self._instance(r) for r in rows]
+        return [_from_row(InstanceRow, r) for r in rows]
 
     def instances(self, state: str | None = None) -> list[InstanceRow]:
         """Every instance (or those in ``state``), oldest first."""
         sql = "SELECT * FROM instances" + (" WHERE state = ?" if state else "")
         rows = self._query(sql + " ORDER BY received_at", (state,) if state else ())
-        return [self._instance(r) for r in rows]
+        return [_from_row(InstanceRow, r) for r in rows]
 
     def mark_outcomes(
         self,
@@ -584,25 +554,13 @@ class Spool:
             "AND header_deleted = 0 ORDER BY received_at",
             (study,),
         )
-        return [self._instance(r) for r in rows]
+        return [_from_row(InstanceRow, r) for r in rows]
 
     # -- results and deliveries ------------------------------------------------------------
 
     def _result(self, row: sqlite3.Row) -> ResultRow:
-        return ResultRow(
-            id=row["id"],
-            study=row["study"],
-            version=row["version"],
-            sr_uid=row["sr_uid"],
-            series_uid=row["series_uid"],
-            files=tuple(row["files"].split(",")),
-            prob=row["prob"],
-            label=row["label"],
-            n_images=row["n_images"],
-            model_tag=row["model_tag"],
-            created_at=row["created_at"],
-            superseded_by=row["superseded_by"],
-        )
+        values = {f.name: row[f.name] for f in fields(ResultRow)}
+        return ResultRow(**{**values, "files": tuple(row["files"].split(","))})
 
     def current_result(self, study: str) -> ResultRow | None:
         """The study's latest result (None before its first)."""
@@ -671,17 +629,6 @@ class Spool:
             )
         return self.result(result_id)
 
-    def _delivery(self, row: sqlite3.Row) -> Delivery:
-        return Delivery(
-            result_id=row["result_id"],
-            destination=row["destination"],
-            state=row["state"],
-            attempts=row["attempts"],
-            next_at=row["next_at"],
-            sent_at=row["sent_at"],
-            last_error=row["last_error"],
-        )
-
     def due_deliveries(self, now: float | None = None) -> list[Delivery]:
         """Pending deliveries whose next attempt is due, oldest result first."""
         now = time.time() if now is None else now
@@ -690,13 +637,13 @@ class Spool:
             "ORDER BY result_id, destination",
             (now,),
         )
-        return [self._delivery(r) for r in rows]
+        return [_from_row(Delivery, r) for r in rows]
 
     def deliveries(self, result_id: int | None = None) -> list[Delivery]:
         where, args = (" WHERE result_id = ?", (result_id,)) if result_id else ("", ())
         sql = f"SELECT * FROM deliveries{where} ORDER BY result_id, destination"
         rows = self._query(sql, args)
-        return [self._delivery(r) for r in rows]
+        return [_from_row(Delivery, r) for r in rows]
 
     def next_delivery_at(self) -> float | None:
         """When the earliest pending delivery is due (None when nothing is pending)."""
@@ -746,37 +693,18 @@ class Spool:
           since the last one ended.
         """
         now = time.time() if now is None else now
-        out = {"received": 0, "headers": 0, "results": 0}
-        rows = self._query(
+        received = self._query(
             "SELECT key FROM instances WHERE file_deleted = 0 AND triaged_at <= ? "
             "AND (state = 'refused' OR result_id IS NOT NULL)",
             (now - retention_seconds,),
         )
-        for r in rows:
-            self.incoming_path(r["key"]).unlink(missing_ok=True)
-            out["received"] += 1
-        if rows:
-            with self._transaction() as db:
-                db.executemany(
-                    "UPDATE instances SET file_deleted = 1 WHERE key = ?",
-                    [(r["key"],) for r in rows],
-                )
-        rows = self._query(
+        headers = self._query(
             "SELECT i.key FROM instances i JOIN studies s ON s.study = i.study "
             "WHERE i.header_deleted = 0 AND i.state != 'received' AND s.last_received <= ? "
             "AND (i.state != 'triaged' OR i.result_id IS NOT NULL)",
             (now - study_window_seconds,),
         )
-        for r in rows:
-            self.header_path(r["key"]).unlink(missing_ok=True)
-            out["headers"] += 1
-        if rows:
-            with self._transaction() as db:
-                db.executemany(
-                    "UPDATE instances SET header_deleted = 1 WHERE key = ?",
-                    [(r["key"],) for r in rows],
-                )
-        rows = self._query(
+        results = self._query(
             "SELECT r.id, r.files FROM results r WHERE r.files_deleted = 0 "
             "AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.result_id = r.id "
             "                AND d.state = 'pending') "
@@ -784,16 +712,35 @@ class Spool:
             "              WHERE d.result_id = r.id), r.created_at) <= ?",
             (now - retention_seconds,),
         )
-        for r in rows:
-            for name in r["files"].split(","):
-                (self.outbox / name).unlink(missing_ok=True)
-            out["results"] += 1
+        return {
+            "received": self._delete(
+                received,
+                lambda r: [self.incoming_path(r["key"])],
+                "UPDATE instances SET file_deleted = 1 WHERE key = ?",
+            ),
+            "headers": self._delete(
+                headers,
+                lambda r: [self.header_path(r["key"])],
+                "UPDATE instances SET header_deleted = 1 WHERE key = ?",
+            ),
+            "results": self._delete(
+                results,
+                lambda r: [self.outbox / name for name in r["files"].split(",")],
+                "UPDATE results SET files_deleted = 1 WHERE id = ?",
+            ),
+        }
+
+    def _delete(
+        self, rows: list[sqlite3.Row], paths: Callable[[sqlite3.Row], list[Path]], mark: str
+    ) -> int:
+        """Delete the files of ``rows``, then record it with ``mark`` (keyed by column 0)."""
+        for row in rows:
+            for path in paths(row):
+                path.unlink(missing_ok=True)
         if rows:
             with self._transaction() as db:
-                db.executemany(
-                    "UPDATE results SET files_deleted = 1 WHERE id = ?", [(r["id"],) for r in rows]
-                )
-        return out
+                db.executemany(mark, [(row[0],) for row in rows])
+        return len(rows)
 
     # -- reporting -------------------------------------------------------------------------
 

@@ -95,3 +95,18 @@ def store_files(port: int, paths: list[Path], calling: str = CALLING_AE) -> list
                 continue
             out.append(int(status.Status))
         return out
+
+
+def store_file(spool: Any, path: Path, *, site: str | None = SITE) -> Any:
+    """Put a DICOM file into a spool as the listener would (calling AE :data:`CALLING_AE`)."""
+    ds = pydicom.dcmread(path, stop_before_pixels=True)
+    return spool.store(
+        path.read_bytes(),
+        sop_instance_uid=ds.SOPInstanceUID,
+        sop_class_uid=ds.SOPClassUID,
+        study_instance_uid=ds.StudyInstanceUID,
+        transfer_syntax=str(ds.file_meta.TransferSyntaxUID),
+        source="dicom",
+        calling_ae=CALLING_AE,
+        site=site,
+    )
