@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -24,12 +25,12 @@ import pandas as pd
 import pydicom
 import pytest
 from netns import NetNamespace, orthanc_config, stop
-from pacs_helpers import CALLING_AE, SALT, SITE
 from pydicom.uid import generate_uid
 
 from cxr_triage.data.deid import Pseudonymiser
 from cxr_triage.pacs.report import read_sr_result
 from cxr_triage.pacs.spool import Spool
+from pacs_helpers import CALLING_AE, SALT, SITE
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
@@ -418,28 +419,29 @@ def test_sigkill_between_receipt_and_triage_loses_nothing(ns, orthanc, tiny_pipe
     acknowledged = {Pseudonymiser(SALT).image(str(pydicom.dcmread(f).SOPInstanceUID))
                     for f in files}  # fmt: skip
 
-    # a large instance, the listener killed while it is still arriving: never acknowledged
+    # a large instance, the listener killed while it is still arriving: never acknowledged.
+    # The sender is frozen (SIGSTOP) once the listener's socket has taken its first megabyte,
+    # so the kill lands mid-transfer whatever the machine's speed.
     big = tmp_path / "big.dcm"
     ds = pydicom.dcmread(files[0])
-    ds.Rows, ds.Columns = 4000, 4000
+    ds.Rows = ds.Columns = 5000
     ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-    ds.PixelData = np.random.default_rng(0).integers(0, 4095, (4000, 4000), np.uint16).tobytes()
+    ds.PixelData = np.random.default_rng(0).integers(0, 4095, (5000, 5000), np.uint16).tobytes()
     ds.save_as(big, enforce_file_format=True)
-    pid = listener.process.pid
-    before = _read_bytes(pid)
     cmd = [STORESCU, "-v", "-R", "-aet", CALLING_AE, "-aec", "CXRTRIAGE", "127.0.0.1",
            str(listener.port), big]  # fmt: skip
     sender = ns.popen(cmd, log=open(tmp_path / "big.log", "w"))
     deadline = time.monotonic() + 60
-    while _read_bytes(pid) - before < 4_000_000 and time.monotonic() < deadline:
-        time.sleep(0.005)
-    os.kill(pid, signal.SIGKILL)
+    while _bytes_received(ns, listener.port) < 2**20:
+        assert time.monotonic() < deadline and sender.poll() is None, "the transfer never began"
+        time.sleep(0.002)
+    os.kill(sender.pid, signal.SIGSTOP)
+    assert _bytes_received(ns, listener.port) < big.stat().st_size  # frozen half-way
+    listener.process.kill()
     listener.process.wait()
-    sender.wait(60)
-    big_acknowledged = "Received Store Response (Success)" in (tmp_path / "big.log").read_text()
-    print(f"large instance acknowledged before the kill: {big_acknowledged}")  # -rP shows it
-    if big_acknowledged:  # the transfer beat the kill: then it must be kept like the others
-        acknowledged.add(Pseudonymiser(SALT).image(str(ds.SOPInstanceUID)))
+    sender.kill()
+    sender.wait()
+    assert "Received Store Response" not in (tmp_path / "big.log").read_text()
     assert {r.key for r in listener.spool.instances("received")} == acknowledged
 
     listener.start()  # receiver, worker and sender
@@ -450,12 +452,10 @@ def test_sigkill_between_receipt_and_triage_loses_nothing(ns, orthanc, tiny_pipe
     assert not list((tmp_path / "state" / "spool").rglob(".*.part"))
 
 
-def _read_bytes(pid: int) -> int:
-    """Bytes the process has read so far (socket reads included), from /proc."""
-    for line in Path(f"/proc/{pid}/io").read_text().splitlines():
-        if line.startswith("rchar:"):
-            return int(line.split()[1])
-    raise AssertionError("no rchar in /proc/<pid>/io")
+def _bytes_received(ns: NetNamespace, port: int) -> int:
+    """Bytes the listener's established connections on ``port`` have received (``ss -i``)."""
+    out = ns.run(["ss", "-tinH", "state", "established", f"( sport = :{port} )"]).stdout
+    return sum(int(n) for n in re.findall(r"bytes_received:(\d+)", out))
 
 
 def test_pull_a_study_over_dicomweb_and_stow_the_result(ns, orthanc, shared_data, tiny_pipeline,
