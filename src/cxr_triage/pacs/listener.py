@@ -105,7 +105,7 @@ class Listener:
 
     def _work_step(self) -> float:
         assert self.worker is not None
-        summary = self.worker.run_once()
+        summary = self.worker.run_once(batches=1)
         if summary.triaged or summary.refused or summary.results:
             log.info(
                 "worker: %d triaged, refused %s, %d result(s)",
@@ -113,6 +113,8 @@ class Listener:
                 summary.refused or "none",
                 len(summary.results),
             )
+        if self.spool.pending(1):
+            return 0.0
         return wait_time([self.worker.next_close_at()], idle=1.0)
 
     def _send_step(self) -> float:

@@ -334,9 +334,19 @@ class TriageWorker:
 
     # -- one pass ------------------------------------------------------------------------
 
-    def run_once(self, *, force_close: bool = False) -> WorkSummary:
-        """Triage everything pending, close due studies, delete what retention allows."""
-        summary = self.triage_pending()
+    def run_once(self, *, force_close: bool = False, batches: int | None = None) -> WorkSummary:
+        """Triage what is pending, close due studies, delete what retention allows.
+
+        Args:
+            force_close: close every study with triaged instances, quiet or not.
+            batches: triage at most this many batches first (None: until nothing is pending).
+                The listener passes 1, so that studies keep closing while instances keep
+                arriving (a steady stream would otherwise hold every result back).
+        """
+        summary = WorkSummary()
+        done = 0
+        while (batches is None or done < batches) and self.triage_batch(summary):
+            done += 1
         summary.results = self.close_due_studies(force=force_close)
         summary.housekeeping = self.spool.housekeeping(
             retention_seconds=self.settings.retention_hours * 3600,
