@@ -3,10 +3,17 @@
 Targets (issue 4): single-image p50 latency over HTTP <= 1.3x an in-process
 ``Predictor.predict`` on the same file (a 2048x2048 16-bit DICOM and a 512 px PNG), and
 throughput at 32 concurrent clients >= 0.8x the bare batched model (``Predictor.score`` on
-batches of prepared images). Run as::
+batches of prepared images).
+
+``--capacity`` (issue 11) measures instead where overload starts, with ``hey``: throughput,
+share of typed 503 answers (``overloaded``) and latency at 1 to 128 concurrent clients; the
+capacity is the best throughput, and 503s start where the clients outnumber what the service
+holds at once (``CXR_TRIAGE_MAX_IN_FLIGHT`` per front worker) or the batcher's latency target
+cannot be met. Run as::
 
     python benchmarks/bench_serve.py                         # models/package (128 px)
     python benchmarks/bench_serve.py --package DIR --workers 2
+    python benchmarks/bench_serve.py --capacity              # needs hey (apt-get install hey)
 
 The package is registered in a temporary BentoML store and served by a real ``bentoml serve``
 subprocess on 127.0.0.1; the clients run in this process, on the same cores as the server.
@@ -100,10 +107,15 @@ def start_server(tag: str, home: Path, workers: int, root: Path) -> tuple[subpro
         "BENTOML_HOME": str(home),
         "BENTOML_DO_NOT_TRACK": "True",
         "CXR_TRIAGE_MODEL_TAG": tag,
-        "CXR_TRIAGE_PREDICTION_LOG": str(root / "predictions.sqlite"),
+        "CXR_TRIAGE_STATE_DIR": str(root / "state"),
         "CXR_TRIAGE_WORKERS": str(workers),
     }
-    env.pop("CXR_TRIAGE_API_KEY", None)
+    for name in (
+        "CXR_TRIAGE_API_KEY",
+        "CXR_TRIAGE_PREDICTION_LOG",
+        "CXR_TRIAGE_RATE_LIMIT_PER_MIN",
+    ):
+        env.pop(name, None)
     bentoml = Path(sys.executable).with_name("bentoml")
     command = [str(bentoml), "serve", "cxr_triage.serving.service:CxrTriage"]
     command += ["--host", "127.0.0.1", "--port", str(port)]
@@ -150,6 +162,79 @@ def throughput(url: str, payload: bytes, clients: int, n_requests: int) -> float
     return n_requests / (time.perf_counter() - start)
 
 
+BOUNDARY = "bench0serve0boundary"
+
+
+def multipart_file(path: Path, root: Path) -> Path:
+    """The body of one /predict upload of ``path``, for hey's -D."""
+    body = root / "body.bin"
+    body.write_bytes(
+        f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="image"; filename="x.png"\r\n'
+        "Content-Type: image/png\r\n\r\n".encode()
+        + path.read_bytes()
+        + f"\r\n--{BOUNDARY}--\r\n".encode()
+    )
+    return body
+
+
+def hey(url: str, body: Path, *args: str) -> tuple[list[int], list[float], float, int]:
+    """Run hey; (statuses, latencies in s, wall seconds, requests without an answer)."""
+    command = ["hey", *args, "-t", "30", "-m", "POST", "-o", "csv", "-D", str(body)]
+    command += ["-T", f"multipart/form-data; boundary={BOUNDARY}", f"{url}/predict"]
+    start = time.perf_counter()
+    out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    wall = time.perf_counter() - start
+    rows = [r.split(",") for r in out.splitlines()]
+    rows = [r for r in rows if len(r) == 8 and r[6].isdigit()]
+    errors = 0
+    if "-n" in args:  # hey sends n rounded down to a multiple of the clients
+        clients = int(args[args.index("-c") + 1])
+        errors = int(args[args.index("-n") + 1]) // clients * clients - len(rows)
+    return [int(r[6]) for r in rows], [float(r[0]) for r in rows], wall, errors
+
+
+def capacity(url: str, body: Path) -> None:
+    """Closed-loop throughput and 503 share per number of concurrent clients (see the doc).
+
+    In a closed loop the offered rate is the answered rate, so the rate at which 503s start
+    is the throughput at the first concurrency level that gets any. (hey's own rate limit
+    starts every client's ticker at once: bursts of all clients, not an open-loop rate.)
+    """
+    hey(url, body, "-c", "8", "-n", "32")  # warm-up
+    logger.info("%8s %9s %9s %8s %8s %7s", "clients", "ok/s", "503", "p50", "p99", "errors")
+    best, first_503 = 0.0, None
+    for clients in (1, 4, 8, 16, 32, 48, 64, 96, 128):
+        n = 8 * clients + 96
+        statuses, latencies, wall, errors = hey(url, body, "-c", str(clients), "-n", str(n))
+        ok = statuses.count(200) / wall
+        best = max(best, ok)
+        shed = statuses.count(503)
+        if shed and first_503 is None:
+            first_503 = (clients, len(statuses) / wall, 100 * shed / len(statuses))
+        logger.info(
+            "%8d %9.1f %5d/%-4d %6.0fms %6.0fms %7d",
+            clients,
+            ok,
+            shed,
+            len(statuses),
+            1000 * percentile(latencies, 50),
+            1000 * percentile(latencies, 99),
+            errors,
+        )
+    if first_503 is None:
+        logger.info("capacity: %.1f requests/s (best); no 503 up to 128 clients", best)
+    else:
+        clients, rate, share = first_503
+        logger.info(
+            "capacity: %.1f requests/s (best); 503s start at %d concurrent clients, %.1f "
+            "requests/s offered (%.0f%% of the answers 503 there)",
+            best,
+            clients,
+            rate,
+            share,
+        )
+
+
 def main() -> None:
     """Parse arguments, start the server, measure and print the ratios."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -159,6 +244,9 @@ def main() -> None:
     )
     parser.add_argument("--n-latency", type=int, default=30, help="requests per file for p50/p99")
     parser.add_argument("--n-throughput", type=int, default=192, help="requests per client level")
+    parser.add_argument(
+        "--capacity", action="store_true", help="measure where 503s start, with hey"
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
@@ -175,6 +263,14 @@ def main() -> None:
         predictor = Predictor(args.package, num_threads=2)
         logger.info("package %s (%d px), %s cores", tag, predictor.image_size, os.cpu_count())
         proc, url = start_server(tag, root / "bentoml", args.workers, root)
+        if args.capacity:
+            try:
+                capacity(url, multipart_file(png, root))
+            finally:
+                os.killpg(proc.pid, signal.SIGTERM)  # the server group started above
+                proc.wait(timeout=60)
+            logger.info("load average: %s", " ".join(f"{v:.1f}" for v in os.getloadavg()))
+            return
         try:
             with httpx.Client(base_url=url, timeout=120) as client:
                 rows = []

@@ -31,7 +31,9 @@ def _user_errors(fn: F) -> F:
 
     @functools.wraps(fn)
     def wrapper(*args: object, **kwargs: object) -> object:
-        configure_logging()
+        # A command prints its one result line itself; the library's INFO logs would repeat
+        # it (CXR_TRIAGE_LOG_LEVEL=INFO brings them back).
+        configure_logging(os.environ.get("CXR_TRIAGE_LOG_LEVEL", "WARNING"))
         try:
             return fn(*args, **kwargs)
         except CxrError as exc:
@@ -184,9 +186,12 @@ def predict(
     from cxr_triage.inference.batch import collect_files, score_files, write_results
 
     predictor = _load_predictor(package, model_tag)
-    files = collect_files(paths)
+    files, non_images = collect_files(paths)
     if not files:
-        raise CxrError(f"no files found in {', '.join(map(str, paths))}")
+        raise CxrError(
+            f"no image files found in {', '.join(map(str, paths))}"
+            + (f" ({len(non_images)} non-image files)" if non_images else "")
+        )
     results = score_files(
         predictor,
         files,
@@ -208,6 +213,14 @@ def predict(
         f"scored {len(results) - len(bad)} of {len(results)} files with {predictor.model_tag} "
         f"(threshold {predictor.threshold:.4f})"
         + (f"; unreadable {len(bad)}: {reasons}" if len(bad) else "")
+        + (
+            f"; {len(non_images)} non-image files set aside ("
+            + ", ".join(p.name for p in non_images[:3])
+            + (", ..." if len(non_images) > 3 else "")
+            + ")"
+            if non_images
+            else ""
+        )
         + (f"; results in {out}" if out is not None else ""),
         err=True,
     )

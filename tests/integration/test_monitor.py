@@ -95,10 +95,10 @@ def _assert_self_contained_html(path: Path) -> None:
 
 
 def test_monitor_same_site_batch_is_no_drift(monitor_env):
-    current, unreadable = current_from_images(
+    current, unreadable, non_images = current_from_images(
         monitor_env.package_dir, monitor_env.same_site, site="hospital_a"
     )
-    assert unreadable == [] and len(current) == 40
+    assert unreadable == [] and non_images == [] and len(current) == 40
 
     result = check_drift(
         monitor_env.params,
@@ -124,6 +124,8 @@ def test_monitor_cli_new_hospital_images_is_drift_with_evidence(monitor_env, tmp
     shutil.copytree(monitor_env.new_site, folder)
     (folder / "broken.dcm").write_bytes(b"\x00" * 400)
     (folder / "notes.txt").write_text("not an image")
+    (folder / "labels.csv").write_text("image,label\n")
+    (folder / "scan_without_suffix").write_bytes(b"\x00" * 400)  # DICOM often has no suffix
 
     result = runner.invoke(
         app,
@@ -144,11 +146,17 @@ def test_monitor_cli_new_hospital_images_is_drift_with_evidence(monitor_env, tmp
     assert result.exit_code == 3, result.output  # 3: drift detected
     s = json.loads(result.stdout)
     assert s["drift"] is True and s["status"] == "drift" and s["n_current"] == 40
-    # Unreadable files are counted and listed, not skipped silently.
+    # Unreadable files are counted and listed, not skipped silently; labels tables and notes
+    # are counted apart, not as unreadable images.
     source = s["source"]
     assert source["kind"] == "images" and source["n_unreadable"] == 2
-    assert {Path(u["file"]).name for u in source["unreadable"]} == {"broken.dcm", "notes.txt"}
+    assert {Path(u["file"]).name for u in source["unreadable"]} == {
+        "broken.dcm",
+        "scan_without_suffix",
+    }
     assert all(u["reason"].startswith("not_an_image") for u in source["unreadable"])
+    assert source["n_non_image"] == 2
+    assert {Path(f).name for f in source["non_image_files"]} == {"labels.csv", "notes.txt"}
     assert "unreadable: " in result.stderr
     # A new site is compared with the whole reference.
     assert s["scope"] == "all" and "not in the reference" in s["scope_reason"]

@@ -20,7 +20,7 @@ runner = CliRunner()
 
 @pytest.fixture(scope="module")
 def folder(tiny_pipeline, tmp_path_factory, shared_data) -> Path:
-    """Six synthetic DICOMs, one real CR, one CT and one file that is not an image."""
+    """Six synthetic DICOMs, one real CR, one CT, one unreadable file and a text note."""
     root = tmp_path_factory.mktemp("to_score")
     images = sorted(
         (Path(tiny_pipeline.params.paths.synth_dir) / "hospital_c" / "images").iterdir()
@@ -32,6 +32,7 @@ def folder(tiny_pipeline, tmp_path_factory, shared_data) -> Path:
     shutil.copy(shared_data / "dicom" / "RG1_UNCR.dcm", root / "real_cr.dcm")
     shutil.copy(shared_data / "dicom" / "CT_small.dcm", root / "ct.dcm")
     (root / "notes.txt").write_text("not an image")
+    (root / "noise.dcm").write_bytes(bytes(range(256)) * 2)
     (root / ".hidden").write_text("ignored: hidden files are not inputs")
     return root
 
@@ -42,14 +43,15 @@ def test_predict_scores_a_folder_and_lists_unreadable_files(tiny_pipeline, folde
     result = runner.invoke(app, [*args, "--out", str(out), "--site", "hospital_c"])
     assert result.exit_code == 2, result.output  # some files unreadable: the run still finished
     frame = pd.read_csv(out)
-    assert len(frame) == 9  # every non-hidden file is a row
+    assert len(frame) == 9  # every non-hidden image file is a row; notes.txt is set aside
     by_name = frame.set_index(frame["path"].map(lambda p: Path(p).name))
     assert by_name.loc["ct.dcm", "reason"] == "wrong_modality"
-    assert by_name.loc["notes.txt", "reason"] == "not_an_image"
+    assert by_name.loc["noise.dcm", "reason"] == "not_an_image"
     ok = frame[frame["status"] == "ok"]
     assert len(ok) == 7 and ok["prob_abnormal"].between(0, 1).all()
     assert set(ok["label"]) <= {"normal", "abnormal"}
     assert "unreadable 2" in result.output
+    assert "1 non-image files set aside (notes.txt)" in result.output
     # The same numbers as the Predictor called directly on the same files.
     direct = Predictor(tiny_pipeline.package_dir).predict(list(ok["path"]))
     assert [p.prob_abnormal for p in direct] == pytest.approx(list(ok["prob_abnormal"]))

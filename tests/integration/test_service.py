@@ -1,24 +1,35 @@
-"""The service in-process: the service class itself, its ASGI app and its request guard."""
+"""The service in-process: the service class itself and its ASGI app (request guard included).
+
+The ASGI tests run BentoML's own app for :class:`CxrTriage` in this process (Starlette's
+TestClient, the scorer as a local dependency): the guard, BentoML's form parsing and temporary
+upload files, the reader and the prediction log are all real.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
 import os
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
-import httpx
 import pytest
 
+from cxr_triage.errors import ConfigError
 from cxr_triage.inference.predlog import PredictionLog
 from cxr_triage.inference.registry import register_package
 
 pytestmark = [
     pytest.mark.integration,
     pytest.mark.filterwarnings("ignore::DeprecationWarning:starlette"),
+    pytest.mark.filterwarnings("ignore::DeprecationWarning"),
 ]
+
+BUGS = Path(__file__).resolve().parents[3] / "shared" / "bugs"
+HANGUL_NAME = "흉" * 78 + "_chest-xray-1.dcm"  # 95 characters, 251 UTF-8 bytes (S2)
 
 
 @pytest.fixture(scope="module")
@@ -36,10 +47,52 @@ def svc(service_module):
     return service_module.CxrTriage()  # the instance, dependencies resolved in-process
 
 
+@pytest.fixture(scope="module")
+def asgi_app(service_module):
+    # One app per process: BentoML registers its Prometheus metrics once per app.
+    return service_module.CxrTriage.to_asgi()
+
+
+@pytest.fixture
+def asgi(asgi_app):
+    """Starts a TestClient on the service's ASGI app: each start makes a fresh instance."""
+    from starlette.testclient import TestClient
+
+    @contextlib.contextmanager
+    def start() -> Iterator[TestClient]:
+        with TestClient(asgi_app) as client:
+            yield client
+
+    return start
+
+
+@pytest.fixture(scope="module")
+def bugs() -> Path:
+    if not BUGS.is_dir():
+        pytest.skip(f"../shared/bugs is absent: expected the bug inputs at {BUGS}")
+    return BUGS
+
+
 def _synth_dicom(tiny_pipeline) -> Path:
     return sorted(
         (Path(tiny_pipeline.params.paths.synth_dir) / "hospital_a" / "images").iterdir()
     )[0]
+
+
+def _assert_error(response, status: int, reason: str) -> dict:
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert body["reason"] == reason and body["status"] == status, body
+    assert body["request_id"] == response.headers["x-request-id"]
+    return body
+
+
+def _logged(log_path: Path, request_id: str) -> int:
+    frame = PredictionLog(log_path).read()
+    return int((frame["request_id"] == request_id).sum())
+
+
+# -- the instance -------------------------------------------------------------------------------
 
 
 def test_service_in_process_predict_labels_at_threshold_and_logs(svc, tiny_pipeline) -> None:
@@ -76,61 +129,282 @@ def test_service_in_process_unusable_image_is_a_4xx_response(svc, make_dicom) ->
     assert b"wrong_modality" in response.body and b"CR or DX" in response.body
 
 
-def test_service_prediction_log_failure_is_503(
-    service_module, tiny_pipeline, tmp_path, monkeypatch
-) -> None:
-    blocker = tmp_path / "a-file"
-    blocker.write_text("the log folder cannot be created under a file")
-    monkeypatch.setenv("CXR_TRIAGE_PREDICTION_LOG", str(blocker / "p.sqlite"))
-    broken = service_module.CxrTriage()
-    response = asyncio.run(broken.predict(image=_synth_dicom(tiny_pipeline)))
-    assert response.status_code == 503
-    assert b"prediction_log_unavailable" in response.body
-    assert b"CXR_TRIAGE_PREDICTION_LOG" in response.body
-    assert response.headers["retry-after"] == "5"
+# -- the ASGI app -------------------------------------------------------------------------------
 
 
-def test_service_asgi_app_without_api_key_is_open(service_module, tiny_pipeline) -> None:
-    from starlette.testclient import TestClient
-
-    assert not os.environ.get(service_module.API_KEY_ENV)
-    with TestClient(service_module.CxrTriage.to_asgi()) as client:
+def test_service_asgi_predicts_with_one_request_id_and_no_key(asgi, tiny_pipeline) -> None:
+    assert not os.environ.get("CXR_TRIAGE_API_KEY")
+    with asgi() as client:
         response = client.post(
             "/predict", files={"image": ("a.dcm", _synth_dicom(tiny_pipeline).read_bytes())}
         )
         assert response.status_code == 200, response.text
         assert response.json()["request_id"] == response.headers["x-request-id"]
+        assert [k for k in response.headers if "request-id" in k] == ["x-request-id"]
         info = client.post("/model_info").json()
         assert info["model_tag"] == response.json()["model_tag"]
 
 
-def test_request_guard_refuses_chunked_oversize_and_passes_the_body_on(service_module) -> None:
-    seen: list[bytes] = []
+def test_service_asgi_site_is_validated_as_documented(asgi, tiny_pipeline) -> None:
+    image = ("a.dcm", _synth_dicom(tiny_pipeline).read_bytes())
+    with asgi() as client:
+        for site in ("bad site!", "x" * 65, "-starts-with-dash", "hôpital"):
+            response = client.post("/predict", files={"image": image, "site": (None, site)})
+            assert "site" in _assert_error(response, 400, "bad_request")["error"]
+        numeric = client.post("/predict", files={"image": image, "site": (None, "7")})
+        assert numeric.status_code == 200, numeric.text
+        log_path = Path(os.environ["CXR_TRIAGE_PREDICTION_LOG"])
+        frame = PredictionLog(log_path).read()
+        assert frame.loc[frame["request_id"] == numeric.json()["request_id"], "site"].item() == "7"
 
-    async def app(scope, receive, send):
-        message = await receive()
-        seen.append(message["body"])
-        await send({"type": "http.response.start", "status": 200, "headers": []})
-        await send({"type": "http.response.body", "body": b"ok"})
 
-    guard = service_module.RequestGuard(app, api_key="", max_body_bytes=1000)
-    transport = httpx.ASGITransport(app=guard)
+def test_service_asgi_openapi_is_the_products(asgi, service_module) -> None:
+    with asgi() as client:
+        spec = client.get("/docs.json").json()
+        page = client.get("/docs")
+    info = spec["info"]
+    assert info["title"].startswith("cxr-triage")
+    assert info["version"] == service_module.DECLARED_MODEL_TAG
+    assert "not for clinical use" in info["description"].lower()
+    assert "BentoML Team" not in str(spec)
+    for route, statuses in {
+        "/predict": {"200", "400", "401", "413", "415", "422", "429", "503"},
+        "/predict_batch": {"200", "400", "401", "413", "415", "429", "503"},
+    }.items():
+        responses = spec["paths"][route]["post"]["responses"]
+        assert set(responses) == statuses, route
+        assert "multipart/form-data" in spec["paths"][route]["post"]["requestBody"]["content"]
+    site = spec["components"]["schemas"]["predict__Input"]["properties"]["site"]
+    assert "pattern" in str(site)
+    assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+    assert "googletagmanager" not in page.text and "https://" not in page.text
 
-    async def run() -> tuple[httpx.Response, httpx.Response]:
-        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
 
-            async def chunks():  # no Content-Length: streamed
-                yield b"x" * 600
-                yield b"y" * 600
+# -- client metadata (../shared/bugs/s01_long_upload_filename) -----------------------------------
 
-            big = await client.post(
-                "/predict",
-                content=chunks(),
-                headers={"Content-Type": "multipart/form-data; boundary=x"},
+
+def test_service_asgi_client_metadata_cases_s1_to_s10(asgi, tiny_pipeline, bugs) -> None:
+    good = _synth_dicom(tiny_pipeline).read_bytes()
+    p01 = (bugs / "p01_png_chunk_valueerror" / "big_iccp.png").read_bytes()
+    d03 = (bugs / "d03_no_transfer_syntax" / "no_transfer_syntax.dcm").read_bytes()
+    single = {
+        "S1 254-byte ASCII name": (("a" * 250 + ".dcm", good, "application/dicom"), {200}),
+        "S2 251-byte Hangul name": ((HANGUL_NAME, good, "application/dicom"), {200}),
+        "S3 name with /": (("../../x/chest.dcm", good, "application/dicom"), {200}),
+        "S4 short unicode name": (("흉부.dcm", good, "application/dicom"), {200}),
+        "S5 zero-byte file": (("empty.dcm", b"", "application/dicom"), "4xx"),
+        "S6 DICOM as text/plain": (("chest.dcm", good, "text/plain"), {200}),
+        # S7/S8: 4xx from a reader that refuses them, 200 from one that decodes them.
+        "S7 P01 PNG": (("p01.png", p01, "image/png"), "200 or 4xx"),
+        "S8 D03 DICOM": (("d03.dcm", d03, "application/dicom"), "200 or 4xx"),
+    }
+    assert len(HANGUL_NAME) == 95 and len(HANGUL_NAME.encode()) == 251
+    with asgi() as client:
+        for case, (upload, expected) in single.items():
+            response = client.post("/predict", files={"image": upload})
+            status = response.status_code
+            assert "request_id" in response.json(), (case, response.text)
+            if expected == "4xx":
+                assert 400 <= status < 500 and response.json()["reason"], (case, response.text)
+            elif expected == "200 or 4xx":
+                assert status == 200 or 400 <= status < 500, (case, response.text)
+            else:
+                assert status in expected, (case, response.text)
+        s9 = client.post(
+            "/predict_batch",
+            files=[
+                ("images", ("a.dcm", good)),
+                ("images", ("p01.png", p01)),
+                ("images", ("b.dcm", good)),
+            ],
+        )
+        assert s9.status_code == 200, s9.text
+        statuses = [r["status"] for r in s9.json()["results"]]
+        assert statuses[0] == statuses[2] == 200 and (
+            statuses[1] == 200 or 400 <= statuses[1] < 500
+        )
+        s10 = client.post(
+            "/predict_batch",
+            files=[("images", ("a.dcm", good)), ("images", ("b" * 300 + ".dcm", good))],
+        )
+        assert s10.status_code == 200, s10.text
+        assert [r["status"] for r in s10.json()["results"]] == [200, 200]
+        assert s10.json()["n_ok"] == 2
+
+
+def test_service_asgi_unforeseen_failure_of_one_file_is_that_files_error(
+    asgi, tiny_pipeline, monkeypatch
+) -> None:
+    from cxr_triage.inference.predictor import Predictor
+
+    real = Predictor.prepare
+
+    def flaky(self, source, metadata=None, **options):
+        if Path(source).read_bytes().startswith(b"BOOM"):
+            raise KeyError("a reader bug")  # outside the typed hierarchy
+        return real(self, source, metadata, **options)
+
+    monkeypatch.setattr(Predictor, "prepare", flaky)
+    good = _synth_dicom(tiny_pipeline).read_bytes()
+    with asgi() as client:
+        one = client.post("/predict", files={"image": ("x.dcm", b"BOOM" + good)})
+        _assert_error(one, 422, "invalid_image")
+        batch = client.post(
+            "/predict_batch",
+            files=[
+                ("images", ("a.dcm", good)),
+                ("images", ("b.dcm", b"BOOM")),
+                ("images", ("c.dcm", good)),
+            ],
+        )
+    assert batch.status_code == 200, batch.text
+    results = batch.json()["results"]
+    assert [r["status"] for r in results] == [200, 422, 200]
+    assert results[1]["error"]["reason"] == "invalid_image"
+
+
+# -- the scorer failing -------------------------------------------------------------------------
+
+
+class _FakeScorer:
+    """Stands in for the scorer process: failing, too slow, or serving another model."""
+
+    def __init__(self, real) -> None:
+        self.real = real
+        self.mode = "fail"
+        self.to_async = self
+
+    async def score(self, images):
+        if self.mode == "fail":
+            raise ConnectionResetError("the scorer process died")
+        if self.mode == "slow":
+            await asyncio.sleep(2)
+        vectors = await self.real.to_async.score(images)
+        if self.mode == "other model":
+            return [v[:-1].tolist() + [12345.0] for v in vectors]
+        return vectors
+
+
+def test_service_asgi_scorer_failure_or_slowness_is_a_typed_503(
+    asgi, tiny_pipeline, monkeypatch
+) -> None:
+    import bentoml
+
+    image = {"image": ("a.dcm", _synth_dicom(tiny_pipeline).read_bytes())}
+    monkeypatch.setenv("CXR_TRIAGE_SCORE_TIMEOUT_S", "0.5")
+    with asgi() as client:
+        instance = bentoml.get_current_service()
+        fake = instance.scorer = _FakeScorer(instance.scorer)
+        failed = client.post("/predict", files=image)
+        _assert_error(failed, 503, "scorer_unavailable")
+        assert failed.headers["retry-after"] == "5"
+        fake.mode = "slow"
+        _assert_error(client.post("/predict", files=image), 503, "overloaded")
+        fake.mode = "other model"
+        _assert_error(client.post("/predict", files=image), 503, "model_mismatch")
+        fake.mode = "ok"
+        assert client.post("/predict", files=image).status_code == 200
+
+
+# -- the prediction log -------------------------------------------------------------------------
+
+
+def test_service_prediction_log_unwritable_is_503_and_nothing_unlogged(
+    asgi, tiny_pipeline, tmp_path, monkeypatch
+) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("the log folder cannot be created under a file")
+    monkeypatch.setenv("CXR_TRIAGE_PREDICTION_LOG", str(blocker / "p.sqlite"))
+    with asgi() as client:  # starts anyway: the disk may come back
+        response = client.post(
+            "/predict", files={"image": ("a.dcm", _synth_dicom(tiny_pipeline).read_bytes())}
+        )
+    body = _assert_error(response, 503, "prediction_log_unavailable")
+    assert "CXR_TRIAGE_STATE_DIR" in body["error"]
+    assert response.headers["retry-after"] == "5"
+
+
+def test_service_refuses_to_start_on_a_corrupt_log(service_module, tmp_path, monkeypatch) -> None:
+    log_path = tmp_path / "predictions.sqlite"
+    log_path.write_bytes(b"this is not a database" * 100)
+    monkeypatch.setenv("CXR_TRIAGE_PREDICTION_LOG", str(log_path))
+    with pytest.raises(ConfigError, match="corrupt.*Move it"):
+        service_module.CxrTriage()
+    good = PredictionLog(tmp_path / "good.sqlite")
+    good.append([{"request_id": "r", "model_tag": "m", "threshold": 0.5}])
+    good.close()  # checkpointed into the file
+    raw = bytearray((tmp_path / "good.sqlite").read_bytes())
+    assert len(raw) >= 3 * 4096
+    raw[4096 : 4096 + 8] = b"\xff" * 8  # page 2's header destroyed, behind a sound file header
+    log_path.write_bytes(bytes(raw))
+    with pytest.raises(ConfigError, match="corrupt"):
+        service_module.CxrTriage()
+
+
+def test_service_refuses_a_log_inside_the_bentoml_store(service_module, monkeypatch) -> None:
+    inside = Path(os.environ["BENTOML_HOME"]) / "bentos" / "cxr-triage" / "x" / "p.sqlite"
+    monkeypatch.setenv("CXR_TRIAGE_PREDICTION_LOG", str(inside))
+    with pytest.raises(ConfigError, match="inside the BentoML store"):
+        service_module.CxrTriage()
+    assert not inside.exists()
+
+
+@contextlib.contextmanager
+def _tmpfs(folder: Path, size: str) -> Iterator[Path]:
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    folder.mkdir()
+    try:
+        subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)], check=True
+        )
+    except (OSError, subprocess.CalledProcessError) as exc:
+        pytest.skip(f"cannot mount a tmpfs here: {exc}")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+def test_service_prediction_log_on_a_full_disk_is_503_until_space_returns(
+    asgi, tiny_pipeline, tmp_path, monkeypatch
+) -> None:
+    image = {"image": ("a.dcm", _synth_dicom(tiny_pipeline).read_bytes())}
+    with _tmpfs(tmp_path / "disk", "2m") as disk:
+        log_path = disk / "predictions.sqlite"
+        monkeypatch.setenv("CXR_TRIAGE_PREDICTION_LOG", str(log_path))
+        with asgi() as client:
+            first = client.post("/predict", files=image)
+            assert first.status_code == 200, first.text
+            filler = disk / "filler"
+            with filler.open("wb") as f, contextlib.suppress(OSError):
+                while True:
+                    f.write(bytes(64 * 1024))
+                    f.flush()
+            full = client.post("/predict", files=image)
+            _assert_error(full, 503, "prediction_log_unavailable")
+            assert "full" in full.json()["error"]
+            filler.unlink()
+            back = client.post("/predict", files=image)
+            assert back.status_code == 200, back.text
+        frame = PredictionLog(log_path).read()
+        ids = set(frame["request_id"])
+        assert {first.json()["request_id"], back.json()["request_id"]} <= ids
+        assert full.json()["request_id"] not in ids
+
+
+def test_service_prediction_log_on_a_read_only_disk_is_503(
+    asgi, tiny_pipeline, tmp_path, monkeypatch
+) -> None:
+    with _tmpfs(tmp_path / "disk", "2m") as disk:
+        log_path = disk / "predictions.sqlite"
+        log = PredictionLog(log_path)
+        log.append([{"request_id": "before", "model_tag": "m", "threshold": 0.5}])
+        log.close()
+        subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)
+        monkeypatch.setenv("CXR_TRIAGE_PREDICTION_LOG", str(log_path))
+        with asgi() as client:  # starts: a read-only disk is not corruption
+            response = client.post(
+                "/predict", files={"image": ("a.dcm", _synth_dicom(tiny_pipeline).read_bytes())}
             )
-            small = await client.post("/predict", files={"image": ("a.png", b"123")})
-            return big, small
-
-    big, small = asyncio.run(run())
-    assert big.status_code == 413 and big.json()["reason"] == "body_too_large"
-    assert small.status_code == 200 and b'filename="a.png"' in seen[-1]
+        _assert_error(response, 503, "prediction_log_unavailable")

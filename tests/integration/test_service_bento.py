@@ -3,28 +3,25 @@
 from __future__ import annotations
 
 import os
-import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import pytest
+from service_server import BENTOML, free_port, serve
 
 from cxr_triage.inference.registry import register_package
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[2]
-BENTOML = Path(sys.executable).with_name("bentoml")
 
 
 def test_bento_builds_offline_and_serves_its_model(tiny_pipeline, tmp_path) -> None:
     tag = register_package(tiny_pipeline.package_dir)
     env = {k: v for k, v in os.environ.items() if not k.startswith("CXR_TRIAGE_")}
-    env.update(BENTOML_DO_NOT_TRACK="True", CXR_TRIAGE_PREDICTION_LOG=str(tmp_path / "p.sqlite"))
+    env.update(BENTOML_DO_NOT_TRACK="True")
     built = subprocess.run(
         [sys.executable, "-m", "cxr_triage.serving.bento", tag],
         cwd=REPO,
@@ -45,40 +42,35 @@ def test_bento_builds_offline_and_serves_its_model(tiny_pipeline, tmp_path) -> N
     assert {"name": "CXR_TRIAGE_MODEL_TAG", "value": tag} in [
         {"name": e.name, "value": e.value} for e in bento.info.envs
     ]
+    assert tag in [str(m.tag) for m in bento.info.all_models]  # the class declared it
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    log = (tmp_path / "serve.log").open("wb")
-    proc = subprocess.Popen(
-        [str(BENTOML), "serve", bento_tag, "--host", "127.0.0.1", "--port", str(port)],
-        cwd=tmp_path,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert proc.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
-            try:
-                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, (tmp_path / "serve.log").read_text()[-3000:]
-            time.sleep(0.5)
+    # The Bento's envs name the model; the prediction log is the state folder's, never the
+    # Bento's working directory (the Bento's src/ is where `bentoml serve <bento>` runs).
+    with serve(tmp_path, tag=tag, target=bento_tag) as server:
         image = sorted(
             (Path(tiny_pipeline.params.paths.synth_dir) / "hospital_a" / "images").iterdir()
         )[0]
         response = httpx.post(
-            f"{url}/predict", files={"image": ("a.dcm", image.read_bytes())}, timeout=60
+            f"{server.url}/predict", files={"image": ("a.dcm", image.read_bytes())}, timeout=60
         )
         assert response.status_code == 200, response.text
         assert response.json()["model_tag"] == tag
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)  # the group this test started
-        proc.wait(timeout=30)
-        log.close()
+        assert server.log_path.is_file()
+        assert not list(Path(bento.path).rglob("*.sqlite*"))
+
+    # A prediction log inside the Bento (or the store) stops `bentoml serve` before any worker
+    # starts, with the reason; the audit log would otherwise be deleted with the Bento.
+    inside = Path(bento.path) / "src" / "predictions.sqlite"
+    command = [str(BENTOML), "serve", bento_tag, "--host", "127.0.0.1", "--port", str(free_port())]
+    refused = subprocess.run(
+        command,
+        cwd=tmp_path,
+        env={**env, "CXR_TRIAGE_PREDICTION_LOG": str(inside)},
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    output = refused.stdout + refused.stderr
+    assert refused.returncode != 0, output[-2000:]  # it refuses to start: it exits
+    assert f"the prediction log {inside} is inside" in output, output[-2000:]
+    assert not inside.exists()

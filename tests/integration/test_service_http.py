@@ -12,13 +12,9 @@ import io
 import json
 import os
 import re
-import signal
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -28,6 +24,7 @@ import pytest
 from PIL import Image
 from pydicom.encaps import encapsulate
 from pydicom.uid import MPEG2MPML
+from service_server import Server, serve
 
 from cxr_triage.inference.predlog import PredictionLog
 from cxr_triage.inference.registry import register_package
@@ -37,7 +34,7 @@ pytestmark = pytest.mark.integration
 API_KEY = "test-key-0123456789"
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 MAX_BODY_MB = 10
-BENTOML = Path(sys.executable).with_name("bentoml")
+SALT = "service-test-salt-0123456789"
 JPEG_XL = "1.2.840.10008.1.2.4.110"  # no decoder exists in pydicom 3.0
 
 # ../shared/data/dicom: (status, reason); the readable chest radiographs get 200.
@@ -57,64 +54,22 @@ SHARED_OUTCOME = {
 }
 
 
-@dataclass(frozen=True)
-class Server:
-    url: str
-    log_path: Path
-    model_tag: str
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(tiny_pipeline, tmp_path_factory) -> Iterator[Server]:
-    """`bentoml serve` with 2 workers, an API key and a 10 MB body limit."""
+    """`bentoml serve` from source: 2 workers, an API key, a 10 MB body limit.
+
+    No CXR_TRIAGE_MODEL_TAG: the service resolves the promoted model when it starts (the
+    serving record of its own state folder), and its prediction log is the state folder's.
+    """
     tag = register_package(tiny_pipeline.package_dir)
-    root = tmp_path_factory.mktemp("serve")
-    log_path = root / "predictions.sqlite"
     env = {
-        **os.environ,  # BENTOML_HOME: the test run's store (tests/conftest.py)
-        "BENTOML_DO_NOT_TRACK": "True",
-        "CXR_TRIAGE_MODEL_TAG": tag,
-        "CXR_TRIAGE_PREDICTION_LOG": str(log_path),
         "CXR_TRIAGE_WORKERS": "2",
         "CXR_TRIAGE_API_KEY": API_KEY,
         "CXR_TRIAGE_MAX_BODY_MB": str(MAX_BODY_MB),
+        "CXR_TRIAGE_SALT": SALT,  # study UIDs are logged as keyed digests (feedback by study)
     }
-    port = _free_port()
-    command = [str(BENTOML), "serve", "cxr_triage.serving.service:CxrTriage"]
-    command += ["--host", "127.0.0.1", "--port", str(port)]
-    out = (root / "server.log").open("wb")
-    proc = subprocess.Popen(
-        command, cwd=root, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"bentoml serve exited: {(root / 'server.log').read_text()[-3000:]}")
-            try:
-                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"not ready in 120 s: {(root / 'server.log').read_text()[-3000:]}")
-            time.sleep(0.5)
-        yield Server(url, log_path, tag)
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)  # the group this fixture started, nothing else
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        out.close()
+    with serve(tmp_path_factory.mktemp("serve"), tag=tag, promote_tag=True, env=env) as running:
+        yield running
 
 
 @pytest.fixture(scope="module")
@@ -261,7 +216,10 @@ def test_service_http_bad_input_matrix(client, make_dicom, tmp_path) -> None:
         ),
         "chunked body over the limit": (
             {
-                "content": iter([bytes(2**20)] * (MAX_BODY_MB + 1)),
+                "content": iter(
+                    [b'--x\r\nContent-Disposition: form-data; name="image"; filename="a"\r\n\r\n']
+                    + [bytes(2**20)] * (MAX_BODY_MB + 1)
+                ),
                 "headers": {"Content-Type": "multipart/form-data; boundary=x"},
             },
             413,
@@ -308,6 +266,8 @@ def test_service_http_api_key_guards_everything_but_probes_and_metrics(server) -
     with httpx.Client(base_url=server.url, timeout=30) as anonymous:
         for path in ("/healthz", "/livez", "/readyz", "/metrics"):
             assert anonymous.get(path).status_code == 200, path
+        for path in ("/", "/docs", "/docs.json", "/static_content/swagger-ui.css"):
+            _assert_error(anonymous.get(path), 401, "unauthorized")
         _assert_error(anonymous.post("/model_info"), 401, "unauthorized")
         no_key = anonymous.post("/predict", files={"image": ("x.png", b"123")})
         assert _assert_error(no_key, 401, "unauthorized")
@@ -316,6 +276,58 @@ def test_service_http_api_key_guards_everything_but_probes_and_metrics(server) -
         _assert_error(wrong, 401, "unauthorized")
         assert anonymous.post("/model_info", headers={"X-API-Key": API_KEY}).status_code == 200
         assert anonymous.post("/model_info", headers=AUTH).status_code == 200
+        spec = anonymous.get("/docs.json", headers=AUTH).json()
+        assert spec["info"]["version"] == server.model_tag  # resolved when it started
+
+
+def _metric(metrics: str, name: str, **labels: str) -> float:
+    """The sum of a metric's samples with these labels (0 when absent)."""
+    total = 0.0
+    for line in metrics.splitlines():
+        if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def test_service_http_metrics_carry_the_model_and_domain_counters(
+    server, client, make_dicom
+) -> None:
+    image = {"image": ("a.dcm", make_dicom(name="a.dcm").read_bytes())}
+    before = httpx.get(f"{server.url}/metrics").text
+    answers = [client.post("/predict", files=image) for _ in range(3)]
+    assert all(a.status_code == 200 for a in answers)
+    _assert_error(
+        client.post("/predict", files={"image": ("x", b"junk" * 100)}), 415, "not_an_image"
+    )
+    _assert_error(httpx.post(f"{server.url}/model_info"), 401, "unauthorized")
+    after = httpx.get(f"{server.url}/metrics").text
+    tag = server.model_tag
+    assert _metric(after, "cxr_triage_model_info", model_tag=tag) == 1
+    label = answers[0].json()["label"]
+    predicted = _metric(after, "cxr_triage_predictions_total", model_tag=tag, label=label)
+    assert (
+        predicted - _metric(before, "cxr_triage_predictions_total", model_tag=tag, label=label)
+        == 3
+    )
+    assert _metric(after, "cxr_triage_prob_abnormal_count", model_tag=tag) >= 3
+    assert _metric(after, "cxr_triage_prob_abnormal_bucket", model_tag=tag, le="1.0") >= 3
+    for reason, status in (("not_an_image", "415"), ("unauthorized", "401")):
+        counted = _metric(after, "cxr_triage_refusals_total", reason=reason, status=status)
+        assert counted - _metric(before, "cxr_triage_refusals_total", reason=reason) >= 1
+
+
+def test_service_http_one_request_id_header(client, make_dicom) -> None:
+    answers = [
+        client.post("/predict", files={"image": ("a.dcm", make_dicom(name="a.dcm").read_bytes())}),
+        client.post("/predict", files={"image": ("x", b"junk" * 100)}),
+        client.post("/model_info"),
+        client.get("/nowhere"),
+    ]
+    for answer in answers:
+        assert [k for k in answer.headers if "request-id" in k or "trace-id" in k] == [
+            "x-request-id"
+        ], answer.headers
+    _assert_error(answers[-1], 404, "not_found")
 
 
 def test_service_http_python_client_predicts_and_logs_before_answering(
@@ -425,3 +437,34 @@ def test_service_http_schemathesis_finds_no_server_error(server, tmp_path) -> No
     assert "No issues found" in result.stdout
     generated = re.search(r"(\d+) generated", result.stdout)
     assert generated is not None and int(generated.group(1)) >= 50, result.stdout[-2000:]
+
+
+# -- ground truth -----------------------------------------------------------------------------
+
+
+def test_service_http_feedback_matches_reads_by_request_id_and_by_study(
+    server, client, make_dicom
+) -> None:
+    first, second = make_dicom(name="a.dcm"), make_dicom(name="b.dcm")
+    study = pydicom.dcmread(second).StudyInstanceUID
+    by_id = client.post("/predict", files={"image": ("a.dcm", first.read_bytes())})
+    by_study = client.post("/predict", files={"image": ("b.dcm", second.read_bytes())})
+    assert by_id.status_code == by_study.status_code == 200
+    reads = [
+        {"request_id": by_id.json()["request_id"], "label": "abnormal", "findings": "Effusion"},
+        {"study_uid": study, "label": "normal"},
+        {"request_id": "never-answered", "label": "normal"},
+    ]
+    receipt = client.post("/feedback", json={"reads": reads})
+    assert receipt.status_code == 200, receipt.text
+    body = receipt.json()
+    assert (body["n_received"], body["n_stored"], body["n_matched"]) == (3, 3, 2)
+    assert body["unmatched"] == ["request_id=never-answered"]
+    logged = PredictionLog(server.log_path).read(with_feedback=True).set_index("request_id")
+    assert logged.loc[by_id.json()["request_id"], "true_label"] == "abnormal"
+    assert logged.loc[by_study.json()["request_id"], "true_label"] == "normal"
+    assert study not in server.log_path.read_bytes().decode("latin-1")  # only its digest
+
+    bad = client.post("/feedback", json={"reads": [{"label": "abnormal"}]})
+    _assert_error(bad, 400, "bad_request")
+    assert "request_id" in bad.json()["error"]

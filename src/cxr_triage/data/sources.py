@@ -31,13 +31,18 @@ import pandas as pd
 from cxr_triage.data.labels import read_labels_table
 from cxr_triage.errors import ConfigError, DataError
 
-__all__ = ["Discovery", "SourceItem", "discover"]
+__all__ = ["NON_IMAGE_SUFFIXES", "Discovery", "SourceItem", "discover"]
 
 log = logging.getLogger(__name__)
 
 _IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".dcm", ".dicom"}
 _NIH_INDEX = re.compile(r"(\d{8}_\d{3}\.png)$")
-_TABLE_SUFFIXES = {".csv", ".gz", ".txt", ".md", ".json", ".yaml", ".yml", ".tsv"}
+# Files that travel with images (labels tables, notes, reports) but are never images: counted
+# and reported as such, not as unreadable images. DICOM often has no extension, so any other
+# file is tried as an image.
+NON_IMAGE_SUFFIXES = frozenset(
+    {".csv", ".gz", ".txt", ".md", ".json", ".yaml", ".yml", ".tsv", ".html", ".pdf", ".xlsx"}
+)
 
 
 @dataclass(frozen=True)
@@ -231,8 +236,8 @@ def discover(
             ignored = sum(p.suffix.lower() not in _IMAGE_SUFFIXES for p in files)
             files = [p for p in files if p.suffix.lower() in _IMAGE_SUFFIXES]
         else:
-            ignored = sum(p.suffix.lower() in _TABLE_SUFFIXES for p in files)
-            files = [p for p in files if p.suffix.lower() not in _TABLE_SUFFIXES]
+            ignored = sum(p.suffix.lower() in NON_IMAGE_SUFFIXES for p in files)
+            files = [p for p in files if p.suffix.lower() not in NON_IMAGE_SUFFIXES]
         if table_path.exists():
             out = _match(
                 read_labels_table(table_path),

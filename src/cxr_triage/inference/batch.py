@@ -13,17 +13,25 @@ import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
 from cxr_triage.atomic import atomic_path
+from cxr_triage.data.sources import NON_IMAGE_SUFFIXES
 from cxr_triage.errors import ConfigError, InvalidImageError
 from cxr_triage.inference.predictor import Prediction, Predictor, PreparedImage
 
-__all__ = ["RESULT_COLUMNS", "collect_files", "iter_scored", "score_files", "write_results"]
+__all__ = [
+    "RESULT_COLUMNS",
+    "CollectedFiles",
+    "collect_files",
+    "iter_scored",
+    "score_files",
+    "write_results",
+]
 
 log = logging.getLogger(__name__)
 
@@ -40,29 +48,42 @@ RESULT_COLUMNS = (
 OUTPUT_SUFFIXES = (".csv", ".parquet")
 
 
-def collect_files(paths: Iterable[str | os.PathLike[str]]) -> list[Path]:
+class CollectedFiles(NamedTuple):
+    """The files to score, and the non-image files found beside them (counted, not scored)."""
+
+    images: list[Path]
+    non_images: list[Path]
+
+
+def collect_files(paths: Iterable[str | os.PathLike[str]]) -> CollectedFiles:
     """Files named, and every non-hidden file below folders named, sorted per argument.
+
+    Files below a folder whose suffix says they are not images (labels tables, notes:
+    :data:`~cxr_triage.data.sources.NON_IMAGE_SUFFIXES`) are set apart in ``non_images``;
+    every other file is an image to score (DICOM often has no extension), and a file named
+    explicitly is always scored.
 
     Raises:
         ConfigError: a path does not exist.
     """
-    files: list[Path] = []
+    images: list[Path] = []
+    non_images: list[Path] = []
     for raw in paths:
         path = Path(raw)
         if path.is_file():
-            files.append(path)
+            images.append(path)
         elif path.is_dir():
-            files.extend(
-                sorted(
-                    p
-                    for p in path.rglob("*")
-                    if p.is_file()
-                    and not any(part.startswith(".") for part in p.relative_to(path).parts)
-                )
-            )
+            for found in sorted(
+                p
+                for p in path.rglob("*")
+                if p.is_file()
+                and not any(part.startswith(".") for part in p.relative_to(path).parts)
+            ):
+                is_other = found.suffix.lower() in NON_IMAGE_SUFFIXES
+                (non_images if is_other else images).append(found)
         else:
             raise ConfigError(f"{path} does not exist; pass image files or folders")
-    return files
+    return CollectedFiles(images, non_images)
 
 
 def _prepare(

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from cxr_triage.data.deid import Pseudonymiser
 from cxr_triage.data.preprocess import prepare_image, to_model_input
 from cxr_triage.errors import DataError
 from cxr_triage.inference.features import monitoring_rows
@@ -167,6 +168,8 @@ class Predictor:
         self,
         source: str | os.PathLike[str] | bytes,
         metadata: Mapping[str, Any] | None = None,
+        *,
+        pseudonymiser: Pseudonymiser | None = None,
     ) -> PreparedImage:
         """Decode a DICOM/PNG/JPEG (path or bytes) and preprocess it as training did.
 
@@ -174,6 +177,9 @@ class Predictor:
             source: the file or its bytes.
             metadata: caller-supplied values for :data:`CALLER_METADATA` keys (others ignored);
                 they fill what the file does not say.
+            pseudonymiser: when given, a DICOM's Study Instance UID is kept as its keyed digest
+                (``metadata["study_key"]``), so radiologists' reads fed back by study can be
+                matched to the prediction; the UID itself is never kept.
 
         Raises:
             InvalidImageError: the file is not a usable chest radiograph (the reason says why).
@@ -196,6 +202,9 @@ class Predictor:
             value = (metadata or {}).get(key)
             if value not in (None, "") and known.get(key) in (None, ""):
                 known[key] = value
+        study_uid = decoded.identifiers.study_uid
+        if pseudonymiser is not None and study_uid:
+            known["study_key"] = pseudonymiser.study(study_uid.strip())
         return PreparedImage(prepare_image(decoded.pixels, self.image_size), known)
 
     def score(self, images: np.ndarray, batch_size: int = _SCORE_BATCH) -> Scores:

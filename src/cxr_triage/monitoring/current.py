@@ -140,10 +140,12 @@ class ImageFolder:
 
     def load(self, package_dir: Path, site: str | None) -> CurrentData:
         """Score the folder with the package; unreadable files are listed in the source."""
-        rows, unreadable = current_from_images(package_dir, self.folder, site=site)
+        rows, unreadable, non_images = current_from_images(package_dir, self.folder, site=site)
         description = f"images in {self.folder}"
         if unreadable:
             description += f", {len(unreadable)} unreadable"
+        if non_images:
+            description += f", {len(non_images)} non-image files set aside"
         return CurrentData(
             rows,
             {
@@ -152,6 +154,8 @@ class ImageFolder:
                 "folder": str(self.folder),
                 "n_unreadable": len(unreadable),
                 "unreadable": [{"file": f, "reason": r} for f, r in unreadable],
+                "n_non_image": len(non_images),
+                "non_image_files": [str(p) for p in non_images],
             },
         )
 
@@ -208,11 +212,12 @@ def _iso(moment: str | datetime | None) -> str | None:
 
 def current_from_images(
     package_dir: Path, folder: Path, *, site: str | None = None
-) -> tuple[pd.DataFrame, list[tuple[str, str]]]:
+) -> tuple[pd.DataFrame, list[tuple[str, str]], list[Path]]:
     """Score every file under ``folder`` through the package's Predictor.
 
-    Hidden files and folders (``.name``) are left out; every other file is either scored or
-    reported as unreadable, never skipped silently. Scoring goes through
+    Hidden files and folders (``.name``) are left out; labels tables and other non-image files
+    (by suffix) are set apart and returned; every other file is either scored or reported as
+    unreadable, never skipped silently. Scoring goes through
     :func:`cxr_triage.inference.batch.iter_scored`, the one scoring loop.
 
     Args:
@@ -221,8 +226,8 @@ def current_from_images(
         site: the site the images come from (fills the ``site`` column).
 
     Returns:
-        The monitoring rows of the usable images, and ``(file, reason)`` for every file that
-        could not be used.
+        The monitoring rows of the usable images, ``(file, reason)`` for every file that could
+        not be used, and the non-image files found.
 
     Raises:
         DataError: ``folder`` is not a folder or holds no files; the package is incomplete.
@@ -233,9 +238,12 @@ def current_from_images(
     folder = Path(folder)
     if not folder.is_dir():
         raise DataError(f"{folder} is not a folder; pass --images FOLDER with the images to check")
-    files = collect_files([folder])
+    files, non_images = collect_files([folder])
     if not files:
-        raise DataError(f"{folder} holds no files; pass the folder that contains the images")
+        raise DataError(
+            f"{folder} holds no image files ({len(non_images)} other files); pass the folder "
+            "that contains the images"
+        )
     rows, unreadable = [], []
     scored = iter_scored(
         Predictor(package_dir),
@@ -256,4 +264,4 @@ def current_from_images(
             folder,
             *unreadable[0],
         )
-    return pd.DataFrame(rows), unreadable
+    return pd.DataFrame(rows), unreadable, non_images

@@ -111,10 +111,12 @@ def build_bento(
     labels = {**options.get("labels", {}), "model_version": model_tag.partition(":")[2]}
     module = options["service"].partition(":")[0]
     loaded = sys.modules.get(module)
-    if loaded is not None and getattr(loaded, "_MODEL_TAG", model_tag) != model_tag:
+    # The service declares its model when its module is imported (from CXR_TRIAGE_MODEL_TAG):
+    # imported earlier for another model, or for none, the Bento would reference the wrong one.
+    if loaded is not None and getattr(loaded, "DECLARED_MODEL_TAG", None) != model_tag:
         raise ConfigError(
-            f"{module} is already imported for another model in this process; build the Bento "
-            f"for {model_tag} in a fresh process (python -m cxr_triage.serving.bento {model_tag})"
+            f"{module} is already imported in this process without declaring {model_tag}; "
+            f"build the Bento in a fresh process (python -m cxr_triage.serving.bento {model_tag})"
         )
     with _model_tag_env(model_tag):
         bento = bentoml.build(
