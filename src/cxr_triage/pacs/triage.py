@@ -45,7 +45,7 @@ from typing import Any
 
 from pydicom.dataset import Dataset
 
-from cxr_triage.errors import InvalidImageError
+from cxr_triage.errors import CxrError, InvalidImageError
 from cxr_triage.inference.batch import iter_scored
 from cxr_triage.inference.predictor import Prediction, Predictor
 from cxr_triage.inference.predlog import PredictionLog
@@ -70,11 +70,15 @@ log = logging.getLogger(__name__)
 FRONTAL_VIEWS = ("PA", "AP", "")
 
 
-class NotFrontalError(InvalidImageError):
-    """A lateral (or other non-frontal) view: the model reads frontal chest films only."""
+class NotFrontalError(CxrError):
+    """A lateral (or other non-frontal) view: the model reads frontal chest films only.
+
+    Not an :class:`InvalidImageError`: the file is a valid radiograph the reader accepts (the
+    HTTP service scores whatever view it is sent); only the listener's study rule sets it
+    aside. Like the reader's refusals it carries a ``reason``.
+    """
 
     reason = "not_frontal"
-    http_status = 422
 
 
 @dataclass
@@ -156,7 +160,7 @@ class TriageWorker:
                         f"view position {view} is not frontal; the model reads PA/AP chest "
                         "films only"
                     )
-            except InvalidImageError as exc:
+            except (InvalidImageError, NotFrontalError) as exc:
                 refused.append((row.key, exc.reason, str(exc)))
                 continue
             frontal[row.site].append((row, header))
