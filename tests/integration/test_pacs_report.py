@@ -96,3 +96,30 @@ def test_sr_of_real_chest_films_is_valid(shared_data, name, tmp_path) -> None:
     capture.save_as(tmp_path / "sc.dcm", enforce_file_format=True)
     _validate(tmp_path / "sc.dcm", sr=False)
     assert capture.BurnedInAnnotation == "YES"
+
+
+@pytest.mark.parametrize(
+    ("keyword", "value"),
+    [("PatientSex", "U"), ("PatientSex", "MALE"), ("PatientBirthDate", "0000"),
+     ("StudyDate", "2023-01-01"), ("StudyTime", "25")],
+)  # fmt: skip
+def test_sr_of_a_header_with_an_invalid_copied_value_is_valid(
+    shared_data, keyword, value, tmp_path, caplog
+) -> None:
+    """Modalities write values the standard does not allow; highdicom refuses to copy them,
+    which stopped the listener on that study. They are sent empty, the rest is copied."""
+    _tools()
+    header = pydicom.dcmread(shared_data / "dicom" / "RG1_UNCR.dcm", stop_before_pixels=True)
+    setattr(header, keyword, value)  # pydicom warns with the value here, as a reader would
+    caplog.clear()
+    result = study_result(
+        [ImageResult(header, 0.7)], rule="max", threshold=0.4479, labels=["normal", "abnormal"]
+    )
+    sr = build_sr(result, MODEL, sr_uid=str(generate_uid()), series_uid=str(generate_uid()),
+                  version=1, device_name="CXRTRIAGE")  # fmt: skip
+    assert sr.get(keyword) in (None, "")
+    assert sr.PatientID == header.PatientID and sr.PatientName == header.PatientName
+    assert f"{keyword} of a source image is not a valid DICOM value" in caplog.text
+    assert value not in caplog.text  # the value itself may be PHI
+    sr.save_as(tmp_path / "sr.dcm", enforce_file_format=True)
+    _validate(tmp_path / "sr.dcm")

@@ -295,7 +295,15 @@ def test_no_phi_value_reaches_any_file_written(tmp_path, monkeypatch, prefect_se
             assert batch.status_code == 200 and batch.json()["n_ok"] == 2
         server_output = server.output
 
-    # 4. The Prefect flows: monitoring of the folder, ingestion of a batch into data/raw.
+    # 4. The DICOM listener: C-STORE into the spool, triage, the SR result sent back. Received
+    # files, the headers kept for the study window and the results are outbound DICOM (they
+    # may carry PHI: the SR goes back into the patient's record); everything else may not.
+    spool_dir, sent = _listener_round_trip(tmp_path, params, phi_files=files)
+    assert sent and str(sent[0].PatientName) in {
+        str(pydicom.dcmread(f).PatientName) for f in files
+    }
+
+    # 5. The Prefect flows: monitoring of the folder, ingestion of a batch into data/raw.
     sys.path.insert(0, str(REPO))
     from flows.ingestion import ingestion_flow
     from flows.monitoring import monitoring_flow
@@ -311,7 +319,7 @@ def test_no_phi_value_reaches_any_file_written(tmp_path, monkeypatch, prefect_se
     report = monitoring_flow(repo_dir=str(repo), folder=str(phi), site="hospital_a", model_tag=tag)
     assert report["status"] in ("drift", "no_drift"), report
 
-    # 5. Scan everything written. Logs of this process (caplog, DEBUG) too.
+    # 6. Scan everything written. Logs of this process (caplog, DEBUG) too.
     (tmp_path / "test_log.txt").write_text(caplog.text)
     roots = [
         out,
@@ -324,8 +332,52 @@ def test_no_phi_value_reaches_any_file_written(tmp_path, monkeypatch, prefect_se
         server_output,
         tmp_path / "prefect_server.log",
         tmp_path / "test_log.txt",
+        spool_dir,
+        tmp_path / "listener_predictions.sqlite",
     ]
-    found = _scan(roots, values, skip=[phi, repo / "data/processed", repo / "data/incoming"])
+    outbound = [spool_dir / name for name in ("incoming", "headers", "outbox")]
+    inputs = [phi, repo / "data/processed", repo / "data/incoming"]
+    found = _scan(roots, values, skip=[*inputs, *outbound])
     assert not found, f"{len(found)} PHI values found, e.g. " + json.dumps(found[:10], indent=1)
     # The scan can fail: the inputs themselves are full of those values.
     assert len(_scan([phi], values, skip=[])) > len(values) / 2
+
+
+def _listener_round_trip(
+    tmp_path: Path, params: Params, phi_files: list[Path]
+) -> tuple[Path, list[Dataset]]:
+    """C-STORE ``phi_files`` to the listener (in-process, real pynetdicom peers), triage them
+    with the package, send the results; the spool folder and the data sets received back."""
+    from cxr_triage.data.deid import Pseudonymiser
+    from cxr_triage.inference.predictor import Predictor
+    from cxr_triage.inference.predlog import PredictionLog
+    from cxr_triage.pacs.outbox import Outbox
+    from cxr_triage.pacs.scp import DicomReceiver
+    from cxr_triage.pacs.settings import Destination, PacsSettings
+    from cxr_triage.pacs.spool import Spool
+    from cxr_triage.pacs.triage import TriageWorker
+    from pacs_helpers import CALLING_AE, StorageDestination, store_files
+
+    settings = PacsSettings(
+        port=free_port(),
+        calling_aes={CALLING_AE: "hospital_a"},
+        spool_dir=tmp_path / "spool",
+        quiet_seconds=0.0,
+        destinations=(Destination("DEST", "127.0.0.1", free_port()),),
+    )
+    spool = Spool(settings.spool, Pseudonymiser(SALT))
+    receiver = DicomReceiver(settings, spool)
+    destination = StorageDestination(settings.destinations[0].port).start()
+    receiver.start()
+    try:
+        assert store_files(settings.port, phi_files) == [0] * len(phi_files)
+        log = PredictionLog(tmp_path / "listener_predictions.sqlite")
+        worker = TriageWorker(settings, spool, Predictor(Path(params.paths.package_dir)), log)
+        summary = worker.run_once()
+        assert summary.triaged == len(phi_files), summary
+        assert Outbox(settings, spool).send_due()["sent"] == len(summary.results)
+    finally:
+        receiver.stop(timeout=5)
+        destination.stop()
+        spool.close()
+    return settings.spool_dir, destination.received

@@ -36,13 +36,14 @@ import contextlib
 import logging
 import re
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.sr.coding import Code
+from pydicom.valuerep import DA, TM
 
 from cxr_triage.vocabulary import ABNORMAL, NOT_FOR_CLINICAL_USE
 
@@ -185,13 +186,50 @@ _TYPE2 = (
 
 
 def _with_type2(header: Dataset) -> Dataset:
-    """A copy of ``header`` with every attribute of :data:`_TYPE2` present (empty if absent)."""
+    """A copy of ``header`` with every attribute of :data:`_TYPE2` present, empty where absent
+    or where its value is one highdicom refuses to copy.
+
+    Modalities write values the standard does not allow (PatientSex "U" or "MALE", a date
+    "0000"): highdicom validates what it copies and raises, which would stop the listener on
+    one study. Such a value is sent empty (Type 2 allows it); the image keeps the original.
+    """
     out = Dataset()
     out.update(header)
     for keyword in _TYPE2:
         if keyword not in out:
             setattr(out, keyword, None)
+    for keyword, valid in _COPIED_CHECKS.items():
+        value = out.get(keyword)
+        if value not in (None, "") and not valid(value):
+            log.warning("%s of a source image is not a valid DICOM value: sent empty", keyword)
+            setattr(out, keyword, None)
     return out
+
+
+def _valid_sex(value: object) -> bool:
+    from highdicom import PatientSexValues
+
+    return str(value) in {member.value for member in PatientSexValues}
+
+
+def _valid(vr_class: type) -> Callable[[object], bool]:
+    def check(value: object) -> bool:
+        try:
+            vr_class(value)
+        except (TypeError, ValueError):
+            return False
+        return True
+
+    return check
+
+
+# What highdicom parses or checks among the copied attributes (highdicom.base.SOPClass).
+_COPIED_CHECKS: dict[str, Callable[[object], bool]] = {
+    "PatientSex": _valid_sex,
+    "PatientBirthDate": _valid(DA),
+    "StudyDate": _valid(DA),
+    "StudyTime": _valid(TM),
+}
 
 
 def _coding_scheme_item() -> Dataset:
