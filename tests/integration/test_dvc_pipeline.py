@@ -8,10 +8,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-from commands import init_pipeline_repo, run_command
+
+from helpers.commands import init_pipeline_repo, run_command
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]  # whole pipelines: minutes each
-REPO = Path(__file__).resolve().parents[2]
 
 
 _run = run_command

@@ -9,12 +9,13 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from commands import run_command
 
 from cxr_triage.evaluation.plots import VEGA_PACKAGES, build_offline_template, fetch_command
+from helpers.commands import run_command
+from helpers.pipeline import REPO
 
 pytestmark = pytest.mark.integration
-REPO = Path(__file__).resolve().parents[2]
+
 CANDIDATES = ("logreg", "rbf_svm")
 
 # The top-level `plots:` section of dvc.yaml (keep in step with it), and the params it reads.
