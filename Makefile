@@ -90,7 +90,7 @@ demo: setup ## Run the whole pipeline (dvc repro) on the embedded synthetic data
 test: setup ## Run the default test suite (unit + integration, minus slow tests)
 	pytest
 
-test-unit: setup ## Run the unit tests only (tests/unit, minus slow tests: under a minute)
+test-unit: setup ## Run the unit tests only (tests/unit: the quick edit-test loop)
 	pytest tests/unit -q
 
 test-slow: setup ## Run only the slow tests

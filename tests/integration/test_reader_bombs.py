@@ -37,6 +37,8 @@ from cxr_triage.io.images import read_image
 from cxr_triage.io.records import ImageLimits
 from helpers.pipeline import REPO
 
+pytestmark = pytest.mark.integration
+
 HEADROOM_MB = 768  # address space allowed on top of the interpreter with the reader imported
 GROWTH_MB = 200  # peak RSS growth a guarded refusal stays under
 
