@@ -12,7 +12,7 @@ export DO_NOT_TRACK := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: help setup lock audit system-deps demo test test-slow test-all bench lint format clean plots exp serve fuzz
+.PHONY: help setup lock audit system-deps demo test test-unit test-slow test-all bench lint format clean plots exp serve fuzz
 
 help: ## Show this help
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk -F':.*?## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -89,6 +89,9 @@ demo: setup ## Run the whole pipeline (dvc repro) on the embedded synthetic data
 
 test: setup ## Run the default test suite (unit + integration, minus slow tests)
 	pytest
+
+test-unit: setup ## Run the unit tests only (tests/unit: the quick edit-test loop)
+	pytest tests/unit -q
 
 test-slow: setup ## Run only the slow tests
 	pytest -m slow

@@ -11,14 +11,14 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-from commands import run_command
 
 from cxr_triage.evaluation.compare import COMPLEXITY
 from cxr_triage.evaluation.headline import HEADLINE_KEYS
 from cxr_triage.evaluation.selection import ENSEMBLE_PREFIX
+from helpers.commands import run_command
+from helpers.pipeline import REPO
 
 pytestmark = pytest.mark.integration
-REPO = Path(__file__).resolve().parents[2]
 # The widest winner name: a zoo or fine-tuned candidate, or an ensemble of up to 9 members.
 LONGEST_WINNER = max([*COMPLEXITY, f"{ENSEMBLE_PREFIX}9"], key=len)
 

@@ -8,12 +8,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-from commands import init_pipeline_repo, run_command
 
 from cxr_triage.evaluation.headline import HEADLINE_KEYS
+from helpers.commands import init_pipeline_repo, run_command
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]  # whole pipelines: minutes each
-REPO = Path(__file__).resolve().parents[2]
 
 
 _run = run_command

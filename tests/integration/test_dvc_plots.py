@@ -10,7 +10,6 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-from commands import run_command
 
 from cxr_triage.evaluation.plots import (
     PAGE_TITLE,
@@ -19,9 +18,11 @@ from cxr_triage.evaluation.plots import (
     fetch_command,
     operating_point_table,
 )
+from helpers.commands import run_command
+from helpers.pipeline import REPO
 
 pytestmark = pytest.mark.integration
-REPO = Path(__file__).resolve().parents[2]
+
 CANDIDATES = ("logreg", "rbf_svm")
 
 PARAMS_YAML = """\

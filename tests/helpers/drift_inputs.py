@@ -13,7 +13,7 @@ import pandas as pd
 
 from cxr_triage.config import Params, parse_section
 from cxr_triage.inference.features import monitoring_columns
-from pipeline_fixture import tiny_params_data
+from helpers.pipeline import tiny_params_data
 
 SCENARIOS = ("same_site", "shifted_new_site", "mixed_sites")
 
