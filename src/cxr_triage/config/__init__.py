@@ -7,7 +7,8 @@ in ``dvc exp run -S`` fails before any work starts. Each stage receives only its
 The sections live by concern: :mod:`~cxr_triage.config.data` (paths, synth, ingest, split),
 :mod:`~cxr_triage.config.training` (backbone, embed, transfer, finetune),
 :mod:`~cxr_triage.config.evaluation` (compare, threshold, evaluate),
-:mod:`~cxr_triage.config.operations` (package, monitor, promote, schedule);
+:mod:`~cxr_triage.config.operations` (package, monitor, promote, schedule),
+:mod:`~cxr_triage.config.inference` (qc, explain, similar: what the radiologist sees);
 :mod:`~cxr_triage.config.parsing` checks types and keys; :mod:`~cxr_triage.config.params` holds
 ``Params`` and ``load_params``. Import them from here.
 """
@@ -21,6 +22,13 @@ from cxr_triage.config.evaluation import (
     Recalibration,
     ThresholdParams,
     WinnerRule,
+)
+from cxr_triage.config.inference import (
+    QC_ACTIONS,
+    ExplainParams,
+    QcActions,
+    QcParams,
+    SimilarParams,
 )
 from cxr_triage.config.operations import (
     MonitorParams,
@@ -43,6 +51,7 @@ from cxr_triage.config.training import (
 
 __all__ = [
     "LOSSES",
+    "QC_ACTIONS",
     "SOURCES",
     "ZOO_NAMES",
     "AugmentOptions",
@@ -50,6 +59,7 @@ __all__ = [
     "CompareParams",
     "EmbedParams",
     "EvaluateParams",
+    "ExplainParams",
     "FinetuneOptions",
     "FinetuneParams",
     "IngestParams",
@@ -58,8 +68,11 @@ __all__ = [
     "Params",
     "PathsParams",
     "PromoteParams",
+    "QcActions",
+    "QcParams",
     "Recalibration",
     "ScheduleParams",
+    "SimilarParams",
     "SplitParams",
     "SynthParams",
     "ThresholdParams",

@@ -24,18 +24,29 @@ from cxr_triage.inference.layout import (
     CLASSIFIER_FILE,
     FORMAT_VERSION,
     MODEL_NAME,
+    NEIGHBOURS_FILE,
     NETWORK_FILE,
     PACKAGE_FILE,
     PROJECTION_FILE,
     PROVENANCE_KEYS,
+    QC_FILE,
+    TORCH_NETWORK_FILE,
 )
 from cxr_triage.inference.predictor import embed_with_network
 from cxr_triage.io.records import ImageLimits
-from cxr_triage.models.artifacts import FINETUNED, load_backbone, load_finetuned, read_json
+from cxr_triage.models.artifacts import (
+    FINETUNED,
+    load_backbone,
+    load_finetuned,
+    read_json,
+    save_state,
+)
 from cxr_triage.vocabulary import CLASS_NAMES
 
 __all__ = [
     "PackageSources",
+    "RadiologistSettings",
+    "ReferenceSet",
     "assemble_package",
     "content_version",
     "finalise_package",
@@ -57,6 +68,32 @@ class PackageSources:
     threshold_dir: Path
 
 
+@dataclass(frozen=True)
+class ReferenceSet:
+    """The package's reference images: train and val (never test), with their manifest rows.
+
+    ``images`` are the prepared ``uint8 (N, S, S)`` images; ``manifest`` has ``split``,
+    ``image_id``, ``label``, the finding columns and ``burned_in_annotation`` where known.
+    """
+
+    images: np.ndarray
+    manifest: Any
+
+    def rows(self, split: str) -> np.ndarray:
+        return np.flatnonzero(self.manifest["split"].to_numpy() == split)
+
+
+@dataclass(frozen=True)
+class RadiologistSettings:
+    """What the package records for the quality gate, explanations and similar cases
+    (``params.yaml`` ``qc``, ``explain``, ``similar``)."""
+
+    qc: Any  # cxr_triage.config.QcParams
+    explain: Any  # cxr_triage.config.ExplainParams
+    similar: Any  # cxr_triage.config.SimilarParams
+    seed: int = 0
+
+
 def _embedding_and_logit(classifier: Any) -> Any:
     """The fine-tuned classifier as one module giving ``[embedding, logit]`` per image."""
     import torch
@@ -75,15 +112,20 @@ def _embedding_and_logit(classifier: Any) -> Any:
     return EmbeddingAndLogit().eval()
 
 
-def _write_network(candidate: str, sources: PackageSources, out: Path, image_size: int) -> str:
-    """Write ``network.onnx`` (and ``classifier.skops``); return the package kind."""
+def _write_network(
+    candidate: str, sources: PackageSources, out: Path, image_size: int
+) -> tuple[str, dict[str, Any] | None]:
+    """Write ``network.onnx``, its torch weights (``network.safetensors``) and, for a transfer
+    winner, ``classifier.skops``; return the package kind and ``torch_network`` (None: ONNX
+    only)."""
     from cxr_triage.models.weights import export_onnx
 
     if candidate == FINETUNED:
-        classifier, _ = load_finetuned(sources.finetune_dir)
+        classifier, info = load_finetuned(sources.finetune_dir)
         with atomic_path(out / NETWORK_FILE) as tmp:
             export_onnx(_embedding_and_logit(classifier), tmp, image_size)
-        return "finetuned"
+        save_state(classifier, out / TORCH_NETWORK_FILE)
+        return "finetuned", {"arch": info["arch"], "head": "finetuned"}
     skops = Path(sources.transfer_dir) / f"{candidate}.skops"
     if not skops.is_file():
         raise DataError(f"{skops} is missing; run `dvc repro transfer`")
@@ -91,10 +133,12 @@ def _write_network(candidate: str, sources: PackageSources, out: Path, image_siz
     backbone, info = load_backbone(Path(sources.backbone_dir))
     if info["format"] == "onnx":
         shutil.copyfile(Path(sources.backbone_dir) / "backbone.onnx", out / NETWORK_FILE)
-    else:
-        with atomic_path(out / NETWORK_FILE) as tmp:
-            export_onnx(backbone, tmp, image_size)
-    return "transfer"
+        return "transfer", None
+    with atomic_path(out / NETWORK_FILE) as tmp:
+        export_onnx(backbone, tmp, image_size)
+    save_state(backbone, out / TORCH_NETWORK_FILE)
+    # Logistic regression on the frozen features is linear: Grad-CAM can go through it.
+    return "transfer", {"arch": info["arch"], "head": "linear" if candidate == "logreg" else "none"}
 
 
 def fit_projection(embeddings: np.ndarray, n_components: int) -> dict[str, np.ndarray]:
@@ -139,9 +183,10 @@ def assemble_package(
     *,
     sources: PackageSources,
     image_size: int,
-    train_images: np.ndarray,
+    reference: ReferenceSet,
     summary_components: int,
     limits: ImageLimits,
+    settings: RadiologistSettings,
     extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Write a package folder for the pipeline's winner and return its ``package.json``.
@@ -150,12 +195,17 @@ def assemble_package(
         out: the folder to fill (created; existing package files are replaced).
         sources: the pipeline's artifact folders.
         image_size: the training resolution.
-        train_images: ``uint8`` train images ``(N, S, S)``, to fit the embedding summary.
+        reference: the train and val images: train fits the embedding summary and the quality
+            gate, val calibrates the gate's limits, both are the similar-case reference set.
         summary_components: principal components kept in the embedding summary.
         limits: the input guards every consumer of the package applies.
+        settings: the quality gate's, explanations' and similar cases' settings.
         extra: more keys for ``package.json`` (metrics, versions).
     """
     from cxr_triage.evaluation.calibration import calibrator_from_dict
+    from cxr_triage.inference.explain import choose_method
+    from cxr_triage.inference.qc import QcSettings, fit_qc_model
+    from cxr_triage.inference.similar import build_neighbours
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -167,7 +217,7 @@ def assemble_package(
             f"{winner['candidate']!r}; run `dvc repro threshold`"
         )
     calibrator_from_dict(winner["calibrator"])  # refuse an unreadable calibrator now
-    kind = _write_network(winner["candidate"], sources, out, image_size)
+    kind, torch_network = _write_network(winner["candidate"], sources, out, image_size)
     info: dict[str, Any] = {
         "format_version": FORMAT_VERSION,
         "candidate": winner["candidate"],
@@ -179,13 +229,58 @@ def assemble_package(
         "calibrator": winner["calibrator"],
         "winner_reason": winner.get("reason", ""),
         "limits": limits.to_dict(),
+        "torch_network": torch_network,
         **(extra or {}),
     }
+    train, val = reference.rows("train"), reference.rows("val")
+    images = np.asarray(reference.images)
     # The network's embeddings of train images fix the summary axes (never val/test).
-    embeddings = embed_with_network(out / NETWORK_FILE, kind, train_images)
-    np.savez(out / PROJECTION_FILE, **fit_projection(embeddings, summary_components))
+    embeddings = embed_with_network(out / NETWORK_FILE, kind, images)
+    np.savez(out / PROJECTION_FILE, **fit_projection(embeddings[train], summary_components))
     info["embedding_dim"] = int(embeddings.shape[1])
     info["summary_components"] = int(min(summary_components, embeddings.shape[1]))
+    qc = settings.qc
+    gate = fit_qc_model(
+        images[train],
+        images[val] if len(val) else images[train],
+        grid=qc.grid,
+        augment_copies=qc.augment_copies,
+        calibration_quantile=qc.calibration_quantile,
+        ood_quantile=qc.ood_quantile,
+        ood_margin=qc.ood_margin,
+        seed=settings.seed,
+    )
+    (out / QC_FILE).write_bytes(gate.to_bytes())
+    info["qc"] = {
+        "settings": QcSettings.from_params(qc).to_dict(),
+        "limits": {
+            "inverted": gate.inverted_limit,
+            "rotated": gate.rotated_limit,
+            "out_of_distribution": gate.ood_limit,
+        },
+        "grid": qc.grid,
+    }
+    similar = settings.similar
+    info["similar"] = {
+        "k": similar.k,
+        "exact_max_rows": similar.exact_max_rows,
+        **build_neighbours(
+            out / NEIGHBOURS_FILE,
+            embeddings=embeddings,
+            images=images,
+            manifest=reference.manifest,
+            thumbnails=similar.thumbnails,
+            thumbnail_size=similar.thumbnail_size,
+        ),
+    }
+    explain = settings.explain
+    method, reason = choose_method(info, explain.method)
+    info["explain"] = {
+        "method": method,
+        "reason": reason,
+        "occlusion_mask": explain.occlusion_mask,
+        "occlusion_overlap": explain.occlusion_overlap,
+    }
     write_json_atomically(out / PACKAGE_FILE, info)
     return info
 
@@ -196,12 +291,15 @@ def package_from_params(
     """:func:`assemble_package` for the pipeline configured by ``params`` (a ``Params``).
 
     Args:
-        params: the pipeline's parameters (paths, image size, limits, summary size).
+        params: the pipeline's parameters (paths, image size, limits, summary size, qc,
+            explain, similar).
         out: the package folder to fill.
-        data: the pipeline's :class:`~cxr_triage.data.dataset.Dataset` (train images are used).
+        data: the pipeline's :class:`~cxr_triage.data.dataset.Dataset` (train and val images
+            are used, never test).
         extra: more keys for ``package.json``.
     """
     paths = params.paths
+    rows = np.concatenate([data.rows("train"), data.rows("val")])
     return assemble_package(
         out,
         sources=PackageSources(
@@ -212,9 +310,14 @@ def package_from_params(
             threshold_dir=Path(paths.threshold_dir),
         ),
         image_size=params.ingest.image_size,
-        train_images=np.asarray(data.pixels[data.rows("train")]),
+        reference=ReferenceSet(
+            np.asarray(data.pixels[rows]), data.manifest.loc[rows].reset_index(drop=True)
+        ),
         summary_components=params.package.summary_components,
         limits=ImageLimits.from_params(params.ingest),
+        settings=RadiologistSettings(
+            qc=params.qc, explain=params.explain, similar=params.similar, seed=params.seed
+        ),
         extra=extra,
     )
 
