@@ -42,19 +42,13 @@ from pathlib import Path
 import numpy as np
 import pydicom
 from PIL import Image
-from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.pixels import apply_modality_lut, apply_voi_lut
-from pydicom.uid import (
-    PYDICOM_IMPLEMENTATION_UID,
-    ExplicitVRLittleEndian,
-    JPEG2000Lossless,
-    generate_uid,
-)
+from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless
 
 from cxr_triage.data.ingest import ingest
 from cxr_triage.data.sources import discover
+from cxr_triage.data.synth.dicom import image_dataset
 
-DX, CR = "1.2.840.10008.5.1.4.1.1.1.1", "1.2.840.10008.5.1.4.1.1.1"
 SYNTAXES = {"explicit": ExplicitVRLittleEndian, "j2k": JPEG2000Lossless}
 LABELS = {"explicit": "Explicit VR LE", "j2k": "JPEG 2000 Lossless"}
 TARGET = 0.8
@@ -82,31 +76,26 @@ def synthetic_pixels(size: int, bits: int, rng: np.random.Generator) -> np.ndarr
     return values.astype(np.uint16)
 
 
-def write_dicom(path: Path, pixels: np.ndarray, bits: int, index: int, syntax: str) -> None:
-    sop_class = DX if index % 2 == 0 else CR
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = sop_class, generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = sop_class, meta.MediaStorageSOPInstanceUID
-    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
-    ds.PatientName, ds.PatientID = "Benchmark^Synthetic", f"BENCH{index:05d}"
-    ds.Modality, ds.BodyPartExamined, ds.ViewPosition = (
-        "DX" if sop_class == DX else "CR",
-        "CHEST",
-        "PA",
-    )
-    ds.SamplesPerPixel = 1
-    # CR plates often store MONOCHROME1: half the files exercise the inversion.
-    ds.PhotometricInterpretation = "MONOCHROME1" if sop_class == CR else "MONOCHROME2"
-    ds.Rows, ds.Columns = pixels.shape
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, bits, bits - 1, 0
+def write_file(path: Path, pixels: np.ndarray, bits: int, index: int, syntax: str) -> None:
+    """Even indices DX (MONOCHROME2), odd CR (MONOCHROME1: half the files exercise inversion)."""
+    modality = "DX" if index % 2 == 0 else "CR"
     top = 2**bits - 1
-    ds.RescaleIntercept, ds.RescaleSlope = 0, 1
-    ds.WindowCenter, ds.WindowWidth = round(0.5 * top), round(0.8 * top)
-    ds.PixelData = pixels.tobytes()
+    ds = image_dataset(
+        pixels,
+        modality=modality,
+        photometric="MONOCHROME1" if modality == "CR" else "MONOCHROME2",
+        bits_stored=bits,
+        attributes={
+            "PatientName": "Benchmark^Synthetic",
+            "PatientID": f"BENCH{index:05d}",
+            "BodyPartExamined": "CHEST",
+            "ViewPosition": "PA",
+            "RescaleIntercept": 0,
+            "RescaleSlope": 1,
+            "WindowCenter": round(0.5 * top),
+            "WindowWidth": round(0.8 * top),
+        },
+    )
     if syntax == "j2k":
         ds.compress(JPEG2000Lossless, pixels, encoding_plugin="pylibjpeg")
     ds.save_as(path, enforce_file_format=True)
@@ -127,7 +116,7 @@ def make_dataset(root: Path, counts: dict[str, int], size: int) -> dict[str, lis
         for i in range(n):
             bits = 12 + i % 5  # BitsStored 12..16 in a 16-bit container
             pixels = synthetic_pixels(size, bits, rng)
-            write_dicom(root / syntax / f"img_{i:04d}.dcm", pixels, bits, i, syntax)
+            write_file(root / syntax / f"img_{i:04d}.dcm", pixels, bits, i, syntax)
         marker.write_text(json.dumps(spec))
         seconds = time.perf_counter() - t0
         print(f"generated {n} {syntax} {size}x{size} files in {seconds:.0f} s (not timed)")

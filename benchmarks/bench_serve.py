@@ -46,30 +46,14 @@ THROUGHPUT_TARGET = 0.8
 
 def make_dicom(path: Path, size: int = 2048, seed: int = 0) -> Path:
     """A 16-bit (12 bits stored) DX chest DICOM of ``size`` x ``size`` with a smooth body."""
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+    from cxr_triage.data.synth.dicom import write_dicom
 
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[0:size, 0:size] / size
     body = np.exp(-(((xx - 0.5) / 0.35) ** 2 + ((yy - 0.5) / 0.45) ** 2))
     pixels = np.clip(body * 3000 + rng.normal(0, 60, (size, size)), 0, 4095).astype(np.uint16)
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = (
-        meta.MediaStorageSOPClassUID,
-        meta.MediaStorageSOPInstanceUID,
-    )
-    ds.Modality, ds.BodyPartExamined, ds.ViewPosition = "DX", "CHEST", "PA"
-    ds.PhotometricInterpretation, ds.SamplesPerPixel = "MONOCHROME2", 1
-    ds.Rows = ds.Columns = size
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
-    ds.PixelData = pixels.tobytes()
-    ds.save_as(path, enforce_file_format=True)
-    return path
+    attributes = {"BodyPartExamined": "CHEST", "ViewPosition": "PA"}
+    return write_dicom(path, pixels, modality="DX", bits_stored=12, attributes=attributes)
 
 
 def make_png(path: Path, size: int = 512) -> Path:

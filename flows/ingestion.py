@@ -7,6 +7,11 @@ version, and the batch moves to ``processed/<batch>/`` only after all of that su
 refused file is listed with its reason in the artifact and the return value.
 
     python -m flows.ingestion --incoming data/incoming [--git-commit]
+    python -m flows.ingestion --dicomweb http://pacs:8042/dicom-web --dicomweb-labels labels.csv
+
+With ``--dicomweb``, the batch is first fetched from a DICOMweb server (QIDO-RS, WADO-RS) into
+the incoming folder: the images of every study in the labels table, which is keyed by
+``sop_instance_uid`` or ``study_instance_uid`` (see :mod:`cxr_triage.pacs.dicomweb`).
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from prefect.cache_policies import NO_CACHE
 
 from cxr_triage.config import load_params
 from cxr_triage.data.deid import salt_from_env
+from cxr_triage.errors import ConfigError
 from cxr_triage.io.records import ImageLimits
 from cxr_triage.orchestration.rawdata import (
     add_batch_to_raw,
@@ -29,6 +35,7 @@ from cxr_triage.orchestration.rawdata import (
     git_commit,
     move_to_processed,
 )
+from cxr_triage.pacs.dicomweb import fetch_labelled_studies
 
 __all__ = ["ingestion_flow"]
 
@@ -42,6 +49,14 @@ def add_batch(
         incoming_dir, raw_dir, salt=salt_from_env(synthetic=synthetic), limits=limits
     )
     return result.to_dict()
+
+
+@task(name="fetch-from-dicomweb", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=30)
+def fetch_from_dicomweb(url: str, labels_csv: str, incoming_dir: str) -> dict[str, Any]:
+    """Download the labelled studies' images into the incoming folder (``folder`` layout)."""
+    from dataclasses import asdict
+
+    return asdict(fetch_labelled_studies(url, labels_csv, incoming_dir))
 
 
 # `dvc add` takes DVC's repository lock: another dvc process may hold it for a moment.
@@ -59,6 +74,8 @@ def ingestion_flow(
     processed_dir: str = "data/processed",
     commit: bool = False,
     synthetic: bool = False,
+    dicomweb_url: str | None = None,
+    dicomweb_labels: str | None = None,
 ) -> dict[str, Any]:
     """Add one incoming batch to the DVC-tracked raw data.
 
@@ -70,6 +87,10 @@ def ingestion_flow(
         commit: git-commit ``<raw_dir>.dvc`` (and its .gitignore) as the new data version.
         synthetic: the batch is synthetic data (allows the public salt when ``CXR_TRIAGE_SALT``
             is unset); real data always needs the secret salt.
+        dicomweb_url: fetch the batch from this DICOMweb server first (into ``incoming_dir``,
+            which must then be empty).
+        dicomweb_labels: the labels table of the studies to fetch (``sop_instance_uid`` or
+            ``study_instance_uid`` keyed; see :mod:`cxr_triage.pacs.dicomweb`).
 
     Returns:
         The batch result: ``accepted``, ``rejected`` (each with reason and message),
@@ -79,6 +100,15 @@ def ingestion_flow(
     logger = get_run_logger()
     repo = Path(repo_dir).resolve()
     incoming = repo / incoming_dir
+    if dicomweb_url:
+        if not dicomweb_labels:
+            raise ConfigError(
+                "dicomweb_url needs dicomweb_labels: the labels CSV of the studies to fetch"
+            )
+        if incoming.is_dir() and any(incoming.iterdir()):
+            raise ConfigError(f"{incoming} is not empty: ingest that batch first")
+        fetched = fetch_from_dicomweb(dicomweb_url, str(repo / dicomweb_labels), str(incoming))
+        logger.info("fetched from %s: %s", dicomweb_url, fetched)
     if not incoming.is_dir() or not any(incoming.iterdir()):
         logger.info("no new data in %s: nothing to ingest", incoming)
         return {"skipped": True, "accepted": [], "rejected": [], "incoming_dir": str(incoming)}
@@ -130,10 +160,12 @@ def main() -> None:  # pragma: no cover - CLI wrapper
     parser.add_argument("--repo-dir", default=".")
     parser.add_argument("--raw-dir", default="data/raw")
     parser.add_argument("--git-commit", action="store_true", help="commit data/raw.dvc")
+    parser.add_argument("--dicomweb", help="fetch the batch from this DICOMweb base URL first")
+    parser.add_argument("--dicomweb-labels", help="labels CSV of the studies to fetch")
     args = parser.parse_args()
     result = ingestion_flow(
         incoming_dir=args.incoming, repo_dir=args.repo_dir, raw_dir=args.raw_dir,
-        commit=args.git_commit,
+        commit=args.git_commit, dicomweb_url=args.dicomweb, dicomweb_labels=args.dicomweb_labels,
     )  # fmt: skip
     print(json.dumps({k: v for k, v in result.items() if k != "accepted"}, indent=2))
 

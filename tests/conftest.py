@@ -7,13 +7,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
-from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian, generate_uid
+
+from cxr_triage.data.synth.dicom import image_dataset
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-DX_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.1.1"
-CR_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.1"
 
 
 @pytest.fixture(scope="session")
@@ -37,7 +36,7 @@ MakeDicom = Callable[..., Path]
 
 @pytest.fixture
 def make_dicom(tmp_path: Path) -> MakeDicom:
-    """Factory writing a small single-frame CR/DX DICOM (STACK.md §5 ``synthetic_cxr``).
+    """Factory writing a small CR/DX DICOM with the project's one writer (``image_dataset``).
 
     Call ``make_dicom(pixels=None, **overrides)``; it returns the path of the written file.
     Overrides (all optional):
@@ -101,63 +100,48 @@ def make_dicom(tmp_path: Path) -> MakeDicom:
         )
         img = ramp_pixels(bits=bits) if pixels is None else pixels
         img = np.asarray(img).astype(dtype)
-
-        modality = str(opts["modality"])
-        sop_class = CR_SOP_CLASS if modality == "CR" else DX_SOP_CLASS
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = sop_class
-        meta.MediaStorageSOPInstanceUID = generate_uid()
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
-        ds = Dataset()
-        ds.file_meta = meta
-        ds.SOPClassUID, ds.SOPInstanceUID = sop_class, meta.MediaStorageSOPInstanceUID
-        ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
-        ds.PatientName = opts["patient_name"]
-        ds.PatientID = opts["patient_id"]
-        ds.PatientBirthDate = opts["patient_birth_date"]
-        ds.PatientAge = opts["patient_age"]
-        ds.PatientSex = opts["patient_sex"]
-        ds.AccessionNumber = opts["accession_number"]
-        ds.InstitutionName = opts["institution_name"]
-        ds.Modality, ds.ViewPosition = modality, "PA"
-        if opts["body_part"] is not None:
-            ds.BodyPartExamined = opts["body_part"]
-
         samples = int(opts["samples_per_pixel"])
-        frames = int(opts["frames"])
         if samples == 3:
             img = np.repeat(img[..., None], 3, axis=-1)
-            ds.PlanarConfiguration = 0
-        ds.SamplesPerPixel = samples
-        ds.PhotometricInterpretation = opts["photometric"]
-        ds.Rows, ds.Columns = img.shape[:2]
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit = allocated, bits, bits - 1
-        ds.PixelRepresentation = int(signed)
-        if frames > 1:
-            ds.NumberOfFrames = frames
-            img = np.stack([img] * frames)
-        if opts["rescale_slope"] is not None:
-            ds.RescaleSlope = opts["rescale_slope"]
-        if opts["rescale_intercept"] is not None:
-            ds.RescaleIntercept = opts["rescale_intercept"]
-        if opts["window_center"] is not None:
-            ds.WindowCenter = opts["window_center"]
-        if opts["window_width"] is not None:
-            ds.WindowWidth = opts["window_width"]
-        if opts["voi_lut_function"] is not None:
-            ds.VOILUTFunction = opts["voi_lut_function"]
+        if int(opts["frames"]) > 1:
+            img = np.stack([img] * int(opts["frames"]))
+
+        attributes: dict[str, object] = {
+            "PatientName": opts["patient_name"],
+            "PatientID": opts["patient_id"],
+            "PatientBirthDate": opts["patient_birth_date"],
+            "PatientAge": opts["patient_age"],
+            "PatientSex": opts["patient_sex"],
+            "AccessionNumber": opts["accession_number"],
+            "InstitutionName": opts["institution_name"],
+            "ViewPosition": "PA",
+        }
+        optional = {
+            "BodyPartExamined": "body_part",
+            "RescaleSlope": "rescale_slope",
+            "RescaleIntercept": "rescale_intercept",
+            "WindowCenter": "window_center",
+            "WindowWidth": "window_width",
+            "VOILUTFunction": "voi_lut_function",
+        }
+        attributes |= {kw: opts[key] for kw, key in optional.items() if opts[key] is not None}
         if opts["voi_lut"] is not None:
             first_mapped, values = opts["voi_lut"]
             values = np.asarray(values, dtype=np.uint16)
             item = Dataset()
             item.LUTDescriptor = [len(values), int(first_mapped), 16]
             item.LUTData = values.astype("<u2").tobytes()  # OW in the data dictionary
-            ds.VOILUTSequence = Sequence([item])
-        for keyword, value in dict(opts["extra"]).items():
-            setattr(ds, keyword, value)
+            attributes["VOILUTSequence"] = Sequence([item])
+        attributes |= dict(opts["extra"])
 
-        ds.PixelData = img.tobytes()
+        ds = image_dataset(
+            img,
+            modality=str(opts["modality"]),
+            photometric=str(opts["photometric"]),
+            bits_stored=bits,
+            samples_per_pixel=samples,
+            attributes=attributes,
+        )
         if opts["transfer_syntax"] is not None:
             ds.compress(opts["transfer_syntax"])
         if opts["truncate_pixel_data"]:

@@ -40,8 +40,11 @@ def tiny_params_data(root: Path | None = None) -> dict:
     }
     data["backbone"]["pretrain"].update(train)
     data["finetune"].update(train, freeze_backbone_epochs=0)
-    data["transfer"].update(candidates=["logreg", "knn"], cv_folds=2, n_jobs=1)
-    data["compare"].update(n_boot=50, calibration_folds=2)
+    data["transfer"].update(candidates=["logreg", "knn"], n_jobs=1)
+    data["finetune"].update(cv_repeats=1, inner_val_frac=0.2)
+    data["compare"].update(
+        n_boot=50, calibration_folds=2, cv_folds=3, cv_repeats=2, nested_inner_folds=2
+    )
     data["threshold"]["n_boot"] = 50
     data["evaluate"].update(n_boot=50, min_slice_count=5)
     data["package"].update(register=False, build_bento=False)

@@ -458,5 +458,149 @@ def backup(
     typer.echo(f"backed up {n_predictions} predictions and {n_reads} reads to {path}")
 
 
+@app.command()
+@_user_errors
+def seeds(
+    seed_list: Annotated[
+        str, typer.Option("--seeds", help="Comma-separated seeds, e.g. 42,1,2,3,4.")
+    ] = "42,1,2,3,4",
+    name: Annotated[
+        str, typer.Option(help="Experiment prefix and report folder (reports/seeds/NAME).")
+    ] = "default",
+    set_params: Annotated[
+        list[str] | None,
+        typer.Option("-S", "--set-param", help="key=value for every run (dvc exp run -S)."),
+    ] = None,
+    dry_run: Annotated[bool, typer.Option(help="Print the dvc commands only.")] = False,
+) -> None:
+    """Run the whole comparison once per seed (DVC experiments) and report mean ± sd.
+
+    Resumable: seeds already in reports/seeds/NAME/runs.jsonl are skipped.
+    """
+    from cxr_triage.orchestration.seeds import run_seeds
+
+    summary = run_seeds(
+        Path.cwd(),
+        [int(s) for s in seed_list.split(",") if s.strip()],
+        name=name,
+        set_params=set_params or [],
+        dry_run=dry_run,
+    )
+    if not dry_run:
+        typer.echo(json.dumps(summary, indent=2))
+
+
+def _pacs_settings(settings_file: Path | None):  # noqa: ANN202
+    """The listener's settings: the environment, with ``--settings`` as the file."""
+    from cxr_triage.pacs.settings import SETTINGS_ENV, PacsSettings
+
+    if settings_file is None:
+        return PacsSettings.from_env()
+    return PacsSettings.from_env({**os.environ, SETTINGS_ENV: str(settings_file)})
+
+
+SettingsOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--settings",
+        help="Listener settings file (YAML/JSON); default $CXR_TRIAGE_PACS_SETTINGS. "
+        "CXR_TRIAGE_PACS_* variables override it.",
+    ),
+]
+PackageOption = Annotated[
+    Path | None, typer.Option(help="A model package folder. Default: the serving model.")
+]
+ModelTagOption = Annotated[str | None, typer.Option(help="A model tag in the BentoML store.")]
+
+
+@app.command()
+@_user_errors
+def listen(
+    settings_file: SettingsOption = None,
+    package: PackageOption = None,
+    model_tag: ModelTagOption = None,
+    receive_only: Annotated[
+        bool, typer.Option("--receive-only", help="Only receive into the spool (no triage).")
+    ] = False,
+    work_only: Annotated[
+        bool, typer.Option("--work-only", help="Only triage and send what the spool holds.")
+    ] = False,
+    status: Annotated[
+        bool, typer.Option("--status", help="Print the spool's counts as JSON and exit.")
+    ] = False,
+) -> None:
+    """DICOM listener: receive studies (C-STORE), triage them, send results as DICOM SR.
+
+    Runs until SIGTERM or Ctrl-C. Settings come from CXR_TRIAGE_PACS_* variables or a settings
+    file (see the README, "Connect to your PACS"); CXR_TRIAGE_SALT is required. Exits 1 when
+    a part of the listener failed. Not for clinical use.
+    """
+    import signal
+
+    from cxr_triage.pacs.listener import (
+        Listener,
+        build_worker,
+        open_spool,
+        quiet_identifying_loggers,
+    )
+    from cxr_triage.pacs.spool import Spool
+
+    settings = _pacs_settings(settings_file)
+    if status:
+        spool = Spool(settings.spool)
+        counts = {**spool.counts(), "worker_pid": spool.worker_lock_holder()}
+        typer.echo(json.dumps(counts, indent=2))
+        return
+    if receive_only and work_only:
+        raise CxrError("--receive-only and --work-only exclude each other")
+    quiet_identifying_loggers()
+    spool = open_spool(settings)
+    worker = (
+        None
+        if receive_only
+        else build_worker(settings, spool, package=package, model_tag=model_tag)
+    )
+    listener = Listener(settings, spool, worker, receive=not work_only, work=not receive_only)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, listener.request_stop)
+    listener.start()
+    try:
+        while not listener.wait(1.0):
+            pass
+    finally:
+        listener.stop()
+    if listener.error is not None:
+        raise typer.Exit(1)
+
+
+@app.command()
+@_user_errors
+def pull(
+    study_uid: Annotated[str, typer.Argument(help="The Study Instance UID to fetch.")],
+    url: Annotated[
+        str, typer.Option("--from", help="DICOMweb base URL, e.g. http://pacs:8042/dicom-web")
+    ],
+    site: Annotated[str | None, typer.Option(help="Site the study comes from.")] = None,
+    settings_file: SettingsOption = None,
+    package: PackageOption = None,
+    model_tag: ModelTagOption = None,
+) -> None:
+    """Fetch a study over DICOMweb (QIDO-RS, WADO-RS), triage it, send its SR like `listen`.
+
+    Prints a JSON summary. When a listener already works the spool, the study is left to it.
+    Exits 2 when no image of the study could be scored. Not for clinical use.
+    """
+    from cxr_triage.pacs.listener import pull_and_triage, quiet_identifying_loggers
+
+    quiet_identifying_loggers()
+    out = pull_and_triage(
+        _pacs_settings(settings_file), url, study_uid, site=site, package=package,
+        model_tag=model_tag,
+    )  # fmt: skip
+    typer.echo(json.dumps(out, indent=2))
+    if "queued_for" not in out and "result" not in out:
+        raise typer.Exit(2)
+
+
 if __name__ == "__main__":  # `python -m cxr_triage.cli`, used by tests and subprocesses
     app()

@@ -47,7 +47,14 @@ def test_dvc_repro_runs_every_stage_then_nothing(pipeline_repo):
     counts = json.loads((pipeline_repo / "data/split/counts.json").read_text())
     assert sum(c["n_images"] for c in counts.values()) == 72
     metrics = _run(["dvc", "metrics", "show"], pipeline_repo)
-    for name in ("test_auroc", "val_auroc", "sensitivity", "n_images", "n_reference"):
+    for name in (
+        "test_auroc",
+        "cv_auroc",
+        "bbc_optimism",
+        "sensitivity",
+        "n_images",
+        "n_reference",
+    ):
         assert name in metrics
 
     again = _run(["dvc", "repro"], pipeline_repo)

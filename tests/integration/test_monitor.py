@@ -17,9 +17,10 @@ import subprocess
 import sys
 import time
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -117,6 +118,39 @@ def test_monitor_same_site_batch_is_no_drift(monitor_env):
     assert "site" in s["ignored_columns"]
     assert result.one_line().startswith("NO DRIFT: ")
     assert json.loads(result.json_path.read_text()) == s
+
+
+def test_prediction_drift_at_chance_level_alarms_only_above_its_threshold(monitor_env):
+    """A prediction shift at K-S 0.01 < p < 0.05 is chance for a daily check (one alarm in 20
+    runs of an unchanged site): stable under the default threshold, drift at 0.05."""
+    from scipy.stats import ks_2samp
+
+    current, _, _ = current_from_images(
+        monitor_env.package_dir, monitor_env.same_site, site="hospital_a"
+    )
+    reference = load_reference(monitor_env.package_dir)
+    reference_probs = reference.loc[reference["site"] == "hospital_a", "prob_abnormal"]
+    shifts = np.linspace(-0.3, 0.3, 601)
+    p_values = [ks_2samp(reference_probs, current["prob_abnormal"] + s).pvalue for s in shifts]
+    shift = next(s for s, p in zip(shifts, p_values, strict=True) if 0.015 < p < 0.04)
+    current["prob_abnormal"] = current["prob_abnormal"] + shift
+
+    verdicts = {}
+    for threshold in (None, 0.05):
+        params = replace(
+            monitor_env.params,
+            monitor=replace(monitor_env.params.monitor, prediction_threshold=threshold),
+        )
+        result = check_drift(
+            params,
+            CurrentData(current),
+            package=monitor_env.package_dir,
+            out_dir=monitor_env.root / f"chance_prediction_{threshold}",
+        )
+        verdicts[threshold] = result.to_json()["prediction_drift"]
+    assert verdicts[None]["drift"] is False and verdicts[None]["threshold"] == 0.01
+    assert 0.01 < verdicts[None]["score"] < 0.05
+    assert verdicts[0.05]["drift"] is True and verdicts[0.05]["threshold"] == 0.05
 
 
 def test_monitor_cli_new_hospital_images_is_drift_with_evidence(monitor_env, tmp_path):

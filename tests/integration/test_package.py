@@ -88,3 +88,92 @@ def test_predictor_accepts_dicom_when_the_package_lists_modalities_in_lower_case
     (package / "package.json").write_text(json.dumps(info))
     prediction = Predictor(package).predict([make_dicom(modality="DX")])[0]
     assert prediction.label in ("normal", "abnormal")
+
+
+def test_an_ensemble_winner_is_packaged_and_scores_as_its_members_compute(tiny_pipeline, tmp_path):
+    """An ensemble winner (frozen-feature members + the fine-tuned network) in one package:
+    its probabilities equal the members' own predictions, calibrated and averaged in torch and
+    scikit-learn, then the ensemble calibrator."""
+    import shutil
+
+    from cxr_triage.evaluation.calibration import calibrator_from_dict, make_calibrator
+    from cxr_triage.inference.package import PackageSources, assemble_package
+    from cxr_triage.io.records import ImageLimits
+    from cxr_triage.models.artifacts import load_backbone, load_finetuned
+    from cxr_triage.models.embed import embed_images
+    from cxr_triage.models.finetune import predict_scores as network_scores
+    from cxr_triage.models.transfer import load_candidate, predict_scores
+
+    params = tiny_pipeline.params
+    paths = params.paths
+    data = load_dataset(paths.ingest_dir, paths.split_dir)
+    dev, test = data.development_rows(), data.rows("test")
+    y = data.labels(dev)
+    zoo = pd.read_csv(Path(paths.transfer_dir) / "oof_scores.csv").query("repeat == 0")
+    net = pd.read_csv(Path(paths.finetune_dir) / "oof_scores.csv").query("repeat == 0")
+    chosen = json.loads((Path(paths.transfer_dir) / "configs.json").read_text())["chosen"]
+    oof = {name: zoo[chosen[name]["config"]].to_numpy() for name in ("logreg", "knn")}
+    oof["finetuned"] = net["finetuned"].to_numpy()
+    calibrators = {name: make_calibrator("platt").fit(y, s) for name, s in oof.items()}
+    mean = np.mean([calibrators[n].transform(oof[n]) for n in oof], axis=0)
+    final = make_calibrator("platt").fit(y, mean)
+    members = [
+        {
+            "candidate": n,
+            "kind": "finetuned" if n == "finetuned" else "zoo",
+            "calibrator": c.to_dict(),
+        }
+        for n, c in calibrators.items()
+    ]
+    compare_dir, threshold_dir = tmp_path / "compare", tmp_path / "threshold"
+    compare_dir.mkdir(), threshold_dir.mkdir()
+    winner = {
+        "candidate": "ensemble_top3",
+        "kind": "ensemble",
+        "members": members,
+        "calibrator": final.to_dict(),
+        "reason": "test",
+    }
+    (compare_dir / "winner.json").write_text(json.dumps(winner))
+    operating = json.loads((Path(paths.threshold_dir) / "threshold.json").read_text())
+    (threshold_dir / "threshold.json").write_text(
+        json.dumps({**operating, "candidate": "ensemble_top3"})
+    )
+    out = tmp_path / "package"
+    info = assemble_package(
+        out,
+        sources=PackageSources(
+            backbone_dir=Path(paths.backbone_dir),
+            transfer_dir=Path(paths.transfer_dir),
+            finetune_dir=Path(paths.finetune_dir),
+            compare_dir=compare_dir,
+            threshold_dir=threshold_dir,
+        ),
+        image_size=params.ingest.image_size,
+        train_images=np.asarray(data.pixels[dev]),
+        summary_components=params.package.summary_components,
+        limits=ImageLimits.from_params(params.ingest),
+    )
+    assert info["kind"] == "ensemble" and info["network_logit"] is True
+    assert sorted(p.name for p in out.glob("member-*.skops")) == [
+        "member-knn.skops",
+        "member-logreg.skops",
+    ]
+    pixels = np.asarray(data.pixels[test])
+    packaged = Predictor(out).score(pixels).prob_abnormal
+
+    backbone, _ = load_backbone(Path(paths.backbone_dir))
+    embeddings = embed_images(backbone, pixels, mode="eager", progress=False)
+    classifier, _ = load_finetuned(Path(paths.finetune_dir))
+    raw = {
+        "logreg": predict_scores(
+            load_candidate(Path(paths.transfer_dir) / "logreg.skops"), embeddings
+        ),
+        "knn": predict_scores(load_candidate(Path(paths.transfer_dir) / "knn.skops"), embeddings),
+        "finetuned": network_scores(classifier, pixels).astype(np.float64),
+    }
+    expected = calibrator_from_dict(final.to_dict()).transform(
+        np.mean([calibrators[n].transform(raw[n]) for n in raw], axis=0)
+    )
+    np.testing.assert_allclose(packaged, expected, rtol=0, atol=1e-4)
+    shutil.rmtree(out)

@@ -408,3 +408,47 @@ def test_service_prediction_log_on_a_read_only_disk_is_503(
                 "/predict", files={"image": ("a.dcm", _synth_dicom(tiny_pipeline).read_bytes())}
             )
         _assert_error(response, 503, "prediction_log_unavailable")
+
+
+def _stow_body(parts: list[bytes], boundary: str = "stow-boundary") -> tuple[dict, bytes]:
+    body = b"".join(
+        b"--" + boundary.encode() + b"\r\nContent-Type: application/dicom\r\n\r\n" + p + b"\r\n"
+        for p in parts
+    )
+    headers = {"Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}'}
+    return headers, body + b"--" + boundary.encode() + b"--\r\n"
+
+
+def test_stow_rs_stores_into_the_listener_spool(asgi, make_dicom, shared_data, tmp_path,
+                                                monkeypatch) -> None:  # fmt: skip
+    from cxr_triage.pacs.spool import Spool
+    from cxr_triage.serving.dicomweb import _spool_and_settings
+
+    good = make_dicom().read_bytes()
+    ct = (shared_data / "dicom" / "CT_small.dcm").read_bytes()
+    monkeypatch.delenv("CXR_TRIAGE_SALT", raising=False)
+    monkeypatch.setenv("CXR_TRIAGE_PACS_SPOOL_DIR", str(tmp_path / "spool"))
+    _spool_and_settings.cache_clear()
+    with asgi() as client:
+        headers, body = _stow_body([good])
+        _assert_error(client.post("/studies", content=body, headers=headers), 503,
+                      "spool_unavailable")  # fmt: skip
+        monkeypatch.setenv("CXR_TRIAGE_SALT", "stow-test-salt-0123456789")
+        headers, body = _stow_body([good, ct])
+        partial = client.post("/studies", content=body, headers=headers)
+        assert partial.status_code == 202, partial.text
+        assert partial.headers["content-type"].startswith("application/dicom+json")
+        (failed,) = partial.json()["00081198"]["Value"]
+        assert failed["00081197"]["Value"] == [0x0122]
+        assert len(partial.json()["00081199"]["Value"]) == 1
+        headers, body = _stow_body([ct])
+        conflict = client.post("/studies", content=body, headers=headers)
+        assert conflict.status_code == 409  # PS3.18's body, not rewritten by the guard
+        assert conflict.json()["00081198"]["Value"][0]["00081197"]["Value"] == [0x0122]
+        headers, body = _stow_body([make_dicom(name="other.dcm").read_bytes()])
+        wrong_study = client.post("/studies/1.2.3.4", content=body, headers=headers)
+        assert wrong_study.json()["00081198"]["Value"][0]["00081197"]["Value"] == [0xA900]
+        _assert_error(client.post("/studies", json={"x": 1}), 415, "unsupported_media_type")
+    _spool_and_settings.cache_clear()
+    (row,) = Spool(tmp_path / "spool").instances()
+    assert (row.source, row.state) == ("stow", "received")

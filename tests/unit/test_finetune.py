@@ -289,3 +289,65 @@ def test_augment_options_do_not_flip_by_default() -> None:
     assert AugmentOptions().hflip_p == 0.0
     with pytest.raises(ConfigError, match="gamma_range"):
         AugmentOptions(gamma_range=(0.0, 1.0))
+
+
+def test_train_classifier_without_validation_runs_every_epoch_and_keeps_the_last(
+    data: dict, tmp_path: Path
+) -> None:
+    options = replace(OPTIONS, epochs=2, patience=1)  # patience is moot without validation
+    model = _model()
+    result = train_classifier(
+        model,
+        data["train_x"],
+        data["train_y"],
+        None,
+        None,
+        options=options,
+        checkpoint_dir=tmp_path,
+        device="cpu",
+    )
+    assert result.epochs_completed == 2 and result.best_epoch == 2
+    assert not result.stopped_early
+    saved = torch.load(tmp_path / "last.pt", weights_only=True)["model"]
+    _assert_same_weights(model.state_dict(), saved)
+
+
+def test_cross_validate_network_scores_each_row_once_and_resumes(
+    data: dict, tmp_path: Path
+) -> None:
+    from cxr_triage.data.folds import dev_folds
+    from cxr_triage.models.finetune import cross_validate_network
+
+    images = np.concatenate([data["train_x"], data["val_x"]])
+    y = np.concatenate([data["train_y"], data["val_y"]])
+    groups = np.arange(len(y)) // 2  # two images per patient
+    folds = dev_folds(y, groups, n_folds=3, repeats=1, seed=0)
+    options = replace(OPTIONS, epochs=2)
+    first = cross_validate_network(
+        _model,
+        images,
+        y,
+        groups,
+        folds,
+        options=options,
+        checkpoint_root=tmp_path,
+        inner_val_frac=0.2,
+        device="cpu",
+    )
+    assert first.scores.shape == (1, len(y)) and np.isfinite(first.scores).all()
+    assert sorted(set(first.fold[0])) == [0, 1, 2]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r0-f0", "r0-f1", "r0-f2"]
+    # A second call finds every fold finished: nothing retrains, the scores are identical.
+    again = cross_validate_network(
+        _model,
+        images,
+        y,
+        groups,
+        folds,
+        options=options,
+        checkpoint_root=tmp_path,
+        inner_val_frac=0.2,
+        device="cpu",
+    )
+    assert [r.resumed_from_epoch for r in again.results] == [2, 2, 2]
+    assert np.array_equal(first.scores, again.scores)

@@ -8,18 +8,28 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 from pydicom import dcmread
 from pydicom.pixels import apply_modality_lut, apply_voi_lut
+from pydicom.uid import ComputedRadiographyImageStorage
 
-from cxr_triage.data import synth
+from cxr_triage.config import SynthParams, load_params
 from cxr_triage.data.synth import (
     LABEL_COLUMNS,
     SITE_PRESETS,
     SiteProfile,
     SynthConfig,
     generate_dataset,
+    render,
     site_profile,
 )
+from cxr_triage.data.synth.cohort import (
+    CHRONIC_FINDINGS,
+    FINDING_WEIGHTS,
+    LESION_ROWS,
+    plan_images,
+)
+from cxr_triage.data.synth.lesions import DRAWN_BY, NOMINAL_CONTRAST
 from cxr_triage.errors import ConfigError
 from cxr_triage.vocabulary import FINDINGS
 
@@ -114,7 +124,7 @@ def test_generate_dataset_writes_dicom_headers_and_fake_phi(
     ds = dcmread(out / "images" / row["Image Index"])
     site = SITE_PRESETS["hospital_c"]
     assert ds.Modality == "CR"
-    assert ds.SOPClassUID == synth.CR_SOP_CLASS
+    assert ds.SOPClassUID == ComputedRadiographyImageStorage
     assert ds.PhotometricInterpretation == "MONOCHROME1"
     assert (ds.BitsAllocated, ds.BitsStored, ds.HighBit) == (16, 10, 9)
     assert ds.BodyPartExamined == "CHEST"
@@ -164,7 +174,7 @@ def test_plan_prevalence_follows_profile(site: str) -> None:
     profile = SITE_PRESETS[site]
     table = pd.DataFrame(
         {"abnormal": bool(spec.labels), "view": spec.view, "age": spec.age}
-        for spec in synth._plan(2000, profile, 5, SynthConfig())
+        for spec in plan_images(2000, profile, 5, SynthConfig())
     )
     assert table["abnormal"].mean() == pytest.approx(profile.abnormal_prevalence, abs=0.07)
     ap_rate = table.groupby("abnormal")["view"].apply(lambda v: (v == "AP").mean())
@@ -194,6 +204,16 @@ def test_generate_dataset_new_hospital_is_shifted(tmp_path: Path) -> None:
     a, new = SITE_PRESETS["hospital_a"], SITE_PRESETS["new_hospital"]
     assert new.manufacturer != a.manufacturer
     assert (new.rows, new.bits_stored) != (a.rows, a.bits_stored)
+
+
+@pytest.mark.parametrize(
+    "table",
+    [FINDING_WEIGHTS, LESION_ROWS, NOMINAL_CONTRAST, DRAWN_BY],
+    ids=["FINDING_WEIGHTS", "LESION_ROWS", "NOMINAL_CONTRAST", "DRAWN_BY"],
+)
+def test_per_finding_tables_cover_the_vocabulary(table: dict[str, object]) -> None:
+    assert sorted(table) == sorted(FINDINGS)
+    assert CHRONIC_FINDINGS <= set(FINDINGS)
 
 
 def test_site_profile_unknown_name_is_deterministic() -> None:
@@ -233,6 +253,26 @@ def test_synth_config_bad_range_raises_config_error() -> None:
         SynthConfig(subtle_fraction=1.5)
 
 
+def test_synth_config_defaults_are_the_pipeline_default() -> None:
+    # One default dataset: params.yaml's synth knobs, SynthParams' and SynthConfig's agree, so the
+    # CLI and the promotion gate's frozen set draw from the same task as the pipeline.
+    params = load_params(Path(__file__).resolve().parents[2] / "params.yaml")
+    assert SynthConfig.from_params(params.synth) == SynthConfig()
+    assert SynthConfig.from_params(SynthParams()) == SynthConfig()
+
+
+def test_synth_config_from_params_reads_every_knob(tmp_path: Path) -> None:
+    data = yaml.safe_load((Path(__file__).resolve().parents[2] / "params.yaml").read_text())
+    data["synth"].update(lesion_contrast=[0.2, 0.4], label_noise=0.5, image_size=64)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(data))
+    config = SynthConfig.from_params(load_params(tmp_path / "params.yaml").synth)
+    assert (config.lesion_contrast, config.label_noise, config.image_size) == ((0.2, 0.4), 0.5, 64)
+    data["synth"]["subtle_fraction"] = 2.0
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(data))
+    with pytest.raises(ConfigError, match="subtle_fraction"):
+        SynthConfig.from_params(load_params(tmp_path / "params.yaml").synth)
+
+
 def test_generate_dataset_existing_out_dir_raises_config_error(tmp_path: Path) -> None:
     out = tmp_path / "out"
     out.mkdir()
@@ -248,15 +288,15 @@ def test_generate_dataset_failed_run_leaves_no_out_dir(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     calls = []
-    render = synth._render_density
+    render_density = render.render_density
 
     def failing_render(*args: object, **kwargs: object) -> np.ndarray:
         calls.append(1)
         if len(calls) == 3:
             raise RuntimeError("worker died")
-        return render(*args, **kwargs)
+        return render_density(*args, **kwargs)
 
-    monkeypatch.setattr(synth, "_render_density", failing_render)
+    monkeypatch.setattr(render, "render_density", failing_render)
     with pytest.raises(RuntimeError, match="worker died"):
         generate_dataset(tmp_path / "out", 6, "hospital_a", seed=0, config=SMALL)
     assert list(tmp_path.iterdir()) == []  # neither out_dir nor its temporary sibling

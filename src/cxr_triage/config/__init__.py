@@ -15,9 +15,18 @@ The sections live by concern: :mod:`~cxr_triage.config.data` (paths, synth, inge
 
 from __future__ import annotations
 
-from cxr_triage.config.data import SOURCES, IngestParams, PathsParams, SplitParams, SynthParams
+from cxr_triage.config.data import (
+    SOURCES,
+    IngestParams,
+    PathsParams,
+    SplitParams,
+    SynthKnobs,
+    SynthParams,
+)
 from cxr_triage.config.evaluation import (
+    SELECTION_RULES,
     CompareParams,
+    EnsembleParams,
     EvaluateParams,
     Recalibration,
     ThresholdParams,
@@ -46,18 +55,21 @@ from cxr_triage.config.training import (
     EmbedParams,
     FinetuneOptions,
     FinetuneParams,
+    SslParams,
     TransferParams,
 )
 
 __all__ = [
     "LOSSES",
     "QC_ACTIONS",
+    "SELECTION_RULES",
     "SOURCES",
     "ZOO_NAMES",
     "AugmentOptions",
     "BackboneParams",
     "CompareParams",
     "EmbedParams",
+    "EnsembleParams",
     "EvaluateParams",
     "ExplainParams",
     "FinetuneOptions",
@@ -74,6 +86,8 @@ __all__ = [
     "ScheduleParams",
     "SimilarParams",
     "SplitParams",
+    "SslParams",
+    "SynthKnobs",
     "SynthParams",
     "ThresholdParams",
     "TransferParams",

@@ -7,7 +7,7 @@ from typing import Literal
 
 from cxr_triage.errors import ConfigError
 
-__all__ = ["IngestParams", "PathsParams", "SOURCES", "SplitParams", "SynthParams"]
+__all__ = ["IngestParams", "PathsParams", "SOURCES", "SplitParams", "SynthKnobs", "SynthParams"]
 
 SOURCES = ("synthetic", "chestxray14", "folder", "dicom")
 
@@ -33,8 +33,54 @@ class PathsParams:
 
 
 @dataclass(frozen=True)
-class SynthParams:
-    """The embedded default dataset: synthetic sites and their image counts."""
+class SynthKnobs:
+    """The synthetic generator's difficulty and content knobs (``params.yaml`` ``synth``).
+
+    The defaults are the tuned default dataset; :class:`cxr_triage.data.synth.SynthConfig`
+    validates them.
+
+    Args:
+        lesion_contrast: range of the per-finding contrast multiplier (1 = a clearly visible
+            lesion of that kind); drawn uniformly per finding.
+        lesion_size: range of the per-finding size multiplier (1 = typical size of that kind).
+        subtle_fraction: fraction of abnormal images drawn subtle: every finding at
+            ``subtle_scale`` times its contrast and at the smallest size of ``lesion_size``.
+            These are what keeps a good model well below AUROC 1.0.
+        subtle_scale: contrast multiplier of subtle findings.
+        max_findings: most findings per abnormal image (1 to 14); the count is drawn with
+            decreasing probability, as in ChestX-ray14.
+        label_noise: fraction of images whose content disagrees with the label, as in report-mined
+            labels: a labelled abnormal image drawn without visible finding, or a "No Finding"
+            image with an unlabelled faint finding.
+        anatomy_variation: scale of normal anatomical variability (heart and lung size and shape,
+            diaphragm height, breast and rib density); 0 makes all patients alike.
+        pose_jitter: scale of per-image rotation (about 3 degrees at 1), translation and scale.
+        ap_abnormal_ratio: how much more often abnormal images are AP than normal ones (about 2 in
+            real data); 1 removes the view shortcut.
+        max_followups: most images per patient (follow-ups share sex, age, anatomy and chronic
+            findings; their labels may differ).
+        prevalence: abnormal fraction overriding the site's ``abnormal_prevalence``; None keeps it.
+        image_size: longest side in pixels overriding the site's native size (aspect and field of
+            view kept, pixel spacing scaled); None keeps the native size.
+    """
+
+    lesion_contrast: tuple[float, float] = (1.0, 1.8)
+    lesion_size: tuple[float, float] = (1.0, 1.8)
+    subtle_fraction: float = 0.08
+    subtle_scale: float = 0.6
+    max_findings: int = 3
+    label_noise: float = 0.015
+    anatomy_variation: float = 1.0
+    pose_jitter: float = 1.0
+    ap_abnormal_ratio: float = 2.0
+    max_followups: int = 5
+    prevalence: float | None = None
+    image_size: int | None = None
+
+
+@dataclass(frozen=True)
+class SynthParams(SynthKnobs):
+    """The embedded default dataset: synthetic sites, their image counts and the knobs."""
 
     sites: dict[str, int] = field(
         default_factory=lambda: {"hospital_a": 360, "hospital_b": 300, "hospital_c": 240}

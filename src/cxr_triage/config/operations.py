@@ -35,6 +35,8 @@ class MonitorParams:
             default for categories.
         num_threshold, cat_threshold: their thresholds; null: the method's default.
         prediction_drift_fails: a drifted ``prob_abnormal`` distribution alone fails the run.
+        prediction_threshold: the stat-test threshold of ``prob_abnormal``; null: K-S p < 0.01
+            (one false alarm in 100 checks of an unchanged site), else ``num_threshold``.
         embedding_method: Evidently ``EmbeddingsDrift`` method: mmd | model | distance | ratio.
         embedding_max_rows: rows per side for the embedding test (its t-SNE plot costs ~4 s at
             500 + 500 rows, ~11 s at 1000 + 1000 on 2 cores).
@@ -64,6 +66,7 @@ class MonitorParams:
     cat_method: str | None = None
     cat_threshold: float | None = None
     prediction_drift_fails: bool = True
+    prediction_threshold: float | None = None
     embedding_method: Literal["mmd", "model", "distance", "ratio"] = "mmd"
     embedding_max_rows: int = 500
     calibration_repeats: int = 50

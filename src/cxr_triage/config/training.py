@@ -15,6 +15,7 @@ __all__ = [
     "EmbedParams",
     "FinetuneOptions",
     "FinetuneParams",
+    "SslParams",
     "TransferParams",
 ]
 
@@ -124,9 +125,78 @@ class FinetuneOptions:
 
 @dataclass(frozen=True)
 class FinetuneParams(FinetuneOptions):
-    """The fine-tuned candidate: ``FinetuneOptions`` plus whether to train it at all."""
+    """The fine-tuned candidate: ``FinetuneOptions`` plus how it is cross-validated.
 
-    enabled: bool = True  # false for an ONNX backbone, which can only be used frozen
+    Attributes:
+        enabled: false for an ONNX backbone, which can only be used frozen.
+        cv_repeats: repeats of the network's patient-grouped CV over train+val (the first
+            ``cv_repeats`` fold assignments of ``compare``; each costs ``compare.cv_folds``
+            trainings).
+        inner_val_frac: share of each training fold's patients held out for early stopping.
+    """
+
+    enabled: bool = True
+    cv_repeats: int = 1
+    inner_val_frac: float = 0.15
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.cv_repeats < 1:
+            raise ConfigError(f"finetune cv_repeats must be >= 1, got {self.cv_repeats}")
+        if not 0 < self.inner_val_frac < 0.5:
+            raise ConfigError("finetune inner_val_frac must be in (0, 0.5)")
+
+
+def _ssl_augment() -> AugmentOptions:
+    # Stronger than the supervised defaults: two views must differ enough that matching them
+    # needs anatomy, not pixel statistics (SimCLR's lesson: augmentation strength matters most).
+    return AugmentOptions(
+        max_rotation_deg=12.0,
+        max_translation=0.1,
+        scale_range=(0.8, 1.2),
+        brightness=0.15,
+        contrast=0.3,
+        gamma_range=(0.7, 1.4),
+    )
+
+
+@dataclass(frozen=True)
+class SslParams:
+    """Self-supervised (SimCLR-style contrastive) pretraining of the backbone, before the
+    supervised 14-finding pretraining, on every image available except the run's test patients.
+
+    Attributes:
+        enabled: run it (off by default: it multiplies the backbone stage's cost).
+        epochs: passes over the image pool.
+        batch_size: images per step (each gives two views; the other 2B - 2 are negatives).
+        lr: peak AdamW learning rate (cosine-annealed).
+        weight_decay: AdamW decoupled weight decay.
+        temperature: NT-Xent temperature.
+        projection_dim: output of the projection head (discarded after pretraining).
+        extra_dirs: more image folders, labelled or not; each needs a ``labels.csv`` with
+            ``image`` and ``patient_id`` so that test patients can be left out.
+        augment: ranges of the view transforms.
+        num_threads: torch CPU threads (fixed for reproducibility).
+        mixed_precision: autocast on a GPU (as fine-tuning).
+    """
+
+    enabled: bool = False
+    epochs: int = 20
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    temperature: float = 0.2
+    projection_dim: int = 128
+    extra_dirs: list[str] = field(default_factory=list)
+    augment: AugmentOptions = field(default_factory=_ssl_augment)
+    num_threads: int | None = 2
+    mixed_precision: bool = True
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.batch_size < 2 or not self.lr > 0:
+            raise ConfigError("backbone.ssl needs epochs >= 1, batch_size >= 2 and lr > 0")
+        if not self.temperature > 0:
+            raise ConfigError("backbone.ssl.temperature must be > 0")
 
 
 @dataclass(frozen=True)
@@ -142,6 +212,7 @@ class BackboneParams:
     pretrain: FinetuneOptions = field(
         default_factory=lambda: FinetuneOptions(loss="bce", epochs=8, patience=3)
     )
+    ssl: SslParams = field(default_factory=SslParams)
 
 
 @dataclass(frozen=True)
@@ -165,9 +236,14 @@ ZOO_NAMES: tuple[str, ...] = (
 
 @dataclass(frozen=True)
 class TransferParams:
-    """The classifier zoo on embeddings, each tuned by patient-grouped CV on train only."""
+    """The classifier zoo on embeddings: every configuration of every candidate scored out of
+    fold on ``compare``'s folds of train+val, each candidate's best refitted on train+val.
+
+    Attributes:
+        candidates: zoo members (:data:`ZOO_NAMES`).
+        n_jobs: parallel fitting processes (joblib; -1 = all cores). Every fit runs on one
+            BLAS/OpenMP thread, so the results do not depend on this or on the core count.
+    """
 
     candidates: list[str] = field(default_factory=lambda: list(ZOO_NAMES))
-    cv_folds: int = 3
-    tune_max_rows: int = 3000
-    n_jobs: int = -1
+    n_jobs: int = 1

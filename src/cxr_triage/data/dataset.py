@@ -28,6 +28,11 @@ class Dataset:
             raise ValueError(f"unknown split {split!r}; use one of {SPLITS}")
         return self.manifest.index[self.manifest["split"] == split].to_numpy()
 
+    def development_rows(self) -> np.ndarray:
+        """Train and val rows (the development set every model is fitted and chosen on), in
+        manifest order; test rows are never among them."""
+        return self.manifest.index[self.manifest["split"].isin(("train", "val"))].to_numpy()
+
     def labels(self, rows: np.ndarray) -> np.ndarray:
         """1 = abnormal, 0 = normal."""
         return self.manifest.loc[rows, "label"].eq(ABNORMAL).to_numpy(dtype=np.int64)

@@ -33,6 +33,32 @@ def _ci_rows(m: dict[str, Any]) -> str:
     return "\n".join(rows)
 
 
+def _headline_rows(m: dict[str, Any]) -> str:
+    """CV estimate, its optimism and the bias-corrected figure, beside the test AUROC."""
+    rows = (
+        (
+            "CV over train+val (winner, apparent)",
+            "cv_auroc",
+            "cv_auroc_ci_low",
+            "cv_auroc_ci_high",
+        ),
+        (
+            "selection optimism (BBC-CV)",
+            "bbc_optimism",
+            "bbc_optimism_ci_low",
+            "bbc_optimism_ci_high",
+        ),
+        ("bias-corrected CV (BBC-CV)", "bbc_auroc", None, None),
+        ("held-out test", "test_auroc", "test_auroc_ci_low", "test_auroc_ci_high"),
+    )
+    return "\n".join(
+        f"| {name} | {_num(m.get(key))} | "
+        + (f"{_num(m.get(low))} - {_num(m.get(high))}" if low else "")
+        + " |"
+        for name, key, low, high in rows
+    )
+
+
 def render_model_card(
     *,
     metrics: dict[str, Any],
@@ -75,21 +101,28 @@ children, other body parts or modalities, or any use without a radiologist readi
 |---|---|---|---|
 {split_lines}
 
-Splits are patient-disjoint. Model, recalibration, threshold and winner were fixed on train/val;
-the test split was read once, for this card.
+Splits are patient-disjoint. Model, recalibration, threshold and winner were fixed by
+patient-grouped cross-validation over train+val (the winner refitted on all of it); the test split
+was read once, for this card.
 
 ## Model
 Winner: **{winner["candidate"]}** (recalibration: {winner["recalibration"]}). {winner["reason"]}
 
 {comparison_md}
 
+## Headline: cross-validated estimate beside the held-out test
+| estimate | AUROC | 95% interval |
+|---|---|---|
+{_headline_rows(m)}
+
 ## Test performance (95% patient-bootstrap CIs)
 | metric | value | 95% CI |
 |---|---|---|
 {_ci_rows(m)}
 
-Operating point: threshold {threshold["threshold"]:.4f} ({threshold["policy"]}, chosen on val:
-sensitivity {_pct(threshold["sensitivity"])}, specificity {_pct(threshold["specificity"])}).
+Operating point: threshold {threshold["threshold"]:.4f} ({threshold["policy"]}, chosen on the
+out-of-fold train+val scores: sensitivity {_pct(threshold["sensitivity"])}, specificity
+{_pct(threshold["specificity"])}).
 At this point {_pct(m["test_normal_cleared_share"])} of normal test studies (and
 {_pct(m["test_worklist_cleared_share"])} of all test studies) would be moved down the worklist,
 while {_pct(m["test_abnormal_cleared_share"])} of abnormal studies would be too.

@@ -3,7 +3,8 @@
 A package folder holds everything :class:`~cxr_triage.inference.predictor.Predictor` needs, in
 formats that are safe to load (ONNX, skops, JSON, npz; never pickle):
 
-- ``package.json``: candidate, kind (``finetuned`` or ``transfer``), image size, class names,
+- ``package.json``: candidate, kind (``finetuned``, ``transfer`` or ``ensemble``), image size,
+  class names,
   threshold and its operating point, the calibrator, the input limits, metrics, provenance
   (data and code versions) and the model tag (``cxr-triage:<content hash>``);
 - ``network.onnx``: the network on normalised images. For a fine-tuned winner its output is the
@@ -13,6 +14,11 @@ formats that are safe to load (ONNX, skops, JSON, npz; never pickle):
   architecture and head), for Grad-CAM and the sanity checks of explanations; absent when the
   backbone was supplied as ONNX only;
 - ``classifier.skops``: the transfer winner's classifier (transfer only);
+- ``member-<candidate>.skops``: each frozen-feature member of an ensemble winner. An ensemble's
+  network outputs the frozen backbone's embedding, followed by the fine-tuned network's logit
+  when that network is a member (``members`` in ``package.json``: candidate, kind, calibrator);
+  its probability is the ensemble calibrator applied to the mean of the members' calibrated
+  probabilities;
 - ``projection.npz``: mean and principal axes of the train embeddings, for the embedding summary
   logged with every prediction (monitoring);
 - ``qc.npz``: the input quality gate's content model (``package.json`` ``qc``: its settings);
@@ -37,6 +43,7 @@ __all__ = [
     "CLASSIFIER_FILE",
     "FORMAT_VERSION",
     "KINDS",
+    "MEMBER_FILE",
     "MODEL_CARD_FILE",
     "MODEL_NAME",
     "NEIGHBOURS_FILE",
@@ -60,8 +67,9 @@ PROJECTION_FILE = "projection.npz"
 QC_FILE = "qc.npz"
 NEIGHBOURS_FILE = "neighbours.npz"
 REFERENCE_FILE = "reference.parquet"
+MEMBER_FILE = "member-{}.skops"  # .format(candidate)
 MODEL_CARD_FILE = "model_card.md"
-KINDS = ("finetuned", "transfer")
+KINDS = ("finetuned", "transfer", "ensemble")
 # Keys of package.json that describe where a model came from, not what it computes: they are
 # left out of the model tag, so that re-packaging identical weights gives the same tag.
 PROVENANCE_KEYS = ("model_tag", "versions")

@@ -23,6 +23,7 @@ from cxr_triage.errors import DataError
 from cxr_triage.inference.layout import (
     CLASSIFIER_FILE,
     FORMAT_VERSION,
+    MEMBER_FILE,
     MODEL_NAME,
     NEIGHBOURS_FILE,
     NETWORK_FILE,
@@ -94,8 +95,9 @@ class RadiologistSettings:
     seed: int = 0
 
 
-def _embedding_and_logit(classifier: Any) -> Any:
-    """The fine-tuned classifier as one module giving ``[embedding, logit]`` per image."""
+def _embedding_and_logit(classifier: Any, frozen: Any = None) -> Any:
+    """One module giving ``[embedding, logit]`` per image: the embedding of ``frozen`` (a frozen
+    backbone, for an ensemble) or else of the fine-tuned network itself, then its logit."""
     import torch
     from torch import nn
 
@@ -103,42 +105,68 @@ def _embedding_and_logit(classifier: Any) -> Any:
         def __init__(self) -> None:
             super().__init__()
             self.backbone, self.head = classifier.backbone, classifier.head
+            self.frozen = frozen
             self.in_channels = getattr(classifier.backbone, "in_channels", 1)
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             features = self.backbone(x)
-            return torch.cat([features, self.head(features)], dim=1)
+            embedding = features if self.frozen is None else self.frozen(x)
+            return torch.cat([embedding, self.head(features)], dim=1)
 
     return EmbeddingAndLogit().eval()
 
 
+def _copy_classifier(sources: PackageSources, candidate: str, target: Path) -> None:
+    skops = Path(sources.transfer_dir) / f"{candidate}.skops"
+    if not skops.is_file():
+        raise DataError(f"{skops} is missing; run `dvc repro transfer`")
+    shutil.copyfile(skops, target)
+
+
 def _write_network(
-    candidate: str, sources: PackageSources, out: Path, image_size: int
-) -> tuple[str, dict[str, Any] | None]:
-    """Write ``network.onnx``, its torch weights (``network.safetensors``) and, for a transfer
-    winner, ``classifier.skops``; return the package kind and ``torch_network`` (None: ONNX
-    only)."""
+    winner: dict[str, Any], sources: PackageSources, out: Path, image_size: int
+) -> tuple[str, dict[str, Any]]:
+    """Write ``network.onnx``, its torch weights (``network.safetensors``, when the network is
+    a torch one) and the classifiers; return the package kind and its extra ``package.json``
+    keys (``torch_network``: architecture and head, None when ONNX only or an ensemble)."""
     from cxr_triage.models.weights import export_onnx
 
+    candidate = winner["candidate"]
     if candidate == FINETUNED:
         classifier, info = load_finetuned(sources.finetune_dir)
         with atomic_path(out / NETWORK_FILE) as tmp:
             export_onnx(_embedding_and_logit(classifier), tmp, image_size)
         save_state(classifier, out / TORCH_NETWORK_FILE)
-        return "finetuned", {"arch": info["arch"], "head": "finetuned"}
-    skops = Path(sources.transfer_dir) / f"{candidate}.skops"
-    if not skops.is_file():
-        raise DataError(f"{skops} is missing; run `dvc repro transfer`")
-    shutil.copyfile(skops, out / CLASSIFIER_FILE)
+        return "finetuned", {"torch_network": {"arch": info["arch"], "head": "finetuned"}}
     backbone, info = load_backbone(Path(sources.backbone_dir))
+    members = winner.get("members") or []
+    if members:
+        has_logit = any(m["candidate"] == FINETUNED for m in members)
+        for m in members:
+            if m["candidate"] != FINETUNED:
+                _copy_classifier(sources, m["candidate"], out / MEMBER_FILE.format(m["candidate"]))
+        if has_logit:
+            classifier, _ = load_finetuned(sources.finetune_dir)
+            network = _embedding_and_logit(classifier, frozen=backbone)
+        else:
+            network = backbone
+        with atomic_path(out / NETWORK_FILE) as tmp:
+            export_onnx(network, tmp, image_size)
+        listed = [
+            {"candidate": m["candidate"], "kind": m["kind"], "calibrator": m["calibrator"]}
+            for m in members
+        ]
+        return "ensemble", {"members": listed, "network_logit": has_logit, "torch_network": None}
+    _copy_classifier(sources, candidate, out / CLASSIFIER_FILE)
     if info["format"] == "onnx":
         shutil.copyfile(Path(sources.backbone_dir) / "backbone.onnx", out / NETWORK_FILE)
-        return "transfer", None
+        return "transfer", {"torch_network": None}
     with atomic_path(out / NETWORK_FILE) as tmp:
         export_onnx(backbone, tmp, image_size)
     save_state(backbone, out / TORCH_NETWORK_FILE)
     # Logistic regression on the frozen features is linear: Grad-CAM can go through it.
-    return "transfer", {"arch": info["arch"], "head": "linear" if candidate == "logreg" else "none"}
+    head = "linear" if candidate == "logreg" else "none"
+    return "transfer", {"torch_network": {"arch": info["arch"], "head": head}}
 
 
 def fit_projection(embeddings: np.ndarray, n_components: int) -> dict[str, np.ndarray]:
@@ -195,8 +223,9 @@ def assemble_package(
         out: the folder to fill (created; existing package files are replaced).
         sources: the pipeline's artifact folders.
         image_size: the training resolution.
-        reference: the train and val images: train fits the embedding summary and the quality
-            gate, val calibrates the gate's limits, both are the similar-case reference set.
+        reference: the train and val images (manifest order): both fit the embedding summary,
+            train fits the quality gate and val calibrates its limits, both are the
+            similar-case reference set. Never test images.
         summary_components: principal components kept in the embedding summary.
         limits: the input guards every consumer of the package applies.
         settings: the quality gate's, explanations' and similar cases' settings.
@@ -217,7 +246,9 @@ def assemble_package(
             f"{winner['candidate']!r}; run `dvc repro threshold`"
         )
     calibrator_from_dict(winner["calibrator"])  # refuse an unreadable calibrator now
-    kind, torch_network = _write_network(winner["candidate"], sources, out, image_size)
+    for member in winner.get("members") or []:
+        calibrator_from_dict(member["calibrator"])
+    kind, kind_info = _write_network(winner, sources, out, image_size)
     info: dict[str, Any] = {
         "format_version": FORMAT_VERSION,
         "candidate": winner["candidate"],
@@ -228,15 +259,17 @@ def assemble_package(
         "operating_point": operating,
         "calibrator": winner["calibrator"],
         "winner_reason": winner.get("reason", ""),
+        **kind_info,
         "limits": limits.to_dict(),
-        "torch_network": torch_network,
         **(extra or {}),
     }
     train, val = reference.rows("train"), reference.rows("val")
     images = np.asarray(reference.images)
-    # The network's embeddings of train images fix the summary axes (never val/test).
-    embeddings = embed_with_network(out / NETWORK_FILE, kind, images)
-    np.savez(out / PROJECTION_FILE, **fit_projection(embeddings[train], summary_components))
+    # The network's embeddings of development images fix the summary axes (never test).
+    embeddings = embed_with_network(
+        out / NETWORK_FILE, kind, images, has_logit=kind_info.get("network_logit")
+    )
+    np.savez(out / PROJECTION_FILE, **fit_projection(embeddings, summary_components))
     info["embedding_dim"] = int(embeddings.shape[1])
     info["summary_components"] = int(min(summary_components, embeddings.shape[1]))
     qc = settings.qc
@@ -299,7 +332,7 @@ def package_from_params(
         extra: more keys for ``package.json``.
     """
     paths = params.paths
-    rows = np.concatenate([data.rows("train"), data.rows("val")])
+    rows = data.development_rows()
     return assemble_package(
         out,
         sources=PackageSources(

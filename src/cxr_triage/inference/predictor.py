@@ -31,6 +31,7 @@ from cxr_triage.errors import DataError
 from cxr_triage.inference.features import monitoring_rows
 from cxr_triage.inference.layout import (
     CLASSIFIER_FILE,
+    MEMBER_FILE,
     NEIGHBOURS_FILE,
     NETWORK_FILE,
     PROJECTION_FILE,
@@ -116,18 +117,23 @@ def network_outputs(
     ]
 
 
-def embed_with_network(network: Path, kind: str, images: np.ndarray) -> np.ndarray:
+def embed_with_network(
+    network: Path, kind: str, images: np.ndarray, *, has_logit: bool | None = None
+) -> np.ndarray:
     """Embeddings ``(N, D)`` of prepared images from a package's ``network.onnx``.
 
     Args:
         network: the ONNX file.
-        kind: ``finetuned`` (its last output column is the logit, dropped) or ``transfer``.
+        kind: ``finetuned`` (its last output column is the logit, dropped), ``transfer`` or
+            ``ensemble``.
         images: prepared ``uint8`` images ``(N, S, S)``.
+        has_logit: the last output column is a logit (default: ``kind == "finetuned"``).
     """
     from cxr_triage.models.weights import OnnxEmbedder
 
     out = np.concatenate(network_outputs(OnnxEmbedder(network), images))
-    return out[:, :-1] if kind == "finetuned" else out
+    drop = kind == "finetuned" if has_logit is None else has_logit
+    return out[:, :-1] if drop else out
 
 
 def _sigmoid(z: np.ndarray) -> np.ndarray:
@@ -167,10 +173,24 @@ class Predictor:
         self._calibrator = calibrator_from_dict(self.info["calibrator"])
         self._network = OnnxEmbedder(self.package_dir / NETWORK_FILE, num_threads=num_threads)
         self.classifier: Any = None  # the transfer winner's fitted candidate
+        self._has_logit = self.kind == "finetuned" or bool(self.info.get("network_logit"))
+        self._members: list[tuple[str, Any, Any]] = []  # (candidate, classifier or None, calib.)
         if self.kind == "transfer":
             from cxr_triage.models.transfer import load_candidate
 
             self.classifier = load_candidate(self.package_dir / CLASSIFIER_FILE)
+        elif self.kind == "ensemble":
+            from cxr_triage.models.transfer import load_candidate
+
+            for member in self.info.get("members", []):
+                name = member["candidate"]
+                classifier = (
+                    None
+                    if member["kind"] == "finetuned"
+                    else load_candidate(self.package_dir / MEMBER_FILE.format(name))
+                )
+                calibrator = calibrator_from_dict(member["calibrator"])
+                self._members.append((name, classifier, calibrator))
         projection = np.load(self.package_dir / PROJECTION_FILE)
         self._mean = projection["mean"].astype(np.float32)
         self._axes = projection["components"].astype(np.float32)
@@ -252,7 +272,7 @@ class Predictor:
         out = (
             np.concatenate(outputs)
             if outputs
-            else np.zeros((0, int(self.info.get("embedding_dim", 0)) + (self.kind == "finetuned")))
+            else np.zeros((0, int(self.info.get("embedding_dim", 0)) + self._has_logit))
         )
         embeddings, raw, prob = self._head(out)
         summary = np.concatenate(
@@ -268,6 +288,19 @@ class Predictor:
         """Network outputs to (embeddings, raw score, calibrated probability)."""
         if self.kind == "finetuned":
             embeddings, raw = out[:, :-1], _sigmoid(out[:, -1])
+        elif self.kind == "ensemble":
+            from cxr_triage.models.transfer import predict_scores
+
+            embeddings = out[:, :-1] if self._has_logit else out
+            parts = [
+                calibrator.transform(
+                    _sigmoid(out[:, -1])
+                    if classifier is None
+                    else np.asarray(predict_scores(classifier, embeddings), dtype=np.float64)
+                )
+                for _, classifier, calibrator in self._members
+            ]
+            raw = np.mean(parts, axis=0) if len(out) else np.zeros(0)
         else:
             from cxr_triage.models.transfer import predict_scores
 

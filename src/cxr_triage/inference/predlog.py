@@ -20,8 +20,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
-import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ from typing import Any
 import pandas as pd
 
 from cxr_triage.atomic import atomic_path
+from cxr_triage.database import Database
 from cxr_triage.errors import ConfigError, DataError
 from cxr_triage.state import PREDICTION_LOG_ENV, state_layout
 
@@ -57,7 +57,6 @@ _FEEDBACK_COLUMNS = (
     "received_at TEXT NOT NULL, UNIQUE (key_kind, key)"
 )
 KEY_KINDS = ("request_id", "study_key")  # what a read is matched by (a column of the log)
-_BUSY_TIMEOUT_MS = 30_000
 _CHUNK = 500  # keys per query (SQLite limits the number of parameters)
 
 
@@ -97,7 +96,13 @@ class PredictionLog:
                 f"cannot create the prediction log folder {self.path.parent}: {exc}; "
                 f"set {LOG_PATH_ENV} to a writable path"
             ) from exc
-        self._local = threading.local()
+        self._db = Database(
+            self.path,
+            lambda exc: ConfigError(
+                f"cannot open the prediction log {self.path}: {exc}; "
+                f"set {LOG_PATH_ENV} to a writable file path"
+            ),
+        )
         with self._transaction() as db:
             columns = ", ".join(f"{name} {kind}" for name, kind in _FIXED.items())
             db.execute(f"CREATE TABLE IF NOT EXISTS {_TABLE} ({columns})")
@@ -106,35 +111,10 @@ class PredictionLog:
             db.execute(f"CREATE TABLE IF NOT EXISTS {_FEEDBACK} ({_FEEDBACK_COLUMNS})")
 
     def _connection(self) -> sqlite3.Connection:
-        db = getattr(self._local, "db", None)
-        if db is None:
-            try:
-                db = sqlite3.connect(
-                    self.path, timeout=_BUSY_TIMEOUT_MS / 1000, isolation_level=None
-                )
-                db.execute("PRAGMA journal_mode=WAL")
-                db.execute("PRAGMA synchronous=FULL")
-                db.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}")
-            except sqlite3.Error as exc:
-                raise ConfigError(
-                    f"cannot open the prediction log {self.path}: {exc}; "
-                    f"set {LOG_PATH_ENV} to a writable file path"
-                ) from exc
-            self._local.db = db
-        return db
+        return self._db.connection()
 
-    @contextlib.contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        db = self._connection()
-        # IMMEDIATE takes the write lock up front, so concurrent writers queue on busy_timeout
-        # instead of failing with "database is locked" half-way through.
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            yield db
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
+    def _transaction(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
+        return self._db.transaction()
 
     def _existing_columns(self, db: sqlite3.Connection) -> set[str]:
         return {row[1] for row in db.execute(f"PRAGMA table_info({_TABLE})")}
@@ -309,10 +289,7 @@ class PredictionLog:
         return int(self._connection().execute(f"SELECT COUNT(*) FROM {_TABLE}").fetchone()[0])
 
     def close(self) -> None:
-        db = getattr(self._local, "db", None)
-        if db is not None:
-            db.close()
-            self._local.db = None
+        self._db.close()
 
 
 def backup_log(

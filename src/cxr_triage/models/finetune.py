@@ -33,12 +33,15 @@ from torch import nn
 
 from cxr_triage.atomic import atomic_path
 from cxr_triage.config import FinetuneOptions
+from cxr_triage.data.folds import Fold, inner_holdout
 from cxr_triage.data.preprocess import iter_model_input, to_model_input
 from cxr_triage.errors import ConfigError
 from cxr_triage.models.augment import augment_batch
 
 __all__ = [
+    "NetworkCV",
     "TrainResult",
+    "cross_validate_network",
     "predict_logits",
     "predict_scores",
     "resolve_device",
@@ -230,7 +233,7 @@ def _fingerprint(
     model: nn.Module,
     train_images: np.ndarray,
     train_targets: np.ndarray,
-    val_images: np.ndarray,
+    val_images: np.ndarray | None,
 ) -> dict[str, Any]:
     # Non-scalar values (the nested augment options) become strings so the checkpoint stays
     # loadable with weights_only=True.
@@ -244,7 +247,7 @@ def _fingerprint(
     )
     fields["n_parameters"] = sum(p.numel() for p in model.parameters())
     fields["n_train"] = len(train_images)
-    fields["n_val"] = len(val_images)
+    fields["n_val"] = 0 if val_images is None else len(val_images)
     fields["image_size"] = int(train_images.shape[-1])
     fields["n_positives"] = repr(train_targets.sum(axis=0).tolist())
     return fields
@@ -315,6 +318,36 @@ def _restore_rng(state: Mapping[str, Any], device: torch.device) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def _resume(
+    last_path: Path,
+    checkpoint_format: object,
+    fingerprint: Mapping[str, Any],
+    stateful: Mapping[str, Any],
+    device: torch.device,
+) -> dict[str, Any] | None:
+    """Load ``last_path`` into ``stateful`` (name -> object with ``load_state_dict``) and
+    restore the RNG; None when there is no checkpoint.
+
+    Raises:
+        ConfigError: the checkpoint is of another run (format or fingerprint differ).
+    """
+    if not last_path.exists():
+        return None
+    # On the CPU: RNG states must stay CPU tensors; load_state_dict moves the rest.
+    saved = torch.load(last_path, map_location="cpu", weights_only=True)
+    if saved.get("format") != checkpoint_format or saved.get("fingerprint") != fingerprint:
+        raise ConfigError(
+            f"{last_path.parent} holds a checkpoint of a different run "
+            f"({_describe_difference(saved.get('fingerprint', {}), fingerprint)}); "
+            "delete that folder to start over, or restore the original options to resume"
+        )
+    for name, obj in stateful.items():
+        obj.load_state_dict(saved[name])
+    _restore_rng(saved["rng"], device)
+    logger.info("resuming from %s after epoch %d", last_path, saved["epoch"])
+    return saved
+
+
 def _describe_difference(saved: Mapping[str, Any], current: Mapping[str, Any]) -> str:
     keys = sorted(set(saved) | set(current))
     diffs = [
@@ -329,8 +362,8 @@ def train_classifier(
     model: nn.Module,
     train_images: np.ndarray,
     train_targets: np.ndarray,
-    val_images: np.ndarray,
-    val_targets: np.ndarray,
+    val_images: np.ndarray | None,
+    val_targets: np.ndarray | None,
     *,
     options: FinetuneOptions,
     checkpoint_dir: Path,
@@ -347,8 +380,10 @@ def train_classifier(
         model: a :class:`~cxr_triage.models.networks.Classifier`, moved to ``device``.
         train_images: ``uint8`` ``(N, S, S)`` (may be a memory map).
         train_targets: ``(N,)`` binary labels or ``(N, K)`` multi-label 0/1 targets.
-        val_images: ``uint8`` ``(M, S, S)``.
-        val_targets: ``(M,)`` or ``(M, K)``, as the train targets.
+        val_images: ``uint8`` ``(M, S, S)``; None trains exactly ``options.epochs`` epochs
+            without validation (no early stopping) and keeps the last epoch's weights, as a
+            refit on all development data does.
+        val_targets: ``(M,)`` or ``(M, K)``, as the train targets (None with ``val_images``).
         options: the run's settings.
         checkpoint_dir: folder for ``last.pt`` (full state) and ``best.pt`` (best weights).
         device: ``"auto"`` (GPU when available), ``"cpu"``, ``"cuda"`` or a torch device.
@@ -362,7 +397,7 @@ def train_classifier(
             options (delete the folder to start over, or restore the options).
     """
     y_train = _check_inputs(model, train_images, train_targets, "train")
-    y_val = _check_inputs(model, val_images, val_targets, "val")
+    y_val = None if val_images is None else _check_inputs(model, val_images, val_targets, "val")
     target = resolve_device(device)
     checkpoint_dir = Path(checkpoint_dir)
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
@@ -384,8 +419,8 @@ def _train(
     model: nn.Module,
     train_images: np.ndarray,
     y_train: np.ndarray,
-    val_images: np.ndarray,
-    y_val: np.ndarray,
+    val_images: np.ndarray | None,
+    y_val: np.ndarray | None,
     options: FinetuneOptions,
     checkpoint_dir: Path,
     device: torch.device,
@@ -417,22 +452,15 @@ def _train(
         "finished": False,
         "stopped_early": False,
     }
-    if last_path.exists():
-        # On the CPU: RNG states must stay CPU tensors; load_state_dict moves the rest.
-        saved = torch.load(last_path, map_location="cpu", weights_only=True)
-        if saved.get("format") != _CHECKPOINT_FORMAT or saved.get("fingerprint") != fingerprint:
-            raise ConfigError(
-                f"{checkpoint_dir} holds a checkpoint of a different run "
-                f"({_describe_difference(saved.get('fingerprint', {}), fingerprint)}); "
-                "delete that folder to start over, or restore the original options to resume"
-            )
-        model.load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
-        scheduler.load_state_dict(saved["scheduler"])
-        scaler.load_state_dict(saved["scaler"])
-        _restore_rng(saved["rng"], device)
+    saved = _resume(
+        last_path,
+        _CHECKPOINT_FORMAT,
+        fingerprint,
+        {"model": model, "optimizer": optimizer, "scheduler": scheduler, "scaler": scaler},
+        device,
+    )
+    if saved is not None:
         state = {k: saved[k] for k in state}
-        logger.info("resuming from %s after epoch %d", last_path, state["epoch"])
     resumed_from = state["epoch"]
 
     started = time.monotonic()
@@ -486,20 +514,25 @@ def _train(
         lr = optimizer.param_groups[0]["lr"]
         scheduler.step()
 
-        val_logits = predict_logits(model, val_images, batch_size=options.eval_batch_size)
-        val_logits = val_logits.reshape(len(val_images), -1)
-        with torch.no_grad():
-            val_loss = float(criterion(torch.from_numpy(val_logits), torch.from_numpy(y_val)))
-        val_auroc = _mean_auroc(y_val, val_logits)
-        # A single-class val set has no AUROC; then the (negated) val loss decides.
-        metric = val_auroc if not math.isnan(val_auroc) else -val_loss
+        if val_images is None or y_val is None:
+            # No validation: every epoch is "better", so the last one's weights are kept.
+            val_loss, val_auroc, metric = math.nan, math.nan, float(epoch + 1)
+        else:
+            val_logits = predict_logits(model, val_images, batch_size=options.eval_batch_size)
+            val_logits = val_logits.reshape(len(val_images), -1)
+            with torch.no_grad():
+                val_loss = float(criterion(torch.from_numpy(val_logits), torch.from_numpy(y_val)))
+            val_auroc = _mean_auroc(y_val, val_logits)
+            # A single-class val set has no AUROC; then the (negated) val loss decides.
+            metric = val_auroc if not math.isnan(val_auroc) else -val_loss
         state["epoch"] = epoch + 1
         if metric > state["best_metric"]:
             state.update(best_metric=metric, best_epoch=epoch + 1, bad_epochs=0)
             _atomic_save(model.state_dict(), best_path)
         else:
             state["bad_epochs"] += 1
-        if options.patience is not None and state["bad_epochs"] >= options.patience:
+        patience = None if val_images is None else options.patience
+        if patience is not None and state["bad_epochs"] >= patience:
             state.update(finished=True, stopped_early=True)
         if state["epoch"] >= options.epochs:
             state["finished"] = True
@@ -556,3 +589,95 @@ def _train(
         last_path=last_path,
         device=str(device),
     )
+
+
+@dataclass(frozen=True)
+class NetworkCV:
+    """Out-of-fold scores of a network trained once per fold.
+
+    Attributes:
+        scores: ``(repeats, n_rows)`` sigmoid probabilities, each row scored by the network of
+            the fold that held it out.
+        fold: ``(repeats, n_rows)`` the fold of each row.
+        best_epochs: per fold, the epoch early stopping kept (on the fold's inner holdout).
+        results: per fold, the training outcome.
+    """
+
+    scores: np.ndarray
+    fold: np.ndarray
+    best_epochs: tuple[int, ...]
+    results: tuple[TrainResult, ...]
+
+
+def cross_validate_network(
+    build_model: Callable[[], nn.Module],
+    images: np.ndarray,
+    targets: np.ndarray,
+    groups: np.ndarray,
+    folds: list[Fold],
+    *,
+    options: FinetuneOptions,
+    checkpoint_root: Path,
+    inner_val_frac: float,
+    device: str | torch.device = "auto",
+) -> NetworkCV:
+    """Train one network per fold (early stopping on a patient holdout of the fold's training
+    rows) and score the fold's held-out rows.
+
+    Each fold checkpoints to ``checkpoint_root/r<repeat>-f<fold>``, so an interrupted
+    cross-validation resumes inside the fold it stopped in, and finished folds are not redone.
+
+    Args:
+        build_model: returns a fresh model (the same initial weights each call: seed inside).
+        images: development images ``uint8`` ``(n, S, S)`` (may be a memory map).
+        targets: 0/1 labels ``(n,)``.
+        groups: patient id per row.
+        folds: the comparison's folds (:func:`cxr_triage.data.folds.dev_folds`).
+        options: training settings; ``options.seed`` also seeds the inner holdouts.
+        checkpoint_root: folder of the per-fold checkpoints.
+        inner_val_frac: share of a fold's training patients held out for early stopping.
+        device: as for :func:`train_classifier`.
+
+    Returns:
+        The out-of-fold scores and each fold's outcome.
+    """
+    targets = np.asarray(targets)
+    repeats = 1 + max(f.repeat for f in folds)
+    scores = np.full((repeats, len(targets)), np.nan)
+    fold_of = np.full((repeats, len(targets)), -1, dtype=np.int64)
+    best_epochs, results = [], []
+    for fold in folds:
+        fit_rows, stop_rows = inner_holdout(
+            targets,
+            groups,
+            fold.fit,
+            fraction=inner_val_frac,
+            seed=options.seed + 100 * fold.repeat + fold.fold,
+        )
+        model = build_model()
+        result = train_classifier(
+            model,
+            np.asarray(images[fit_rows]),
+            targets[fit_rows].astype(np.float32),
+            np.asarray(images[stop_rows]),
+            targets[stop_rows].astype(np.float32),
+            options=options,
+            checkpoint_dir=Path(checkpoint_root) / f"r{fold.repeat}-f{fold.fold}",
+            device=device,
+        )
+        scores[fold.repeat, fold.score] = predict_scores(
+            model, np.asarray(images[fold.score]), batch_size=options.eval_batch_size
+        )
+        fold_of[fold.repeat, fold.score] = fold.fold
+        best_epochs.append(max(1, result.best_epoch))
+        results.append(result)
+        logger.info(
+            "network CV repeat %d fold %d: best epoch %d, inner AUROC %.3f",
+            fold.repeat,
+            fold.fold,
+            result.best_epoch,
+            result.best_val_auroc,
+        )
+    if (fold_of < 0).any():
+        raise ConfigError("the folds do not score every row once per repeat")
+    return NetworkCV(scores, fold_of, tuple(best_epochs), tuple(results))

@@ -42,6 +42,7 @@ same file.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
 import warnings
@@ -61,21 +62,32 @@ from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestClassif
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.kernel_approximation import Nystroem
 from sklearn.linear_model import LogisticRegression
-from sklearn.model_selection import GridSearchCV, StratifiedGroupKFold
+from sklearn.metrics import roc_auc_score
+from sklearn.model_selection import GridSearchCV, ParameterGrid
 from sklearn.neighbors import KNeighborsClassifier
 from sklearn.neural_network import MLPClassifier
 from sklearn.pipeline import Pipeline
-from sklearn.preprocessing import StandardScaler
+from sklearn.preprocessing import OneHotEncoder, StandardScaler
 from sklearn.svm import LinearSVC
 from threadpoolctl import threadpool_limits
 
 from cxr_triage.config import ZOO_NAMES
+from cxr_triage.data.folds import Fold, dev_folds
 from cxr_triage.errors import ConfigError, DataError
 
 __all__ = [
     "TRUSTED_TYPES",
     "ZOO_NAMES",
     "FittedCandidate",
+    "OutOfFold",
+    "ZooConfig",
+    "cross_validate_configs",
+    "cross_validate_metadata",
+    "fit_config",
+    "leave_one_site_out",
+    "positive_proba",
+    "refit_config",
+    "zoo_configs",
     "fit_candidate",
     "fit_zoo",
     "load_candidate",
@@ -257,18 +269,7 @@ def patient_cv_splits(
     Raises:
         ConfigError: when there are fewer patients of a class than folds.
     """
-    if cv_folds < 2:
-        raise ConfigError(f"cv_folds must be >= 2, got {cv_folds!r}")
-    codes, _ = pd.factorize(pd.Series(groups), use_na_sentinel=False)
-    for label in (0, 1):
-        n_patients = np.unique(codes[y == label]).size
-        if n_patients < cv_folds:
-            raise ConfigError(
-                f"only {n_patients} patients have label {label}, fewer than cv_folds={cv_folds}; "
-                "lower cv_folds or add data"
-            )
-    splitter = StratifiedGroupKFold(n_splits=cv_folds, shuffle=True, random_state=seed)
-    return list(splitter.split(np.zeros(y.size), y, codes))
+    return [(f.fit, f.score) for f in dev_folds(y, groups, n_folds=cv_folds, repeats=1, seed=seed)]
 
 
 def _tuning_rows(groups: np.ndarray, max_rows: int, seed: int) -> np.ndarray:
@@ -392,7 +393,7 @@ def fit_zoo(
     n_jobs: int = -1,
     *,
     tune_max_rows: int = 3000,
-    n_threads: int | None = None,
+    n_threads: int | None = 1,
 ) -> dict[str, FittedCandidate]:
     """Tune and fit every requested candidate on train embeddings, in parallel.
 
@@ -405,8 +406,8 @@ def fit_zoo(
         seed: seed of folds, subsamples and estimators.
         n_jobs: parallel worker processes (joblib semantics: -1 = all cores).
         tune_max_rows: row budget of each search (see :func:`fit_candidate`).
-        n_threads: BLAS/OpenMP threads per candidate; ``None`` shares the cores left over by
-            the parallel candidates (at least 1). Pass 1 on a machine shared with other jobs.
+        n_threads: BLAS/OpenMP threads per candidate (``None``: library defaults, which
+            depend on the core count and so can change the last bits of the results).
 
     Returns:
         The fitted candidates by name, in the order of ``names``.
@@ -422,9 +423,6 @@ def fit_zoo(
     X_arr, y_arr, groups_arr = _check_training_data(X, y, groups)
     ordered = sorted(names, key=_FIT_ORDER.index)
     workers = min(_n_workers(n_jobs), len(ordered))
-    # Cores left over by the candidate-level parallelism go to each candidate's own threads.
-    if n_threads is None:
-        n_threads = max(1, (os.cpu_count() or 1) // workers)
     fitted = Parallel(n_jobs=workers)(
         delayed(fit_candidate)(
             name,
@@ -545,3 +543,254 @@ def load_candidate(path: str | Path) -> FittedCandidate:
         n_tune=int(payload["n_tune"]),
         cpu_seconds=float(payload.get("cpu_seconds", 0.0)),
     )
+
+
+# --------------------------------------------------------------------------------------------
+# The comparison protocol: every configuration scored out of fold on shared patient folds
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ZooConfig:
+    """One hyperparameter setting of one zoo candidate.
+
+    Attributes:
+        candidate: the zoo member (one of :data:`ZOO_NAMES`).
+        name: ``candidate(param=value,...)``, unique across the zoo.
+        params: pipeline parameters (``step__name``) set on the candidate's pipeline.
+    """
+
+    candidate: str
+    name: str
+    params: dict[str, Any]
+
+
+def _short(value: Any) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
+def zoo_configs(names: Sequence[str], n_features: int, n_rows: int, seed: int) -> list[ZooConfig]:
+    """Every grid point of every named candidate, for fits on at least ``n_rows`` rows.
+
+    Args:
+        names: candidates from :data:`ZOO_NAMES`.
+        n_features: embedding width (sets the RBF ``gamma`` grid).
+        n_rows: the smallest number of rows any fit will see (caps k-NN's neighbours).
+        seed: seed of the estimators.
+
+    Raises:
+        ConfigError: an unknown or repeated name.
+    """
+    unknown = [n for n in names if n not in ZOO_NAMES]
+    if unknown or len(set(names)) != len(names):
+        raise ConfigError(
+            f"names must be distinct entries of {', '.join(ZOO_NAMES)}; got {list(names)}"
+        )
+    configs = []
+    for name in names:
+        for params in ParameterGrid(_spec(name, n_features, n_rows, seed).grid):
+            label = ",".join(f"{k.split('__')[-1]}={_short(v)}" for k, v in sorted(params.items()))
+            plain = {k: _plain(v) for k, v in params.items()}
+            configs.append(ZooConfig(name, f"{name}({label})", plain))
+    return configs
+
+
+def fit_config(
+    config: ZooConfig, X: np.ndarray, y: np.ndarray, groups: np.ndarray, *, seed: int
+) -> BaseEstimator:
+    """Fit one configuration on ``X`` (one BLAS/OpenMP thread; Platt folds by patient).
+
+    Returns:
+        The fitted estimator (``predict_proba`` gives class 1 in column ``classes_ == 1``).
+    """
+    spec = _spec(config.candidate, X.shape[1], len(y), seed)
+    estimator: BaseEstimator = clone(spec.pipeline).set_params(**config.params)
+    with threadpool_limits(limits=1), warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        if spec.platt:
+            n_patients = min(np.unique(groups[y == k]).size for k in (0, 1))
+            splits = patient_cv_splits(y, groups, max(2, min(3, n_patients)), seed)
+            estimator = CalibratedClassifierCV(
+                estimator, method="sigmoid", cv=splits, ensemble=False
+            )
+            estimator.fit(X, y)
+            estimator.cv = len(splits)  # keep the saved artifact free of fold indices
+        else:
+            estimator.fit(X, y)
+    return estimator
+
+
+def positive_proba(estimator: Any, X: np.ndarray) -> np.ndarray:
+    """Probability of class 1 (abnormal) from a fitted estimator, float64 ``(n,)``."""
+    classes = list(estimator.classes_)
+    return estimator.predict_proba(X)[:, classes.index(1)].astype(np.float64)
+
+
+@dataclass(frozen=True)
+class OutOfFold:
+    """Out-of-fold probabilities of several configurations on shared folds.
+
+    Attributes:
+        names: one per configuration (column).
+        scores: ``(repeats, n_rows, n_configs)`` probability of abnormal, each row scored by
+            the model of the fold that held it out.
+        fold: ``(repeats, n_rows)`` the fold that scored each row.
+    """
+
+    names: tuple[str, ...]
+    scores: np.ndarray
+    fold: np.ndarray
+
+    def frame(self, image_ids: np.ndarray) -> pd.DataFrame:
+        """Long table: ``image_id, repeat, fold`` and one column per configuration."""
+        repeats, n = self.fold.shape
+        out = pd.DataFrame(
+            {
+                "image_id": np.tile(np.asarray(image_ids), repeats),
+                "repeat": np.repeat(np.arange(repeats), n),
+                "fold": self.fold.reshape(-1),
+            }
+        )
+        values = self.scores.reshape(repeats * n, len(self.names))
+        return pd.concat([out, pd.DataFrame(values, columns=list(self.names))], axis=1)
+
+
+def _fold_predictions(
+    configs: Sequence[ZooConfig],
+    X: np.ndarray,
+    y: np.ndarray,
+    groups: np.ndarray,
+    fold: Fold,
+    seed: int,
+) -> np.ndarray:
+    out = np.empty((fold.score.size, len(configs)))
+    for j, config in enumerate(configs):
+        model = fit_config(config, X[fold.fit], y[fold.fit], groups[fold.fit], seed=seed)
+        out[:, j] = positive_proba(model, X[fold.score])
+    return out
+
+
+def cross_validate_configs(
+    configs: Sequence[ZooConfig],
+    X: Any,
+    y: Any,
+    groups: Any,
+    folds: Sequence[Fold],
+    *,
+    seed: int,
+    n_jobs: int = 1,
+) -> OutOfFold:
+    """Score every configuration out of fold.
+
+    Args:
+        configs: from :func:`zoo_configs`.
+        X: development embeddings ``(n, D)`` (train + val rows; never test).
+        y: 0/1 labels.
+        groups: patient id per row.
+        folds: from :func:`cxr_triage.data.folds.dev_folds`; each repeat's ``score`` sets
+            must partition the rows.
+        seed: seed of the estimators.
+        n_jobs: parallel processes over folds (results do not depend on it).
+
+    Returns:
+        The out-of-fold scores.
+
+    Raises:
+        ConfigError: unusable inputs, or folds that do not cover every row once per repeat.
+    """
+    X_arr, y_arr, groups_arr = _check_training_data(X, y, groups)
+    repeats = 1 + max(f.repeat for f in folds)
+    results = Parallel(n_jobs=_n_workers(n_jobs))(
+        delayed(_fold_predictions)(configs, X_arr, y_arr, groups_arr, fold, seed) for fold in folds
+    )
+    scores = np.full((repeats, y_arr.size, len(configs)), np.nan)
+    fold_of = np.full((repeats, y_arr.size), -1, dtype=np.int64)
+    for fold, values in zip(folds, results, strict=True):
+        scores[fold.repeat, fold.score] = values
+        fold_of[fold.repeat, fold.score] = fold.fold
+    if (fold_of < 0).any():
+        raise ConfigError("the folds do not score every row once per repeat")
+    return OutOfFold(tuple(c.name for c in configs), scores, fold_of)
+
+
+def refit_config(
+    config: ZooConfig, X: Any, y: Any, groups: Any, *, seed: int, cv_auroc: float
+) -> FittedCandidate:
+    """Refit the chosen configuration on every development row, as a saveable candidate."""
+    start, cpu_start = time.perf_counter(), time.process_time()
+    X_arr, y_arr, groups_arr = _check_training_data(X, y, groups)
+    estimator = fit_config(config, X_arr, y_arr, groups_arr, seed=seed)
+    return FittedCandidate(
+        name=config.candidate,
+        estimator=estimator,
+        best_params=dict(config.params),
+        cv_auroc=float(cv_auroc),
+        fit_seconds=float(time.perf_counter() - start),
+        n_train=int(y_arr.size),
+        n_tune=int(y_arr.size),
+        cpu_seconds=float(time.process_time() - cpu_start),
+    )
+
+
+METADATA = "metadata_only"  # the shortcut baseline's candidate name
+
+
+def _metadata_model(seed: int) -> Pipeline:
+    encoder = OneHotEncoder(handle_unknown="ignore", min_frequency=5)
+    return Pipeline([("onehot", encoder), ("model", LogisticRegression(C=1.0, max_iter=1000))])
+
+
+def cross_validate_metadata(
+    metadata: pd.DataFrame, y: Any, folds: Sequence[Fold], *, seed: int
+) -> OutOfFold:
+    """The shortcut baseline: logistic regression on one-hot acquisition/demographic columns.
+
+    Args:
+        metadata: one row per development image, categorical columns as strings (e.g. view
+            position, sex, age band, site, manufacturer); constant columns carry nothing.
+        y: 0/1 labels.
+        folds: the comparison's folds.
+        seed: unused by the deterministic solver; kept for a uniform signature.
+
+    Returns:
+        Out-of-fold probabilities under the name :data:`METADATA`.
+    """
+    y_arr = np.asarray(y).astype(np.int64)
+    frame = metadata.astype(str).reset_index(drop=True)
+    repeats = 1 + max(f.repeat for f in folds)
+    scores = np.full((repeats, len(frame), 1), np.nan)
+    fold_of = np.full((repeats, len(frame)), -1, dtype=np.int64)
+    for fold in folds:
+        with threadpool_limits(limits=1):
+            model = _metadata_model(seed).fit(frame.iloc[fold.fit], y_arr[fold.fit])
+            scores[fold.repeat, fold.score, 0] = positive_proba(model, frame.iloc[fold.score])
+        fold_of[fold.repeat, fold.score] = fold.fold
+    return OutOfFold((METADATA,), scores, fold_of)
+
+
+def leave_one_site_out(
+    config: ZooConfig, X: Any, y: Any, groups: Any, sites: Any, *, seed: int
+) -> pd.DataFrame:
+    """Train on every site but one, score the one left out; one row per site.
+
+    Returns:
+        ``site, n, n_abnormal, auroc`` (NaN AUROC where the site has a single class).
+    """
+    X_arr, y_arr, groups_arr = _check_training_data(X, y, groups)
+    sites_arr = np.asarray(sites).astype(str)
+    rows = []
+    for site in sorted(set(sites_arr)):
+        held = sites_arr == site
+        auroc = math.nan
+        if np.unique(y_arr[~held]).size == 2 and np.unique(y_arr[held]).size == 2:
+            model = fit_config(config, X_arr[~held], y_arr[~held], groups_arr[~held], seed=seed)
+            auroc = float(roc_auc_score(y_arr[held], positive_proba(model, X_arr[held])))
+        rows.append(
+            {
+                "site": site,
+                "n": int(held.sum()),
+                "n_abnormal": int(y_arr[held].sum()),
+                "auroc": auroc,
+            }
+        )
+    return pd.DataFrame(rows)

@@ -64,6 +64,8 @@ COLUMN_SHARE_TEST = "column drift share"
 PREDICTION_TEST = "prediction drift"
 EMBEDDING_TEST = "embedding drift"
 _KS_MAX_REFERENCE_ROWS = 1000  # Evidently's own switch from K-S to Wasserstein
+# Default K-S p-value threshold of the prediction test: one false alarm in 100 checks.
+PREDICTION_KS_P = 0.01
 
 
 def prediction_drift_share(monitor: MonitorParams) -> float:
@@ -163,12 +165,29 @@ def _stat_tests(monitor: MonitorParams, n_reference: int) -> dict[str, Any]:
     num_method = monitor.num_method or (
         "ks" if n_reference <= _KS_MAX_REFERENCE_ROWS else "wasserstein"
     )
-    return {
+    methods: dict[str, Any] = {
         "num_method": num_method,
         "num_threshold": monitor.num_threshold,
         "cat_method": monitor.cat_method,
         "cat_threshold": monitor.cat_threshold,
     }
+    threshold = prediction_threshold(monitor, num_method)
+    if threshold is not None:
+        methods["per_column_threshold"] = {PREDICTION_COLUMN: threshold}
+    return methods
+
+
+def prediction_threshold(monitor: MonitorParams, num_method: str) -> float | None:
+    """The prediction's own stat-test threshold: ``monitor.prediction_threshold``, or, when
+    null and the test is K-S, p < :data:`PREDICTION_KS_P` (None: the columns' threshold).
+
+    The column share test tolerates a column or two drifting by chance; the prediction alone
+    decides the verdict (``prediction_drift_fails``), so at K-S p < 0.05 a daily check of an
+    unchanged site would wake a maintainer about every 20 days for nothing.
+    """
+    if monitor.prediction_threshold is not None:
+        return monitor.prediction_threshold
+    return PREDICTION_KS_P if num_method == "ks" else monitor.num_threshold
 
 
 def _column_metrics(
@@ -238,6 +257,7 @@ def _column_drift(
                 num_stattest_threshold=monitor.num_threshold,
                 cat_stattest=monitor.cat_method,
                 cat_stattest_threshold=monitor.cat_threshold,
+                per_column_stattest_threshold=methods.get("per_column_threshold"),
             ),
             None,
             None,

@@ -257,7 +257,8 @@ def evidence(verdict: Verdict) -> list[str]:
         f"{len(verdict.drifted_columns)}/{verdict.n_columns} columns drifted (share {share:.2f} "
         f"{'>=' if share >= verdict.drift_share_threshold else '<'} "
         f"{verdict.drift_share_threshold:.2f})",
-        f"prediction {'drifted' if pred.drift else 'stable'} ({pred.method} {fmt(pred.score)})",
+        f"prediction {'drifted' if pred.drift else 'stable'} ({pred.method} {fmt(pred.score)}, "
+        f"threshold {fmt(pred.threshold)})",
         f"embeddings {'drifted' if emb.drift else 'stable'} ({label} {fmt(emb.score)} "
         f"{'>' if emb.drift else '<='} {fmt(emb.threshold)})",
     ]

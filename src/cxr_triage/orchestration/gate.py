@@ -334,7 +334,8 @@ def make_synthetic_frozen_set(
         params: ``synth.sites``, ``seed`` and ``promote``.
         out_dir: where to write (default ``promote.frozen_test_dir``).
         overwrite: replace an existing frozen set.
-        config: a :class:`cxr_triage.data.synth.SynthConfig` (default: the training default).
+        config: a :class:`cxr_triage.data.synth.SynthConfig` (default: ``params.synth``'s, the
+            generator settings the training data was made with).
 
     Raises:
         ConfigError: the seed equals the training ``seed``, or the folder exists (and not
@@ -364,7 +365,7 @@ def make_synthetic_frozen_set(
                 rule.frozen_test_per_site,
                 site,
                 rule.frozen_test_seed,
-                config or SynthConfig(),
+                config or SynthConfig.from_params(params.synth),
             )
             labels = pd.read_csv(site_dir / "labels.csv", dtype=str, keep_default_na=False)
             renamed = {

@@ -20,7 +20,13 @@ app). In order, for every HTTP request it:
    JSON-decodes form values: ``7`` would arrive as a number);
 7. rewrites every error body the service or BentoML sends into the uniform shape
    ``{"error", "reason", "request_id", "status"}``, adds ``Retry-After`` to 429/503, and
-   turns any 500 (an exception nobody caught) into a typed 503 ``internal_error``.
+   turns any 500 (an exception nobody caught) into a typed 503 ``internal_error``; a STOW-RS
+   answer (``application/dicom+json``, e.g. a 409 with its FailedSOPSequence) is PS3.18's
+   shape and passes unchanged.
+
+``POST /studies`` (STOW-RS, :mod:`cxr_triage.serving.dicomweb`) is not an upload form route:
+its ``multipart/related`` body passes with the body limit only, and the STOW-RS handler
+checks it.
 """
 
 from __future__ import annotations
@@ -656,7 +662,7 @@ class _Responder:
 
     async def send(self, message: Message) -> None:
         if message["type"] == "http.response.start":
-            if message["status"] >= 400:
+            if message["status"] >= 400 and not _is_dicom_json(message):
                 self._held = message  # rewritten once its body is complete
                 return
             self.started = True
@@ -702,6 +708,14 @@ class _Responder:
             {"type": "http.response.start", "status": status, "headers": self._headers(raw)}
         )
         await self._send({"type": "http.response.body", "body": payload, "more_body": False})
+
+
+def _is_dicom_json(start: Message) -> bool:
+    """A PS3.18 answer (STOW-RS 409 with its FailedSOPSequence): passed as it is."""
+    for key, value in start.get("headers", []):
+        if key.lower() == b"content-type":
+            return value.split(b";")[0].strip().lower() == b"application/dicom+json"
+    return False
 
 
 _FOREIGN_REASONS = {

@@ -65,6 +65,11 @@ class Refusal(enum.Enum):
         "the prediction could not be logged (read-only or full disk): nothing is returned "
         "unlogged",
     )
+    SPOOL_UNAVAILABLE = (
+        503,
+        "STOW-RS (`POST /studies`): the DICOM spool is not configured here (`CXR_TRIAGE_SALT`, "
+        "`CXR_TRIAGE_PACS_*`) or cannot be created",
+    )
     INTERNAL_ERROR = (503, "the service failed on this request in a way nobody foresaw (a bug)")
 
     def __init__(self, status: int, when: str) -> None:

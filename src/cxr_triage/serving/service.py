@@ -3,7 +3,8 @@
 Two BentoML services, composed with ``bentoml.depends``:
 
 - :class:`CxrTriage` (public, on ``127.0.0.1:3000``): ``/predict`` (one image), ``/predict_batch``
-  (several images, a result or an error for each) and ``/model_info``. It decodes and
+  (several images, a result or an error for each) and ``/model_info``; ``POST /studies``
+  (STOW-RS into the DICOM listener's spool, :mod:`~cxr_triage.serving.dicomweb`). It decodes and
   preprocesses uploads (:meth:`Predictor.prepare`), labels them (:meth:`Predictor.predictions`)
   and appends every prediction to the :class:`~cxr_triage.inference.predlog.PredictionLog`
   *before* answering.
@@ -40,6 +41,7 @@ from pydantic import BaseModel, Field, StringConstraints
 
 from cxr_triage.errors import InvalidImageError
 from cxr_triage.inference.registry import ResolvedPackage, bentoml_home, resolve_package
+from cxr_triage.serving.dicomweb import STOW_PATH, stow_app
 from cxr_triage.serving.docs import ApiDocs
 from cxr_triage.serving.guard import SITE_PATTERN, USAGE, RequestGuard, current_request_id
 from cxr_triage.serving.metrics import record_model, record_prediction, record_refusal
@@ -519,6 +521,8 @@ def _describe() -> tuple[dict[str, Any], str | None]:
     return CxrTriage.openapi_spec.asdict(), getattr(predictor, "model_tag", DECLARED_MODEL_TAG)
 
 
+# STOW-RS into the DICOM listener's spool (PS3.18 answers; 503 without CXR_TRIAGE_SALT).
+CxrTriage.mount_asgi_app(stow_app(), path=STOW_PATH)
 # The guard first: it wraps the docs too (the API key guards them).
 CxrTriage.add_asgi_middleware(RequestGuard, on_refusal=record_refusal)
 CxrTriage.add_asgi_middleware(ApiDocs, describe=_describe)

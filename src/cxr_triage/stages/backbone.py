@@ -1,9 +1,12 @@
 """``backbone`` stage: the foundation model, loaded from a user's file or pretrained here.
 
 With ``backbone.weights`` set, the file is loaded safely (weights-only torch, safetensors, or an
-ONNX embedding model copied as is). Without it, the backbone is pretrained on the train split's
-14 finding labels (multi-label BCE, early stopping on val), so the frozen-feature route works
-with a genuinely pretrained encoder. Test images are never read here.
+ONNX embedding model copied as is). Without it, the backbone is pretrained here: first, with
+``backbone.ssl.enabled``, self-supervised (SimCLR-style, :mod:`cxr_triage.models.ssl`) on every
+image of train and val plus the folders in ``backbone.ssl.extra_dirs``, leaving out every image
+of a test patient; then on the train split's 14 finding labels (multi-label BCE, early stopping
+on val), so the frozen-feature route works with a genuinely pretrained encoder. Test images are
+never read here.
 """
 
 from __future__ import annotations
@@ -15,10 +18,11 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from cxr_triage.atomic import write_json_atomically
 from cxr_triage.config import Params
-from cxr_triage.data.dataset import load_dataset
+from cxr_triage.data.dataset import Dataset, load_dataset
 from cxr_triage.errors import ConfigError
 from cxr_triage.models.artifacts import save_backbone
 from cxr_triage.stages._entry import run_stage
@@ -94,7 +98,15 @@ def run(params: Params) -> dict[str, object]:
             "reduced_first_conv": report.reduced_first_conv,
         }
     else:
-        info = _pretrain(backbone, Classifier, params)
+        info = {}
+        if p.ssl.enabled:
+            info.update(_pretrain_ssl(backbone, params))
+        info.update(_pretrain(backbone, Classifier, params))
+        if p.ssl.enabled:
+            info["source"] = (
+                "pretrained here: self-supervised (SimCLR) on train+val and backbone.ssl."
+                "extra_dirs without test patients, then on the train split's 14 findings"
+            )
     info.update(embedding_dim=backbone.embedding_dim, image_size=image_size)
     save_backbone(out, backbone, info)
     log.info("backbone: %s (%s), embedding dim %d", p.arch, info["source"], backbone.embedding_dim)
@@ -143,6 +155,90 @@ def _pretrain(backbone, classifier_cls, params: Params) -> dict[str, object]:  #
         "pretrain_best_epoch": result.best_epoch,
         "pretrain_epochs": result.epochs_completed,
         "device": result.device,
+    }
+
+
+def ssl_pool(params: Params, data: Dataset) -> tuple[np.ndarray, dict[str, int]]:
+    """Unlabelled images for SSL: train + val, and ``extra_dirs`` minus the test patients.
+
+    Each extra folder needs ``labels.csv`` with ``image`` (a path below the folder, or a file
+    name found anywhere below it) and ``patient_id`` (raw, pseudonymised here with the ingest
+    salt to compare with the run's test patients).
+
+    Returns:
+        ``uint8`` images ``(N, S, S)`` and counts: ``development`` rows, per extra folder the
+        images ``used``, ``test_patient`` (left out) and ``unreadable``.
+    """
+    from cxr_triage.data.deid import Pseudonymiser, salt_from_env
+    from cxr_triage.data.preprocess import prepare_image
+    from cxr_triage.errors import InvalidImageError
+    from cxr_triage.io.images import read_image
+    from cxr_triage.io.records import ImageLimits
+
+    size = params.ingest.image_size
+    parts = [np.asarray(data.pixels[data.development_rows()])]
+    counts: dict[str, int] = {"development": len(parts[0])}
+    test_patients = set(data.patients(data.rows("test")))
+    salt = salt_from_env(synthetic=params.ingest.source == "synthetic")
+    pseudonymiser = Pseudonymiser(salt)
+    limits = ImageLimits.from_params(params.ingest)
+    for folder in map(Path, params.backbone.ssl.extra_dirs):
+        table_path = folder / "labels.csv"
+        if not table_path.is_file():
+            raise ConfigError(
+                f"backbone.ssl.extra_dirs: {table_path} is missing (image, patient_id)"
+            )
+        table = pd.read_csv(table_path, dtype=str, keep_default_na=False)
+        if not {"image", "patient_id"} <= set(table.columns):
+            raise ConfigError(f"{table_path} needs the columns image and patient_id")
+        by_name = {f.name: f for f in folder.rglob("*") if f.is_file()}
+        used, left_out, unreadable, images = 0, 0, 0, []
+        for row in table.itertuples():
+            if pseudonymiser.patient(str(row.patient_id).strip()) in test_patients:
+                left_out += 1
+                continue
+            path = folder / row.image if (folder / row.image).is_file() else by_name.get(row.image)
+            try:
+                if path is None:
+                    raise FileNotFoundError(row.image)
+                images.append(prepare_image(read_image(path, limits).pixels, size))
+                used += 1
+            except (InvalidImageError, OSError) as exc:
+                unreadable += 1
+                log.warning("backbone SSL: %s not used (%s)", row.image, exc)
+        if images:
+            parts.append(np.stack(images))
+        counts.update(
+            {
+                f"{folder.name}:used": used,
+                f"{folder.name}:test_patient": left_out,
+                f"{folder.name}:unreadable": unreadable,
+            }
+        )
+    return np.concatenate(parts), counts
+
+
+def _pretrain_ssl(backbone, params: Params) -> dict[str, object]:  # noqa: ANN001
+    from cxr_triage.models.ssl import pretrain_contrastive
+
+    data = load_dataset(params.paths.ingest_dir, params.paths.split_dir)
+    pool, counts = ssl_pool(params, data)
+    options = params.backbone.ssl
+    log.info("backbone: SSL on %d images (%s)", len(pool), counts)
+    ckpt = checkpoint_dir_for(
+        Path(params.paths.checkpoint_dir),
+        "backbone_ssl",
+        options,
+        params.backbone.arch,
+        params.seed,
+        pool,
+    )
+    result = pretrain_contrastive(backbone, pool, options, seed=params.seed, checkpoint_dir=ckpt)
+    return {
+        "ssl_images": counts,
+        "ssl_epochs": result.epochs_completed,
+        "ssl_final_loss": result.history[-1]["loss"] if result.history else None,
+        "ssl_seconds": round(sum(h["seconds"] for h in result.history), 1),
     }
 
 

@@ -54,6 +54,11 @@ def run(params: Params) -> dict[str, object]:
         y_score = Predictor(tmp).score(np.asarray(data.pixels[test])).prob_abnormal
     y_true, groups = data.labels(test), data.patients(test)
     metrics: dict[str, object] = {"candidate": winner["candidate"], "threshold": threshold}
+    # The cross-validated headline and its optimism, reported beside the test figure.
+    compared = read_json(Path(paths.compare_dir) / "metrics.json")
+    metrics.update(
+        {k: v for k, v in compared.items() if k.startswith(("cv_auroc", "bbc_", "nested_"))}
+    )
     metrics.update(
         summarise_scores(
             y_true,

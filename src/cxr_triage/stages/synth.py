@@ -13,7 +13,7 @@ from pathlib import Path
 
 from cxr_triage.atomic import atomic_dir
 from cxr_triage.config import Params
-from cxr_triage.data.synth import generate_dataset
+from cxr_triage.data.synth import SynthConfig, generate_dataset
 from cxr_triage.stages._entry import run_stage
 
 log = logging.getLogger(__name__)
@@ -23,6 +23,7 @@ SKIPPED_NOTE = "NOT_GENERATED.txt"
 def run(params: Params) -> dict[str, int]:
     """Write ``paths.synth_dir/<site>/`` (DICOM files + ChestX-ray14-style labels.csv) per site."""
     out_dir = Path(params.paths.synth_dir)
+    config = SynthConfig.from_params(params.synth)
     counts: dict[str, int] = {}
     with atomic_dir(out_dir) as tmp:
         if params.ingest.source != "synthetic":
@@ -39,6 +40,7 @@ def run(params: Params) -> dict[str, int]:
                 n=n,
                 site=site,
                 seed=params.seed,
+                config=config,
                 workers=params.synth.workers or os.cpu_count() or 1,
             )
             counts[site] = len(table)

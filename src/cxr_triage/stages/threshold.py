@@ -1,4 +1,5 @@
-"""``threshold`` stage: the winner's operating point, chosen on val by the policy in params."""
+"""``threshold`` stage: the winner's operating point, chosen by the policy in params on its
+recalibrated out-of-fold scores over train+val (every repeat pooled; CIs resample patients)."""
 
 from __future__ import annotations
 
@@ -6,15 +7,15 @@ import logging
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from cxr_triage.atomic import write_json_atomically
 from cxr_triage.config import Params
 from cxr_triage.data.dataset import load_dataset
-from cxr_triage.evaluation.calibration import calibrator_from_dict
 from cxr_triage.evaluation.threshold import auto_clear_share, select_threshold
 from cxr_triage.models.artifacts import read_json
 from cxr_triage.stages._entry import run_stage
-from cxr_triage.stages.compare import read_val_scores
+from cxr_triage.stages.compare import WINNER_OOF_FILE
 
 log = logging.getLogger(__name__)
 
@@ -24,11 +25,11 @@ def run(params: Params) -> dict[str, object]:
     p = params.threshold
     winner = read_json(Path(params.paths.compare_dir) / "winner.json")
     data = load_dataset(params.paths.ingest_dir, params.paths.split_dir)
-    val = data.rows("val")
-    scores = read_val_scores(params).set_index("image_id").reindex(data.image_ids(val))
-    calibrator = calibrator_from_dict(winner["calibrator"])
-    y_score = calibrator.transform(scores[winner["candidate"]].to_numpy(dtype=np.float64))
-    y_true = data.labels(val)
+    oof = pd.read_csv(Path(params.paths.compare_dir) / WINNER_OOF_FILE, dtype={"image_id": str})
+    patient_of = data.manifest.set_index("image_id")["patient_id"]
+    y_score = oof["y_score"].to_numpy(dtype=np.float64)
+    y_true = oof["y_true"].to_numpy(dtype=np.int64)
+    groups = oof["image_id"].map(patient_of).to_numpy()
     point = select_threshold(
         y_true,
         y_score,
@@ -36,7 +37,7 @@ def run(params: Params) -> dict[str, object]:
         target_sensitivity=p.target_sensitivity,
         target_specificity=p.target_specificity,
         require_ci=p.require_ci,
-        groups=data.patients(val),
+        groups=groups,
         n_boot=p.n_boot,
         seed=params.seed,
         cost_fn=p.cost_fn,
@@ -45,11 +46,11 @@ def run(params: Params) -> dict[str, object]:
     result = {
         "candidate": winner["candidate"],
         **point.to_dict(),
-        **{f"val_{k}": v for k, v in auto_clear_share(y_true, y_score, point.threshold).items()},
+        **{f"cv_{k}": v for k, v in auto_clear_share(y_true, y_score, point.threshold).items()},
     }
     write_json_atomically(Path(params.paths.threshold_dir) / "threshold.json", result)
     log.info(
-        "threshold: %.4f (%s): val sensitivity %.3f, specificity %.3f",
+        "threshold: %.4f (%s): out-of-fold sensitivity %.3f, specificity %.3f",
         point.threshold,
         p.policy,
         point.sensitivity,
