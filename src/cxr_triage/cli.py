@@ -180,8 +180,9 @@ def predict(
 ) -> None:
     """Score files with the packaged model: probability of abnormal and label at its threshold.
 
-    Unreadable files are result rows with their reason (the run goes on); exits 2 if any.
-    Not for clinical use.
+    Unreadable files, and files the input quality gate refuses (lateral, inverted, rotated, a
+    child, too small: status ``refused``, reason ``qc_failed``), are result rows with their
+    reason (the run goes on); exits 2 if any. Not for clinical use.
     """
     from cxr_triage.inference.batch import collect_files, score_files, write_results
 
@@ -199,20 +200,27 @@ def predict(
         batch_size=batch_size,
         workers=workers or None,
         features=features,
+        enforce_qc=True,
     )
     bad = results[results["status"] != "ok"]
+    unreadable = bad[bad["status"] == "unreadable"]
+    refused = bad[bad["status"] == "refused"]
     if out is not None:
         write_results(results, out)
     else:
         typer.echo(
-            results[["path", "status", "prob_abnormal", "label", "reason"]].to_csv(index=False),
+            results[["path", "status", "prob_abnormal", "label", "qc", "reason"]].to_csv(
+                index=False
+            ),
             nl=False,
         )
-    reasons = bad["reason"].value_counts().to_dict()
+    reasons = unreadable["reason"].value_counts().to_dict()
+    checks = refused["qc_failed"].value_counts().to_dict() if len(refused) else {}
     typer.echo(
         f"scored {len(results) - len(bad)} of {len(results)} files with {predictor.model_tag} "
         f"(threshold {predictor.threshold:.4f})"
-        + (f"; unreadable {len(bad)}: {reasons}" if len(bad) else "")
+        + (f"; unreadable {len(unreadable)}: {reasons}" if len(unreadable) else "")
+        + (f"; refused by the quality gate {len(refused)}: {checks}" if len(refused) else "")
         + (
             f"; {len(non_images)} non-image files set aside ("
             + ", ".join(p.name for p in non_images[:3])

@@ -88,7 +88,9 @@ def _same_shape(saliency: np.ndarray, region: np.ndarray) -> tuple[np.ndarray, n
     saliency = np.asarray(saliency, dtype=np.float64)
     region = np.asarray(region, dtype=bool)
     if saliency.shape != region.shape or saliency.ndim != 2:
-        raise ValueError(f"map {saliency.shape} and region {region.shape} must be equal 2-D shapes")
+        raise ValueError(
+            f"map {saliency.shape} and region {region.shape} must be equal 2-D shapes"
+        )
     return saliency, region
 
 

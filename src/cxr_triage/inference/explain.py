@@ -352,7 +352,9 @@ class Explainer:
         )
         self.occlusion_mask = float(occlusion_mask or settings.get("occlusion_mask", 0.25))
         self.occlusion_overlap = float(
-            settings.get("occlusion_overlap", 0.5) if occlusion_overlap is None else occlusion_overlap
+            settings.get("occlusion_overlap", 0.5)
+            if occlusion_overlap is None
+            else occlusion_overlap
         )
         self._network: TorchNetwork | None = None
         self._gradcam: Any = None

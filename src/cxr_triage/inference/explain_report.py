@@ -176,7 +176,10 @@ def sanity(
         )
         last = corr
     others = np.array(
-        [rank_correlation(original[i], original[(i + 1) % len(images)]) for i in range(len(images))]
+        [
+            rank_correlation(original[i], original[(i + 1) % len(images)])
+            for i in range(len(images))
+        ]
     )
     valid = np.isfinite(last)
     out: dict[str, float] = {"sanity_n": len(images), "sanity_layers": steps}

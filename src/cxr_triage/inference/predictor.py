@@ -256,9 +256,7 @@ class Predictor:
         verdict = self.quality_gate.check(pixels, known)
         if enforce_qc and (refusal := verdict.error()) is not None:
             raise refusal
-        return PreparedImage(
-            pixels, known, verdict, decoded.pixels if keep_decoded else None
-        )
+        return PreparedImage(pixels, known, verdict, decoded.pixels if keep_decoded else None)
 
     def score(self, images: np.ndarray, batch_size: int = _SCORE_BATCH) -> Scores:
         """Score prepared ``uint8`` images ``(N, S, S)``."""
@@ -322,7 +320,9 @@ class Predictor:
         x = np.asarray(x, dtype=np.float32)
         if len(x) == 0:
             return np.zeros(0)
-        outputs = [self._network.embed(x[i : i + batch_size]) for i in range(0, len(x), batch_size)]
+        outputs = [
+            self._network.embed(x[i : i + batch_size]) for i in range(0, len(x), batch_size)
+        ]
         return self.probabilities(np.concatenate(outputs))
 
     def embed(self, images: np.ndarray) -> np.ndarray:
@@ -367,7 +367,9 @@ class Predictor:
                 features=row,
                 qc=p.qc,
             )
-            for prob, label, row, p in zip(scores.prob_abnormal, labels, rows, prepared, strict=True)
+            for prob, label, row, p in zip(
+                scores.prob_abnormal, labels, rows, prepared, strict=True
+            )
         ]
 
     def predict(

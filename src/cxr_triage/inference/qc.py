@@ -126,7 +126,6 @@ class QcSettings:
         )
 
 
-
 @dataclass(frozen=True)
 class QcCheck:
     """One check's outcome. ``value`` and ``limit`` are what was compared (None: unknown)."""
@@ -276,9 +275,13 @@ class QcModel:
         if images.ndim == 2:
             images = images[None]
         own = self.upright_score(images)
-        rotated = np.maximum(self.upright_score(_rot(images, 1)), self.upright_score(_rot(images, 3)))
+        rotated = np.maximum(
+            self.upright_score(_rot(images, 1)), self.upright_score(_rot(images, 3))
+        )
         centred = layout(images, self.grid) - self.mean
-        distance = np.sqrt(np.maximum(np.einsum("ij,jk,ik->i", centred, self.precision, centred), 0))
+        distance = np.sqrt(
+            np.maximum(np.einsum("ij,jk,ik->i", centred, self.precision, centred), 0)
+        )
         return {
             "inverted": own - self.upright_score(_inverted(images)),
             "rotated": own - rotated,
@@ -314,7 +317,9 @@ class QcModel:
                     ood_limit=float(limits[2]),
                 )
         except (OSError, KeyError, ValueError) as exc:
-            raise DataError(f"{path} is not a readable QC model ({exc}); rebuild the package") from exc
+            raise DataError(
+                f"{path} is not a readable QC model ({exc}); rebuild the package"
+            ) from exc
 
 
 def _augment(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -398,8 +403,12 @@ def fit_qc_model(
     return QcModel(
         **{
             **fitted.__dict__,
-            "inverted_limit": min(0.0, float(np.quantile(margins["inverted"], calibration_quantile))),
-            "rotated_limit": min(0.0, float(np.quantile(margins["rotated"], calibration_quantile))),
+            "inverted_limit": min(
+                0.0, float(np.quantile(margins["inverted"], calibration_quantile))
+            ),
+            "rotated_limit": min(
+                0.0, float(np.quantile(margins["rotated"], calibration_quantile))
+            ),
             "ood_limit": float(np.quantile(margins["out_of_distribution"], ood_quantile))
             * ood_margin,
         }
@@ -455,9 +464,7 @@ class QualityGate:
             for i, meta in enumerate(metadata)
         ]
 
-    def _check(
-        self, name: str, passed: bool, value: Any, limit: Any, message: str
-    ) -> QcCheck:
+    def _check(self, name: str, passed: bool, value: Any, limit: Any, message: str) -> QcCheck:
         return QcCheck(name, bool(passed), self.settings.action(name), value, limit, message)
 
     def _header(self, meta: Mapping[str, Any]) -> list[QcCheck]:

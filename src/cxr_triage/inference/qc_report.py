@@ -36,7 +36,17 @@ from cxr_triage.errors import InvalidImageError
 from cxr_triage.inference.predictor import Predictor
 from cxr_triage.inference.qc import QcVerdict
 
-__all__ = ["QcRow", "QcSet", "measure_gate", "nih_sets", "non_chest_images", "synthetic_sets"]
+__all__ = [
+    "QcRow",
+    "QcSet",
+    "gate_table",
+    "measure_gate",
+    "nih_sets",
+    "non_chest_images",
+    "non_chest_set",
+    "rows_markdown",
+    "synthetic_sets",
+]
 
 log = logging.getLogger(__name__)
 
@@ -153,9 +163,7 @@ def nih_sets(nih_dir: Path, image_size: int, predictor: Predictor) -> list[QcSet
     adult, child = np.flatnonzero(age >= 18), np.flatnonzero((age >= 3) & (age < 18))
 
     def subset(rows: np.ndarray, name: str, expect: bool, with_age: bool, note: str) -> QcSet:
-        meta = [
-            {**metadata[i], "age": ages[i]} if with_age else dict(metadata[i]) for i in rows
-        ]
+        meta = [{**metadata[i], "age": ages[i]} if with_age else dict(metadata[i]) for i in rows]
         return QcSet(name, pixels[rows], meta, patient[rows], expect, note)
 
     adults = subset(adult, "NIH adults (real, frontal)", True, False, "PNG: no header")
@@ -226,9 +234,7 @@ def non_chest_images(dicom_dir: Path | None) -> list[tuple[str, np.ndarray]]:
 def non_chest_set(images: Sequence[tuple[str, np.ndarray]], image_size: int) -> QcSet:
     """The non-chest images as one set (each image its own group)."""
     pixels = np.stack([prepare_image(image, image_size) for _, image in images])
-    metadata = [
-        {"orig_rows": image.shape[0], "orig_cols": image.shape[1]} for _, image in images
-    ]
+    metadata = [{"orig_rows": image.shape[0], "orig_cols": image.shape[1]} for _, image in images]
     names = sorted({name.split(" frame")[0] for name, _ in images})
     return QcSet(
         "non-chest (other body parts, photographs)",
@@ -303,3 +309,88 @@ def rows_markdown(rows: Sequence[QcRow | Mapping[str, Any]]) -> str:
             f"| {100 * r['ci_low']:.1f}-{100 * r['ci_high']:.1f}% | {checks} |"
         )
     return "\n".join(lines)
+
+
+def gate_table(
+    predictor: Predictor,
+    test: QcSet,
+    benchmark_dir: Path | None,
+    *,
+    ci: Callable[[np.ndarray, np.ndarray], tuple[float, float]],
+) -> list[QcRow]:
+    """The model card's pass/catch table: the pipeline's test images and their transforms,
+    and, when ``benchmark_dir`` exists, the real NIH images and the non-chest inputs.
+
+    Args:
+        predictor: the package (its quality gate and preprocessing).
+        test: the pipeline's test images (should pass).
+        benchmark_dir: the folder holding ``nih-cxr/`` and ``dicom/`` (None or absent: only
+            the test rows).
+        ci: ``(values 0/1, groups) -> (low, high)``.
+    """
+    sets = synthetic_sets(test.name, test.images, test.metadata, test.groups)
+    if benchmark_dir is not None and Path(benchmark_dir).is_dir():
+        nih = Path(benchmark_dir) / "nih-cxr"
+        if (nih / "labels.csv").is_file():
+            sets += nih_sets(nih, predictor.image_size, predictor)
+        dicom = Path(benchmark_dir) / "dicom"
+        others = non_chest_images(dicom if dicom.is_dir() else None)
+        if others:
+            full = non_chest_set(others, predictor.image_size)
+            content_only = QcSet(
+                "non-chest, content checks only",
+                full.images,
+                [{} for _ in full.metadata],
+                full.groups,
+                False,
+                "no header and no size: what the pixels alone catch",
+            )
+            sets += [full, content_only]
+    else:
+        log.warning(
+            "QC benchmark folder %s absent: the table has the test rows only", benchmark_dir
+        )
+    return measure_gate(predictor, sets, ci=ci)
+
+
+_GATE_COLUMNS = ("view_position", "age", "orig_rows", "orig_cols", "burned_in_annotation")
+
+
+def gate_metadata(manifest: Any) -> list[dict[str, Any]]:
+    """The header values the gate reads, per manifest row (a pandas frame of the ingest
+    manifest; columns it lacks are unknown, and their checks pass)."""
+    columns = [c for c in _GATE_COLUMNS if c in manifest.columns]
+    rows = manifest[columns].to_dict(orient="records")
+    return [
+        {"age" if k == "age" else k: (None if _missing(v) else v) for k, v in row.items()}
+        for row in rows
+    ]
+
+
+def _missing(value: Any) -> bool:
+    try:
+        return bool(np.isnan(value))
+    except TypeError:
+        return value is None or value == ""
+
+
+def _slug(name: str) -> str:
+    words = "".join(c if c.isalnum() else " " for c in name.lower()).split()
+    return "_".join(w for w in words if w not in ("real", "frontal", "degrees"))[:48]
+
+
+def qc_summary(rows: Sequence[QcRow]) -> dict[str, float]:
+    """``metrics.json`` keys of the table: ``qc_<set>_passed`` for sets that should pass,
+    ``qc_<set>_caught`` for sets that should be caught, each with its CI and ``_n``."""
+    out: dict[str, float] = {}
+    for row in rows:
+        key = f"qc_{_slug(row.name)}_{'passed' if row.expect_pass else 'caught'}"
+        out.update(
+            {
+                key: row.share,
+                f"{key}_ci_low": row.ci_low,
+                f"{key}_ci_high": row.ci_high,
+                f"{key}_n": row.n,
+            }
+        )
+    return out

@@ -71,6 +71,28 @@ DECLARED_MODEL_TAG = _DEFINITION.model_tag
 # -- response schemas ---------------------------------------------------------------------------
 
 
+class QcCheckResponse(BaseModel):
+    """One check of the input quality gate."""
+
+    name: str = Field(
+        description="view, min_size, pediatric, burned_in_annotation, inverted, "
+        "rotated or out_of_distribution"
+    )
+    passed: bool
+    action: str = Field(description="what a failure does: refuse or warn (params qc.actions)")
+    value: float | str | None = Field(description="what was measured (None: unknown)")
+    limit: float | str | None = Field(description="what it was compared with")
+    message: str
+
+
+class QcResponse(BaseModel):
+    """The input quality gate's verdict (an image it refuses gets 422 qc_failed instead)."""
+
+    status: str = Field(description="pass, or warn: a check that only warns failed")
+    failed: list[str] = Field(description="the checks that failed")
+    checks: list[QcCheckResponse]
+
+
 class PredictionResponse(BaseModel):
     """One image's prediction."""
 
@@ -79,6 +101,7 @@ class PredictionResponse(BaseModel):
     label: str = Field(description="'abnormal' when prob_abnormal >= threshold, else 'normal'")
     threshold: float = Field(description="the operating threshold of this model")
     model_tag: str = Field(description="the model that answered (BentoML model tag)")
+    qc: QcResponse | None = Field(default=None, description="the input quality gate's verdict")
     disclaimer: str = Field(description="not for clinical use")
 
 
@@ -130,10 +153,21 @@ class _Unavailable(Exception):
         self.message = message
 
 
-def _error_response(status: int, message: str, reason: str, request_id: str) -> Any:
+def _error_response(
+    status: int, message: str, reason: str, request_id: str, checks: Any = None
+) -> Any:
     from starlette.responses import JSONResponse
 
-    return JSONResponse(error_body(status, message, reason, request_id), status_code=status)
+    return JSONResponse(
+        error_body(status, message, reason, request_id, checks), status_code=status
+    )
+
+
+def _image_error_body(error: InvalidImageError, request_id: str) -> dict[str, Any]:
+    """The body of an image refusal; a quality-gate refusal names its checks."""
+    return error_body(
+        image_status(error), str(error), error.reason, request_id, getattr(error, "checks", None)
+    )
 
 
 def _served_package(service: Any) -> ResolvedPackage:
@@ -286,6 +320,7 @@ class CxrTriage:
                     path,
                     {"site": site},
                     pseudonymiser=self._pseudonymiser,
+                    enforce_qc=True,
                 )
             )
         except InvalidImageError as exc:
@@ -409,7 +444,11 @@ class CxrTriage:
         prepared = await self._prepare(image, site)
         if isinstance(prepared, InvalidImageError):
             return _error_response(
-                image_status(prepared), str(prepared), prepared.reason, request_id
+                image_status(prepared),
+                str(prepared),
+                prepared.reason,
+                request_id,
+                getattr(prepared, "checks", None),
             )
         try:
             (prediction,) = await self._predict([prepared], [request_id])
@@ -435,9 +474,7 @@ class CxrTriage:
             if isinstance(prepared, InvalidImageError):
                 status = image_status(prepared)
                 record_refusal(prepared.reason, status)
-                error = ErrorResponse(
-                    **error_body(status, str(prepared), prepared.reason, f"{request_id}-{index}")
-                )
+                error = ErrorResponse(**_image_error_body(prepared, f"{request_id}-{index}"))
                 items[index] = BatchItem(index=index, status=status, error=error)
             else:
                 good.append((index, prepared))
