@@ -236,6 +236,90 @@ def predict(
         raise typer.Exit(2)
 
 
+_PACKAGE_OPTION = typer.Option(
+    help="A model package folder (e.g. models/package). Default: the serving model in the "
+    "BentoML store."
+)
+_TAG_OPTION = typer.Option(help="A model tag in the BentoML store, e.g. cxr-triage:abc123.")
+
+
+@app.command()
+@_user_errors
+def explain(
+    file: Annotated[Path, typer.Argument(help="One image: DICOM CR/DX, PNG or JPEG.")],
+    out: Annotated[
+        Path, typer.Option("--out", help="Write the colour overlay here (.png).")
+    ] = Path("overlay.png"),
+    saliency: Annotated[
+        Path | None,
+        typer.Option(help="Also write the map (float32, the image's size) as a .npy file."),
+    ] = None,
+    method: Annotated[
+        str | None, typer.Option(help="auto, gradcam or occlusion (default: the package's).")
+    ] = None,
+    opacity: Annotated[float, typer.Option(help="Overlay opacity where the map is 1.")] = 0.5,
+    package: Annotated[Path | None, _PACKAGE_OPTION] = None,
+    model_tag: Annotated[str | None, _TAG_OPTION] = None,
+) -> None:
+    """Where the model looked: the probability of abnormal, and its explanation map drawn over
+    the image (Grad-CAM or occlusion, by the package's rule). Not for clinical use."""
+    import numpy as np
+
+    from cxr_triage.atomic import atomic_path
+    from cxr_triage.inference.explain import Explainer, explain_source
+
+    if out.suffix.lower() != ".png":
+        raise CxrError(f"--out {out}: the overlay is a PNG; use a .png file name")
+    explainer = Explainer(_load_predictor(package, model_tag), method=method)
+    result = explain_source(explainer, file)
+    with atomic_path(out) as tmp:
+        tmp.write_bytes(result.overlay_png(opacity=opacity))
+    if saliency is not None:
+        with atomic_path(saliency) as tmp, open(tmp, "wb") as f:
+            np.save(f, result.saliency())
+    p = result.prediction
+    typer.echo(
+        f"{file}: prob_abnormal {p.prob_abnormal:.4f}, {p.label} at threshold "
+        f"{p.threshold:.4f}, quality gate {p.qc.status if p.qc else 'n/a'}; "
+        f"{explainer.method}: {explainer.reason}; overlay in {out}"
+        + (f", map in {saliency}" if saliency is not None else "")
+        + f" ({p.model_tag}; not for clinical use)"
+    )
+
+
+@app.command()
+@_user_errors
+def similar(
+    file: Annotated[Path, typer.Argument(help="One image: DICOM CR/DX, PNG or JPEG.")],
+    k: Annotated[int | None, typer.Option(help="How many (default: the package's).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON (with thumbnails).")] = False,
+    package: Annotated[Path | None, _PACKAGE_OPTION] = None,
+    model_tag: Annotated[str | None, _TAG_OPTION] = None,
+) -> None:
+    """The labelled reference cases (the package's train and val images, pseudonymous ids)
+    nearest to an image in the model's embedding space. Not for clinical use."""
+    from cxr_triage.inference.similar import similar_to_source
+
+    predictor = _load_predictor(package, model_tag)
+    result = similar_to_source(predictor, file, k=k)
+    if as_json:
+        typer.echo(json.dumps(result.to_dict(thumbnails=True), indent=1))
+        return
+    typer.echo("rank,image_id,label,findings,distance")
+    for case in result.cases:
+        typer.echo(
+            f"{case.rank},{case.image_id},{case.label},{'|'.join(case.findings)},"
+            f"{case.distance:.4f}"
+        )
+    p = result.prediction
+    typer.echo(
+        f"{len(result.cases)} nearest of {result.n_reference} reference images "
+        f"({result.metric}); {file}: prob_abnormal {p.prob_abnormal:.4f}, {p.label} "
+        f"({p.model_tag}; not for clinical use)",
+        err=True,
+    )
+
+
 @app.command()
 @_user_errors
 def register(

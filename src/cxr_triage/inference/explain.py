@@ -43,10 +43,13 @@ from cxr_triage.inference.predictor import Predictor, PreparedImage
 
 __all__ = [
     "METHODS",
+    "ExplainedImage",
     "Explanation",
     "Explainer",
     "TorchNetwork",
     "choose_method",
+    "explain_source",
+    "heatmap_png",
     "load_torch_network",
     "map_to_input",
     "overlay_png",
@@ -465,3 +468,65 @@ class Explainer:
         drop = np.clip(drop, 0.0, None).astype(np.float32)
         scale = float(drop.max())
         return (drop / scale if scale > 0 else drop), scale
+
+
+# -- one file, end to end ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ExplainedImage:
+    """One file's prediction with its explanation, and the full-resolution image it is drawn on.
+
+    Attributes:
+        prediction: what :meth:`Predictor.predictions` gives for the file (the same
+            probability, label and quality-gate verdict as ``/predict``).
+        explanation: the map on the model's input and the probability it explains.
+        image: the decoded image, float32 in [0, 1] (MONOCHROME2), ``(rows, cols)``.
+    """
+
+    prediction: Any
+    explanation: Explanation
+    image: np.ndarray
+
+    def saliency(self) -> np.ndarray:
+        """The map at the input image's size, float32 in [0, 1]."""
+        return self.explanation.at_input_size()
+
+    def overlay_png(self, *, opacity: float = 0.5, max_side: int | None = None) -> bytes:
+        """The map over the image as a colour PNG (:func:`overlay_png`)."""
+        return overlay_png(self.image, self.saliency(), opacity=opacity, max_side=max_side)
+
+    def heatmap_png(self, *, max_side: int | None = None) -> bytes:
+        """The map alone as an RGBA PNG, transparent where it is 0 (:func:`heatmap_png`)."""
+        return heatmap_png(self.saliency(), max_side=max_side)
+
+
+def explain_source(
+    explainer: Explainer,
+    source: str | Path | bytes,
+    metadata: dict[str, Any] | None = None,
+    *,
+    enforce_qc: bool = True,
+) -> ExplainedImage:
+    """Decode, gate, score and explain one file: what ``/explain`` and ``cxr-triage explain``
+    answer.
+
+    Args:
+        explainer: the package's explainer.
+        source: a DICOM/PNG/JPEG file or its bytes.
+        metadata: caller metadata (:data:`~cxr_triage.inference.predictor.CALLER_METADATA`).
+        enforce_qc: raise the quality gate's refusal (as ``/predict`` does).
+
+    Raises:
+        InvalidImageError: the reader or (``QcFailedError``) the quality gate refuses the file.
+    """
+    predictor = explainer.predictor
+    prepared = predictor.prepare(source, metadata, enforce_qc=enforce_qc, keep_decoded=True)
+    scores = predictor.score(prepared.pixels[None])
+    (prediction,) = predictor.predictions([prepared], scores)
+    saliency, scale = explainer.saliency(prepared.pixels[None], prob=scores.prob_abnormal)
+    rows, cols = prepared.decoded.shape  # type: ignore[union-attr]
+    explanation = Explanation(
+        explainer.method, saliency[0], prediction.prob_abnormal, scale[0], int(rows), int(cols)
+    )
+    return ExplainedImage(prediction, explanation, prepared.decoded)  # type: ignore[arg-type]

@@ -20,6 +20,7 @@ else a FAISS HNSW index (inner product on the normalised vectors, M=32, efSearch
 from __future__ import annotations
 
 import base64
+import dataclasses
 import io
 import logging
 from collections.abc import Sequence
@@ -37,8 +38,10 @@ __all__ = [
     "HnswIndex",
     "SimilarCase",
     "SimilarCases",
+    "SimilarResult",
     "build_index",
     "build_neighbours",
+    "similar_to_source",
     "standardise",
 ]
 
@@ -282,3 +285,66 @@ class SimilarCases:
         queries = standardise(np.atleast_2d(embeddings), self.mean, self.scale)
         _, idx = self.index.search(queries, min(len(self), k))
         return (self.label[idx] == ABNORMAL).mean(axis=1)
+
+
+@dataclass(frozen=True)
+class SimilarResult:
+    """One file's prediction and its nearest reference cases (what ``/similar`` and
+    ``cxr-triage similar`` answer)."""
+
+    prediction: Any  # cxr_triage.inference.predictor.Prediction
+    cases: list[SimilarCase]
+    n_reference: int
+    metric: str
+
+    def to_dict(self, *, thumbnails: bool = True) -> dict[str, Any]:
+        from cxr_triage.vocabulary import NOT_FOR_CLINICAL_USE
+
+        return {
+            "prob_abnormal": self.prediction.prob_abnormal,
+            "label": self.prediction.label,
+            "model_tag": self.prediction.model_tag,
+            "qc": self.prediction.qc.to_dict() if self.prediction.qc is not None else None,
+            "metric": self.metric,
+            "n_reference": self.n_reference,
+            "cases": [c.to_dict(thumbnails=thumbnails) for c in self.cases],
+            "disclaimer": NOT_FOR_CLINICAL_USE,
+        }
+
+
+def similar_to_source(
+    predictor: Any,
+    source: str | Path | bytes,
+    metadata: dict[str, Any] | None = None,
+    *,
+    k: int | None = None,
+    enforce_qc: bool = True,
+) -> SimilarResult:
+    """Decode, gate and score one file, and find its ``k`` nearest reference cases.
+
+    Args:
+        predictor: the package's :class:`~cxr_triage.inference.predictor.Predictor`.
+        source: a DICOM/PNG/JPEG file or its bytes.
+        metadata: caller metadata.
+        k: how many (default: the package's ``similar.k``); 1 to 100.
+        enforce_qc: raise the quality gate's refusal (as ``/predict`` does).
+
+    Raises:
+        ConfigError: ``k`` outside 1..100.
+        InvalidImageError: the reader or the quality gate refuses the file.
+    """
+    from cxr_triage.errors import ConfigError
+
+    settings = predictor.info.get("similar", {})
+    k = int(settings.get("k", 5) if k is None else k)
+    if not 1 <= k <= 100:
+        raise ConfigError(f"k must be between 1 and 100, got {k}")
+    prepared = predictor.prepare(source, metadata, enforce_qc=enforce_qc)
+    scores = predictor.score(prepared.pixels[None])
+    (prediction,) = predictor.predictions([prepared], scores)
+    reference = predictor.similar_cases
+    cases = reference.search(scores.embeddings, k)[0]
+    if not settings.get("thumbnails", True):
+        cases = [dataclasses.replace(c, thumbnail=None) for c in cases]
+    metric = str(settings.get("metric", "cosine of standardised embeddings"))
+    return SimilarResult(prediction, cases, len(reference), metric)

@@ -113,6 +113,12 @@ class UploadForm:
 UPLOAD_FORMS: Mapping[str, UploadForm] = {
     "/predict": UploadForm("image", many=False, text_fields={"site": _SITE}),
     "/predict_batch": UploadForm("images", many=True, text_fields={"site": _SITE}),
+    "/explain": UploadForm("image", many=False, text_fields={"site": _SITE}),
+    "/similar": UploadForm(
+        "image",
+        many=False,
+        text_fields={"site": _SITE, "k": re.compile(r"\A[1-9][0-9]?\Z|\A100\Z")},
+    ),
 }
 
 

@@ -105,6 +105,65 @@ class PredictionResponse(BaseModel):
     disclaimer: str = Field(description="not for clinical use")
 
 
+class ExplainResponse(BaseModel):
+    """An image's probability and the map of what drove it."""
+
+    request_id: str
+    prob_abnormal: float = Field(ge=0, le=1, description="the probability /predict gives")
+    label: str
+    threshold: float
+    model_tag: str
+    qc: QcResponse | None = None
+    method: str = Field(description="gradcam or occlusion (the package's rule)")
+    reason: str = Field(description="why this method for this model")
+    scale: float | None = Field(
+        description="occlusion: the largest probability drop when a patch is hidden (what 1 on "
+        "the map means); Grad-CAM: null (maps are normalised to [0, 1])"
+    )
+    rows: int = Field(description="the input image's height in pixels")
+    cols: int = Field(description="the input image's width in pixels")
+    saliency: list[list[float]] = Field(
+        description="the map on the model's square input (image_size x image_size, [0, 1]); "
+        "to the image: resize to a square of side max(rows, cols), crop the centred padding"
+    )
+    heatmap_png: str = Field(
+        description="the map at the image's size (longest side at most 1024) as an RGBA PNG "
+        "data URL, transparent where it is 0 (to lay over the image)"
+    )
+    overlay_png: str = Field(description="the map over the image as a PNG data URL")
+    disclaimer: str
+
+
+class SimilarCaseResponse(BaseModel):
+    """A labelled reference case (the package's train/val images; pseudonymous id only)."""
+
+    rank: int
+    image_id: str = Field(description="the keyed digest ingest gave the image (no identifier)")
+    split: str
+    label: str
+    findings: list[str]
+    similarity: float = Field(description="cosine of standardised embeddings")
+    distance: float = Field(description="1 - similarity")
+    thumbnail: str | None = Field(
+        description="a small PNG data URL; null when thumbnails are off or the image is "
+        "flagged with burned-in annotation"
+    )
+
+
+class SimilarResponse(BaseModel):
+    """An image's nearest labelled reference cases in the model's embedding space."""
+
+    request_id: str
+    prob_abnormal: float = Field(ge=0, le=1)
+    label: str
+    model_tag: str
+    qc: QcResponse | None = None
+    metric: str
+    n_reference: int
+    cases: list[SimilarCaseResponse]
+    disclaimer: str
+
+
 class BatchItem(BaseModel):
     """One image of a batch: a prediction or the error it alone would have got."""
 
@@ -282,6 +341,7 @@ class CxrTriage:
         self._pseudonymiser = _study_pseudonymiser()
         self._log: Any = None
         self._limiter: Any = None
+        self._explain: Any = None
         try:
             self._open_log()  # created empty on the first start
         except Exception as exc:  # noqa: BLE001 - whatever the cause: 503s, not a crash
@@ -498,6 +558,82 @@ class CxrTriage:
             results=results,
             disclaimer=NOT_FOR_CLINICAL_USE,
         )
+
+    def _explainer(self) -> Any:
+        from cxr_triage.inference.explain import Explainer
+
+        if self._explain is None:
+            self._explain = Explainer(self.predictor)
+        return self._explain
+
+    def _explain_file(self, path: Path, site: str | None) -> ExplainResponse:
+        import base64
+
+        from cxr_triage.inference.explain import explain_source
+
+        result = explain_source(self._explainer(), path, {"site": site})
+        p, e = result.prediction, result.explanation
+
+        def url(png: bytes) -> str:
+            return "data:image/png;base64," + base64.b64encode(png).decode()
+
+        return ExplainResponse(
+            request_id=current_request_id(),
+            prob_abnormal=p.prob_abnormal,
+            label=p.label,
+            threshold=p.threshold,
+            model_tag=p.model_tag,
+            qc=p.qc.to_dict() if p.qc is not None else None,
+            method=e.method,
+            reason=self._explainer().reason,
+            scale=e.scale,
+            rows=e.rows,
+            cols=e.cols,
+            saliency=np.round(e.saliency.astype(np.float64), 4).tolist(),
+            heatmap_png=url(result.heatmap_png(max_side=1024)),
+            overlay_png=url(result.overlay_png(max_side=1024)),
+            disclaimer=NOT_FOR_CLINICAL_USE,
+        )
+
+    async def _image_call(self, func: Callable[..., Any], *args: Any) -> Any:
+        """Run ``func`` in the worker's threads; an image refusal is its typed error response."""
+        request_id = current_request_id()
+        try:
+            return await self._run(func, *args)
+        except InvalidImageError as exc:
+            from starlette.responses import JSONResponse
+
+            return JSONResponse(_image_error_body(exc, request_id), status_code=image_status(exc))
+
+    @bentoml.api(route="/explain")
+    async def explain(self, image: Path, site: Site = None) -> ExplainResponse:
+        """Explain one radiograph's probability: where in the image the model looked.
+
+        Grad-CAM for a fine-tuned network or a linear head on frozen features, else occlusion
+        sensitivity through the whole package (its ``explain`` settings). The probability is
+        /predict's; this call is not logged as a prediction (/predict is the prediction of
+        record). Send multipart/form-data: the file in ``image``, optionally ``site``.
+        """
+        return await self._image_call(self._explain_file, image, site)
+
+    def _similar_file(self, path: Path, site: str | None, k: int | None) -> SimilarResponse:
+        from cxr_triage.inference.similar import similar_to_source
+
+        result = similar_to_source(self.predictor, path, {"site": site}, k=k)
+        return SimilarResponse(request_id=current_request_id(), **result.to_dict())
+
+    @bentoml.api(route="/similar")
+    async def similar(
+        self,
+        image: Path,
+        site: Site = None,
+        k: Annotated[int | None, Field(ge=1, le=100, description="how many (default 5)")] = None,
+    ) -> SimilarResponse:
+        """The ``k`` labelled reference cases (the model's train and val images, pseudonymous
+        ids, label, findings, distance, thumbnail) nearest to one radiograph in the model's
+        embedding space (cosine of standardised embeddings). Not logged as a prediction.
+        """
+        return await self._image_call(self._similar_file, image, site, k)
 
     @bentoml.api(route="/model_info")
     async def model_info(self) -> dict[str, Any]:
