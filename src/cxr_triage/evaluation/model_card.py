@@ -69,6 +69,21 @@ def _qc_passed_line(m: dict[str, Any]) -> str:
     )
 
 
+def _retrieval_lines(m: dict[str, Any]) -> str:
+    k = m.get("retrieval_k")
+    if k is None:
+        return "Not measured."
+    p = f"precision_at_{k}"
+    return (
+        f"Of each test image's {k} nearest reference cases, {_pct(m.get(p))} share its label "
+        f"(95% CI {_pct(m.get(p + '_ci_low'))} - {_pct(m.get(p + '_ci_high'))}; chance "
+        f"{_pct(m.get(p + '_chance'))}). The neighbours' abnormal share as a score has AUROC "
+        f"{_num(m.get('knn_vote_auroc'))} (95% CI {_num(m.get('knn_vote_auroc_ci_low'))} - "
+        f"{_num(m.get('knn_vote_auroc_ci_high'))}), beside the model's "
+        f"{_num(m.get('test_auroc'))}."
+    )
+
+
 def render_model_card(
     *,
     metrics: dict[str, Any],
@@ -150,6 +165,9 @@ images. On those: {_qc_passed_line(m)} (all test images: above).
 
 "Caught" is refused; "flagged" also counts checks that only warn. Shares with 95%
 patient-bootstrap CIs (non-chest inputs: per image).
+
+## Similar cases (test images against the train+val reference set)
+{_retrieval_lines(m)}
 
 ## Fairness (test, per slice; largest gap per metric)
 | metric | slice | gap | best | worst |

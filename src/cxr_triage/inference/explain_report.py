@@ -190,8 +190,8 @@ def sanity(
 
 
 def retrieval(
-    explainer: Explainer,
-    images: np.ndarray,
+    similar: Any,
+    embeddings: np.ndarray,
     y_true: np.ndarray,
     groups: np.ndarray,
     *,
@@ -201,12 +201,18 @@ def retrieval(
     seed: int,
 ) -> dict[str, float]:
     """Precision@k of label agreement and the kNN vote's AUROC on test images (queries never
-    in the reference set: it holds train and val only)."""
+    in the reference set: it holds train and val only).
+
+    Args:
+        similar: the package's :class:`~cxr_triage.inference.similar.SimilarCases`.
+        embeddings: ``(N, D)`` package-network embeddings of the test images.
+        y_true: their labels (1 = abnormal).
+        groups: their patients.
+        k: neighbours per query.
+        winner_auroc: the model's own test AUROC, reported beside the vote's.
+    """
     from cxr_triage.vocabulary import ABNORMAL
 
-    predictor = explainer.predictor
-    similar = predictor.similar_cases
-    embeddings = predictor.embed(images)
     found = similar.search(embeddings, k)
     agree = np.array(
         [
@@ -215,7 +221,7 @@ def retrieval(
         ]
     )
     vote = similar.vote(embeddings, k)
-    out: dict[str, float] = {"retrieval_n": len(images), "retrieval_k": k}
+    out: dict[str, float] = {"retrieval_n": len(embeddings), "retrieval_k": k}
     out.update(_ci(f"precision_at_{k}", agree, groups, n_boot, seed))
     prevalence = float(np.mean(np.char.equal(similar.label.astype(str), ABNORMAL)))
     # Chance agreement: a neighbour of the same label drawn at random from the reference set.

@@ -29,6 +29,7 @@ from cxr_triage.evaluation.metrics import (
 from cxr_triage.evaluation.model_card import render_model_card
 from cxr_triage.evaluation.plots import render_roc_png, roc_points
 from cxr_triage.evaluation.threshold import auto_clear_share
+from cxr_triage.inference.explain_report import retrieval
 from cxr_triage.inference.package import package_from_params
 from cxr_triage.inference.predictor import Predictor
 from cxr_triage.inference.qc_report import (
@@ -103,7 +104,9 @@ def run(params: Params) -> dict[str, object]:
         package_from_params(params, Path(tmp), data)
         predictor = Predictor(tmp)
         pixels = np.asarray(data.pixels[test])
-        y_score = predictor.score(pixels).prob_abnormal
+        scores = predictor.score(pixels)
+        y_score = scores.prob_abnormal
+        similar_cases = predictor.similar_cases
         # The input quality gate, as the service applies it, on every test image; and its
         # pass/catch table on real and transformed inputs (the model card's QC section).
         test_set = QcSet(
@@ -160,6 +163,19 @@ def run(params: Params) -> dict[str, object]:
     )
     metrics.update(_qc_passed_metrics(y_true, y_score, groups, qc_passed, threshold, params))
     metrics.update(qc_summary(qc_rows))
+    # Similar cases on test (the reference set is train+val), beside the model's own AUROC.
+    metrics.update(
+        retrieval(
+            similar_cases,
+            scores.embeddings,
+            y_true,
+            groups,
+            k=params.similar.k,
+            winner_auroc=metrics["test_auroc"],
+            n_boot=p.n_boot,
+            seed=params.seed,
+        )
+    )
     frame = data.manifest.loc[
         test, ["image_id", "patient_id", "sex", "age", "view_position", "site"]
     ].assign(y_true=y_true, y_score=y_score)
