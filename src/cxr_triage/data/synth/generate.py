@@ -124,8 +124,8 @@ def generate_dataset(
     ChestX-ray14's ``Data_Entry_2017.csv`` plus ``Site``) and ``out_dir/lesion_boxes.csv``
     (:data:`BOX_COLUMNS`, as NIH's ``BBox_List_2017.csv``: one row per in-lung finding, its box
     in stored pixels; the images are the same with or without it). The result is
-    byte-identical for the same ``(n, site, seed, config)`` whatever ``workers`` is. Files are written into a hidden
-    temporary sibling folder that is renamed to ``out_dir`` only when everything succeeded, so a
+    byte-identical for the same ``(n, site, seed, config)`` whatever ``workers`` is. Files are
+    written into a hidden temporary sibling folder that is renamed to ``out_dir`` only when everything succeeded, so a
     failed or killed run never leaves a partial ``out_dir``.
 
     Args:
