@@ -125,8 +125,8 @@ def generate_dataset(
     (:data:`BOX_COLUMNS`, as NIH's ``BBox_List_2017.csv``: one row per in-lung finding, its box
     in stored pixels; the images are the same with or without it). The result is
     byte-identical for the same ``(n, site, seed, config)`` whatever ``workers`` is. Files are
-    written into a hidden temporary sibling folder that is renamed to ``out_dir`` only when everything succeeded, so a
-    failed or killed run never leaves a partial ``out_dir``.
+    written into a hidden temporary sibling folder that is renamed to ``out_dir`` only when
+    everything succeeded, so a failed or killed run never leaves a partial ``out_dir``.
 
     Args:
         out_dir: folder to create.
