@@ -214,7 +214,14 @@ def randomised(network: TorchNetwork, n_top_layers: int, seed: int) -> TorchNetw
         if name in chosen or (new.logit is None and f"backbone.{name}" in chosen):
             with torch.no_grad():
                 for param in layer.parameters(recurse=False):
-                    param.copy_(torch.randn(param.shape, generator=generator) * param.std())
+                    # The weights' own spread (a one-element bias: its magnitude), never NaN.
+                    spread = (
+                        float(param.std(unbiased=False))
+                        if param.numel() > 1
+                        else float(param.abs().max())
+                    )
+                    scale = spread if spread > 0 else 1.0
+                    param.copy_(torch.randn(param.shape, generator=generator) * scale)
     return new
 
 

@@ -35,7 +35,16 @@ from cxr_triage.evaluation.saliency import (
 )
 from cxr_triage.inference.explain import Explainer, randomised
 
-__all__ = ["faithfulness", "localisation", "retrieval", "sanity"]
+__all__ = [
+    "box_region",
+    "faithfulness",
+    "localisation",
+    "nih_box_images",
+    "retrieval",
+    "sanity",
+    "summary_lines",
+    "synthetic_regions",
+]
 
 log = logging.getLogger(__name__)
 
@@ -249,3 +258,88 @@ def summary_lines(metrics: Mapping[str, Any]) -> list[str]:
         if keys[0] in metrics:
             lines.append(f"{name}: {metrics[keys[0]]:.3f} vs baseline {metrics[keys[1]]:.3f}")
     return lines
+
+
+def box_region(boxes: Any, rows: int, cols: int, size: int) -> np.ndarray:
+    """Boxes ``(x, y, w, h)`` in the stored image's pixels as a boolean ``(size, size)`` mask on
+    the model's input: shifted by ``prepare_image``'s centred padding to a square of side
+    ``max(rows, cols)``, then scaled to ``size``."""
+    side = max(rows, cols)
+    top, left = (side - rows) // 2, (side - cols) // 2
+    scale = size / side
+    mask = np.zeros((size, size), dtype=bool)
+    for x, y, w, h in boxes:
+        y0 = int(np.floor((y + top) * scale))
+        x0 = int(np.floor((x + left) * scale))
+        y1 = max(y0 + 1, int(np.ceil((y + h + top) * scale)))
+        x1 = max(x0 + 1, int(np.ceil((x + w + left) * scale)))
+        mask[max(0, y0) : min(size, y1), max(0, x0) : min(size, x1)] = True
+    return mask
+
+
+def synthetic_regions(synth_dir: Any, manifest: Any, size: int) -> dict[str, np.ndarray]:
+    """The lesion region of each image of ``manifest`` the generator drew a box for
+    (``<synth_dir>/<site>/lesion_boxes.csv``), keyed by ``image_id``.
+
+    The generator's file names are not in the manifest (ingest keeps pseudonymous ids only), so
+    each boxed file's ``image_id`` is derived as ingest derives it: the keyed digest of its SOP
+    Instance UID with the synthetic data's public salt.
+    """
+    from pathlib import Path
+
+    import pandas as pd
+    import pydicom
+
+    from cxr_triage.data.deid import Pseudonymiser, salt_from_env
+    from cxr_triage.data.synth.generate import BOXES_FILE
+
+    pseudonymiser = Pseudonymiser(salt_from_env(synthetic=True))
+    wanted = set(manifest["image_id"].astype(str))
+    regions: dict[str, np.ndarray] = {}
+    for table in sorted(Path(synth_dir).glob(f"*/{BOXES_FILE}")):
+        boxes = pd.read_csv(table)
+        for name, rows in boxes.groupby("Image Index"):
+            path = table.parent / "images" / str(name)
+            ds = pydicom.dcmread(path, stop_before_pixels=True)
+            image_id = pseudonymiser.image(str(ds.SOPInstanceUID).strip())
+            if image_id not in wanted:
+                continue
+            regions[image_id] = box_region(
+                rows[["x", "y", "w", "h"]].to_numpy(), int(ds.Rows), int(ds.Columns), size
+            )
+    return regions
+
+
+def nih_box_images(
+    nih_dir: Any, bbox_csv: Any, predictor: Any
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The shared NIH images that carry a radiologist's box (``BBox_List_2017.csv``, in the
+    original 1024x1024 pixels), prepared as the package prepares them, with their regions on
+    the model's input and their patients: ``(images uint8 (N, S, S), regions bool (N, S, S),
+    groups)``. None of them is in a synthetic-trained package's data.
+    """
+    from pathlib import Path
+
+    import pandas as pd
+
+    nih_dir, size = Path(nih_dir), predictor.image_size
+    labels = pd.read_csv(nih_dir / "labels.csv")
+    boxes = pd.read_csv(bbox_csv)
+    boxes.columns = ["Image Index", "Finding Label", "x", "y", "w", "h", *boxes.columns[6:]]
+    images, regions, groups = [], [], []
+    for row in labels.itertuples():
+        name = str(row.image).removeprefix("nih_")
+        found = boxes[boxes["Image Index"] == name]
+        if found.empty:
+            continue
+        prepared = predictor.prepare(nih_dir / "images" / row.image)
+        rows, cols = int(prepared.metadata["orig_rows"]), int(prepared.metadata["orig_cols"])
+        scale = cols / float(row.orig_width)  # the shared PNGs are the 1024 originals, resized
+        xywh = found[["x", "y", "w", "h"]].to_numpy(dtype=float) * scale
+        images.append(prepared.pixels)
+        regions.append(box_region(xywh, rows, cols, size))
+        groups.append(str(row.patient_id))
+    if not images:
+        empty = np.zeros((0, size, size))
+        return empty.astype(np.uint8), empty.astype(bool), np.zeros(0, dtype=str)
+    return np.stack(images), np.stack(regions), np.asarray(groups)
