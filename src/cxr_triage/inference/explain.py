@@ -507,6 +507,10 @@ class ExplainedImage:
         """The map alone as an RGBA PNG, transparent where it is 0 (:func:`heatmap_png`)."""
         return heatmap_png(self.saliency(), max_side=max_side)
 
+    def image_png(self, *, max_side: int | None = None) -> bytes:
+        """The image alone as a grey PNG (the same size as :meth:`heatmap_png`'s)."""
+        return overlay_png(self.image, np.zeros_like(self.image), opacity=0.0, max_side=max_side)
+
 
 def explain_source(
     explainer: Explainer,

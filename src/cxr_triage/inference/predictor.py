@@ -32,6 +32,7 @@ from cxr_triage.inference.features import monitoring_rows
 from cxr_triage.inference.layout import (
     CLASSIFIER_FILE,
     MEMBER_FILE,
+    MODEL_CARD_FILE,
     NEIGHBOURS_FILE,
     NETWORK_FILE,
     PROJECTION_FILE,
@@ -389,6 +390,8 @@ class Predictor:
         out = {k: self.info.get(k) for k in keys}
         out["explain"] = self.info.get("explain", {})
         out["qc"] = self.info.get("qc", {}).get("settings", {})
+        card = self.package_dir / MODEL_CARD_FILE
+        out["model_card"] = card.read_text(encoding="utf-8") if card.is_file() else None
         out.update(
             model_tag=self.model_tag,
             metrics=self.info.get("metrics", {}),

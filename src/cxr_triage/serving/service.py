@@ -48,6 +48,7 @@ from cxr_triage.serving.metrics import record_model, record_prediction, record_r
 from cxr_triage.serving.refusals import ErrorResponse, Refusal, error_body, image_status
 from cxr_triage.serving.settings import ServiceSettings
 from cxr_triage.serving.startup import check_log_integrity, check_log_location
+from cxr_triage.serving.webui import WEBUI_PATH, webui_app
 from cxr_triage.vocabulary import NOT_FOR_CLINICAL_USE
 
 __all__ = [
@@ -131,6 +132,7 @@ class ExplainResponse(BaseModel):
         "data URL, transparent where it is 0 (to lay over the image)"
     )
     overlay_png: str = Field(description="the map over the image as a PNG data URL")
+    image_png: str = Field(description="the image alone, the same size, as a PNG data URL")
     disclaimer: str
 
 
@@ -592,6 +594,7 @@ class CxrTriage:
             saliency=np.round(e.saliency.astype(np.float64), 4).tolist(),
             heatmap_png=url(result.heatmap_png(max_side=1024)),
             overlay_png=url(result.overlay_png(max_side=1024)),
+            image_png=url(result.image_png(max_side=1024)),
             disclaimer=NOT_FOR_CLINICAL_USE,
         )
 
@@ -696,6 +699,7 @@ def _describe() -> tuple[dict[str, Any], str | None]:
 
 # STOW-RS into the DICOM listener's spool (PS3.18 answers; 503 without CXR_TRIAGE_SALT).
 CxrTriage.mount_asgi_app(stow_app(), path=STOW_PATH)
+CxrTriage.mount_asgi_app(webui_app(), path=WEBUI_PATH)
 # The guard first: it wraps the docs too (the API key guards them).
 CxrTriage.add_asgi_middleware(RequestGuard, on_refusal=record_refusal)
 CxrTriage.add_asgi_middleware(ApiDocs, describe=_describe)
