@@ -12,7 +12,7 @@ export DO_NOT_TRACK := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: help setup lock audit system-deps demo test test-slow test-all bench lint format clean plots serve fuzz axe
+.PHONY: help setup lock audit system-deps demo test test-unit test-slow test-all bench lint format clean plots exp serve fuzz axe
 
 help: ## Show this help
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk -F':.*?## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -90,6 +90,9 @@ demo: setup ## Run the whole pipeline (dvc repro) on the embedded synthetic data
 test: setup ## Run the default test suite (unit + integration, minus slow tests)
 	pytest
 
+test-unit: setup ## Run the unit tests only (tests/unit: the quick edit-test loop)
+	pytest tests/unit -q
+
 test-slow: setup ## Run only the slow tests
 	pytest -m slow
 
@@ -132,6 +135,18 @@ $(PLOTS_TEMPLATE): $(VEGA_CACHE)/.unpacked src/cxr_triage/evaluation/plots.py
 
 plots: setup $(PLOTS_TEMPLATE) ## Render the DVC plots to reports/plots_html/index.html (offline)
 	dvc plots show --html-template $(PLOTS_TEMPLATE) -o $(PLOTS_HTML)
+
+# `dvc exp show` lists every param, metric and dependency hash (240+ columns). This keeps the
+# headline metrics (metrics.json: cxr_triage.evaluation.headline) and the params that differ
+# between the experiments shown; dependency columns (paths) and Created are dropped. Markdown
+# output, so that nothing is cut to the terminal's width (one row is about 120 + 20 per changed
+# param characters wide). EXP_ARGS adds options, e.g. EXP_ARGS="-A" or "--sort-by auroc".
+EXP_HEADLINE := ^(winner|auroc|auroc_lo|auroc_hi|ece|sens|spec|cleared)$$
+EXP_DROP := ^Created$$|/|^bentofile\.yaml$$|^requirements\.lock$$
+EXP_ARGS ?=
+exp: ## Compare DVC experiments: headline metrics and the params they changed (Markdown)
+	@dvc exp show --md --only-changed --precision 3 --drop '$(EXP_DROP)' \
+	  --keep '$(EXP_HEADLINE)' $(EXP_ARGS)
 
 # Coverage-guided fuzzing of the image reader (atheris + libFuzzer), niced: 5-25 minutes on two
 # cores. Seeds are rebuilt into a git-ignored folder; new coverage accumulates in the corpus

@@ -21,7 +21,7 @@ What changes the last bits of a CPU training run, and what this project does abo
 
 Not pinnable: onnxruntime's MLAS kernels (the ``embed`` stage and every package) choose their
 instruction set at run time and offer no switch; their float32 embeddings can differ in the last
-bits between machines (see ``tests/unit/test_reproducibility.py`` for the bound that is
+bits between machines (see ``tests/integration/test_reproducibility.py`` for the bound that is
 checked). GPUs are not covered: cuDNN/cuBLAS results depend on the GPU model.
 
 The pins must be in the environment before the libraries load (OpenBLAS reads its core type

@@ -3,9 +3,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 
 from cxr_triage.data.synth import generate_dataset
-from pipeline_fixture import tiny_params_data as _tiny_params_data
+from helpers.commands import init_dvc_repo
+from helpers.pipeline import tiny_params_data as _tiny_params_data
 
 SYNTH_SITES = {"hospital_a": 14, "hospital_b": 10}
 
@@ -21,5 +23,25 @@ def synthetic_source(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_params_data():
-    """A function giving params.yaml scaled down to seconds (see ``pipeline_fixture``)."""
+    """A function giving params.yaml scaled down to seconds (see ``helpers.pipeline``)."""
     return _tiny_params_data
+
+
+def _touch(name: str) -> str:
+    return f"python -c \"open('{name}', 'w').write('x')\""
+
+
+@pytest.fixture(scope="module")
+def shuffled_repo(tmp_path_factory) -> Path:
+    """dvc.yaml listing stages out of dependency order: c needs b needs a; d is independent."""
+    stages = {
+        "c": {"cmd": _touch("c.txt"), "deps": ["b.txt"], "outs": ["c.txt"]},
+        "d": {"cmd": _touch("d.txt"), "outs": ["d.txt"]},
+        "b": {"cmd": _touch("b.txt"), "deps": ["a.txt"], "outs": ["b.txt"]},
+        "a": {"cmd": _touch("a.txt"), "outs": ["a.txt"]},
+        "killed": {"cmd": 'python -c "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"'},
+        "bad_data": {"cmd": "python -c \"import sys; print('no label column'); sys.exit(3)\""},
+    }
+    root = init_dvc_repo(tmp_path_factory.mktemp("dvc_order"))
+    (root / "dvc.yaml").write_text(yaml.safe_dump({"stages": stages}, sort_keys=False))
+    return root

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from cxr_triage.monitoring import CurrentData, check_drift
-from drift_inputs import SCENARIOS, current_frame, figures, params_for, reference_frame
-from pipeline_fixture import stub_package
+from helpers.drift_inputs import SCENARIOS, current_frame, figures, params_for, reference_frame
+from helpers.pipeline import stub_package
 
 pytestmark = pytest.mark.integration
 

@@ -9,47 +9,32 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from commands import run_command
+import yaml
 
-from cxr_triage.evaluation.plots import VEGA_PACKAGES, build_offline_template, fetch_command
+from cxr_triage.evaluation.plots import (
+    PAGE_TITLE,
+    VEGA_PACKAGES,
+    build_offline_template,
+    fetch_command,
+    operating_point_table,
+)
+from helpers.commands import run_command
+from helpers.pipeline import REPO
 
 pytestmark = pytest.mark.integration
-REPO = Path(__file__).resolve().parents[2]
+
 CANDIDATES = ("logreg", "rbf_svm")
 
-# The top-level `plots:` section of dvc.yaml (keep in step with it), and the params it reads.
 PARAMS_YAML = """\
 paths:
   compare_dir: reports/compare
+  threshold_dir: reports/threshold
   evaluate_dir: reports/evaluate
 """
-PLOTS_YAML = """\
-plots:
-  - roc_validation:
-      template: by_candidate
-      x: fpr
-      y:
-        ${paths.compare_dir}/plots/roc.csv: tpr
-      title: ROC on validation (all candidates)
-      x_label: False positive rate
-      y_label: True positive rate
-  - calibration_validation:
-      template: by_candidate
-      x: mean_predicted
-      y:
-        ${paths.compare_dir}/plots/calibration.csv: fraction_positive
-      title: Calibration on validation (all candidates)
-      x_label: Mean predicted probability
-      y_label: Fraction abnormal
-  - roc_test:
-      template: by_candidate
-      x: fpr
-      y:
-        ${paths.evaluate_dir}/plots/roc.csv: tpr
-      title: ROC on test (winner)
-      x_label: False positive rate
-      y_label: True positive rate
-"""
+# The top-level `plots:` section of this repository's dvc.yaml, as it is.
+PLOTS_YAML = yaml.safe_dump(
+    {"plots": yaml.safe_load((REPO / "dvc.yaml").read_text())["plots"]}, sort_keys=False
+)
 PLOT_IDS = ("roc_validation", "calibration_validation", "roc_test")
 
 
@@ -94,17 +79,28 @@ def plots_repo(tmp_path_factory) -> Path:
         }
     ).to_csv(compare / "calibration.csv", index=False)
     roc[roc["candidate"] == "rbf_svm"].to_csv(evaluate / "roc.csv", index=False)
+    threshold = repo / "reports" / "threshold" / "plots"
+    threshold.mkdir(parents=True)
+    operating_point_table("rbf_svm", 0.3, 0.7, 0.8, "train+val CV").to_csv(
+        threshold / "operating_point.csv", index=False
+    )
+    operating_point_table("rbf_svm", 0.3, 0.65, 0.75, "test").to_csv(
+        evaluate / "operating_point.csv", index=False
+    )
     return repo
 
 
-def _series_layer(content: dict) -> dict:
-    """The layer of a `by_candidate` spec that holds DVC's data points."""
-    (layer,) = [
-        layer
-        for layer in content["layer"]
-        if any("candidate" in row for row in layer["data"]["values"])
-    ]
-    return layer
+def _layer(content: dict, mark: str) -> tuple[dict, list[dict]]:
+    """The layer of a `by_candidate` spec drawn with ``mark``, and DVC's data points."""
+    (layer,) = [layer for layer in content["layer"] if layer["mark"]["type"] == mark]
+    return layer, content["data"]["values"]
+
+
+def _series_layer(content: dict) -> tuple[dict, list[dict]]:
+    """The curves' layer (one line per candidate) and the rows it draws (not operating points)."""
+    layer, rows = _layer(content, "line")
+    assert layer["transform"] == [{"filter": "!isValid(datum.operating_point)"}]
+    return layer, [row for row in rows if "operating_point" not in row]
 
 
 def test_dvc_plots_show_json_draws_one_series_per_candidate(plots_repo):
@@ -115,16 +111,34 @@ def test_dvc_plots_show_json_draws_one_series_per_candidate(plots_repo):
     expected["roc_test"] = {"rbf_svm"}
     for plot_id, candidates in expected.items():
         (plot,) = shown["data"][plot_id]
-        layer = _series_layer(plot["content"])
-        assert layer["encoding"]["color"]["field"] == "candidate"
-        assert layer["mark"]["type"] == "line"
-        rows = layer["data"]["values"]
+        layer, rows = _series_layer(plot["content"])
+        assert plot["content"]["encoding"]["color"]["field"] == "candidate"
         assert {row["candidate"] for row in rows} == candidates
         assert {row["rev"] for row in rows} == {"workspace"}
-    roc = _series_layer(shown["data"]["roc_validation"][0]["content"])
-    assert (roc["encoding"]["x"]["field"], roc["encoding"]["y"]["field"]) == ("fpr", "tpr")
-    counts = pd.Series([row["candidate"] for row in roc["data"]["values"]]).value_counts()
+    content = shown["data"]["roc_validation"][0]["content"]
+    assert (content["encoding"]["x"]["field"], content["encoding"]["y"]["field"]) == (
+        "fpr",
+        "tpr",
+    )
+    _, curve_rows = _series_layer(content)
+    counts = pd.Series([row["candidate"] for row in curve_rows]).value_counts()
     assert counts.to_dict() == {"logreg": 4, "rbf_svm": 3}
+
+
+def test_dvc_roc_plots_mark_the_operating_point(plots_repo):
+    shown = json.loads(_run(["dvc", "plots", "show", "--json"], plots_repo))
+    for plot_id, where, (fpr, tpr) in (
+        ("roc_validation", "train+val CV", (0.2, 0.7)),
+        ("roc_test", "test", (0.25, 0.65)),
+    ):
+        (plot,) = shown["data"][plot_id]
+        layer, rows = _layer(plot["content"], "point")
+        assert layer["transform"] == [{"filter": "isValid(datum.operating_point)"}]
+        assert layer["encoding"]["shape"]["field"] == "operating_point"
+        (point,) = [row for row in rows if "operating_point" in row]
+        assert f"({where})" in point["operating_point"] and point["candidate"] == "rbf_svm"
+        assert (float(point["fpr"]), float(point["tpr"])) == pytest.approx((fpr, tpr))
+        assert "threshold" in plot["content"]["title"]["text"]
 
 
 def test_dvc_plots_show_html_template_renders_without_cdn(plots_repo, tmp_path):
@@ -142,6 +156,7 @@ def test_dvc_plots_show_html_template_renders_without_cdn(plots_repo, tmp_path):
         assert f'id = "{plot_id}"' in html
     assert '"field": "candidate"' in html and "rbf_svm" in html
     assert "{plot_divs}" not in html and "{scripts}" not in html
+    assert f"<h1>{PAGE_TITLE}</h1>" in html
 
 
 @pytest.mark.slow

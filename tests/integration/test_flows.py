@@ -10,7 +10,6 @@ import dataclasses
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import threading
@@ -23,24 +22,20 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from commands import init_pipeline_repo, run_command
 
 from cxr_triage.config import Params, PromoteParams
 from cxr_triage.data.synth import SynthConfig, generate_dataset
 from cxr_triage.errors import LeakageError
 from cxr_triage.inference import registry
+from helpers.commands import init_pipeline_repo, run_command, runner
+from helpers.pipeline import REPO
+from helpers.ports import free_port
 
 pytestmark = pytest.mark.integration
-REPO = Path(__file__).resolve().parents[2]
+
 if str(REPO) not in sys.path:  # `flows/` is a top-level folder of the repository, not installed
     sys.path.insert(0, str(REPO))
 SALT = "integration-test-salt-0123456789"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Receiver:
@@ -83,7 +78,7 @@ def prefect_server(tmp_path_factory):
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     home = tmp_path_factory.mktemp("prefect_home")
-    port = _free_port()
+    port = free_port()
     env = {
         **os.environ,
         "PREFECT_HOME": str(home),
@@ -165,7 +160,7 @@ def test_failing_flow_run_alerts_once_with_the_first_line_and_the_run_link(recei
     from prefect.events import emit_event
 
     from cxr_triage.orchestration.events import drift_event
-    from summaries import drift_summary
+    from helpers.summaries import drift_summary
 
     @flow(name="cxr-test-always-fails")
     def always_fails() -> None:
@@ -189,7 +184,7 @@ def test_repeated_drift_alert_within_the_cooldown_is_folded(receiver):
     from prefect.events import emit_event
 
     from cxr_triage.orchestration.events import drift_event
-    from summaries import drift_summary
+    from helpers.summaries import drift_summary
 
     for _ in range(2):  # the same alert twice (same site, verdict and model)
         emit_event(**drift_event(drift_summary(site="cool_site")))
@@ -306,7 +301,7 @@ def test_ingestion_flow_versions_accepted_images_and_lists_rejects(
 @pytest.fixture(scope="module")
 def worse_pipeline(tmp_path_factory):
     """A tiny pipeline trained on inverted labels: a deliberately worse model."""
-    from pipeline_fixture import build_tiny_pipeline
+    from helpers.pipeline import build_tiny_pipeline
 
     def invert_labels(params: Params) -> None:
         for table_path in Path(params.paths.synth_dir).glob("*/labels.csv"):
@@ -472,7 +467,6 @@ def test_cli_and_flow_check_the_same_package_and_keep_the_whole_summary(
     """Bug (issue 9): `cxr-triage monitor` defaulted to `paths.package_dir`, the flow to the
     serving model; the flow dropped the unreadable files from its summary and patched keys in."""
     from flows.monitoring import monitoring_flow
-    from typer.testing import CliRunner
 
     from cxr_triage.cli import app
     from cxr_triage.state import STATE_DIR_ENV
@@ -487,7 +481,7 @@ def test_cli_and_flow_check_the_same_package_and_keep_the_whole_summary(
     images = tmp_path / "incoming" / "images"
     (images / "broken.dcm").write_bytes(b"\x00" * 400)
 
-    cli = CliRunner().invoke(
+    cli = runner.invoke(
         app,
         ["monitor", "--images", str(images), "--site", "hospital_a", "--json",
          "--params", str(tmp_path / "params.yaml")],
@@ -544,7 +538,6 @@ def test_fed_back_reads_with_missed_abnormals_alert_the_maintainers(
 ):
     """Issue 10: ground truth closes the loop (feedback -> realised sensitivity -> alert)."""
     from flows.monitoring import monitoring_flow
-    from typer.testing import CliRunner
 
     from cxr_triage.cli import app
     from cxr_triage.inference.predictor import Predictor
@@ -575,7 +568,7 @@ def test_fed_back_reads_with_missed_abnormals_alert_the_maintainers(
          "label": ["abnormal" if r["request_id"] in abnormal else "normal" for r in rows]}
     )  # fmt: skip
     reads.to_csv(tmp_path / "reads.csv", index=False)
-    stored = CliRunner().invoke(app, ["feedback", str(tmp_path / "reads.csv")])
+    stored = runner.invoke(app, ["feedback", str(tmp_path / "reads.csv")])
     assert stored.exit_code == 0 and "40 match a logged prediction" in stored.stdout
 
     report = monitoring_flow(repo_dir=str(tmp_path), package_dir=str(monitored_package))

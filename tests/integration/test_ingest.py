@@ -20,9 +20,10 @@ from PIL import Image
 from cxr_triage.data.deid import SALT_ENV, SYNTHETIC_SALT, Pseudonymiser
 from cxr_triage.data.ingest import MANIFEST_COLUMNS, ingest
 from cxr_triage.data.sources import discover
+from helpers.pipeline import REPO
 
 pytestmark = pytest.mark.integration
-REPO = Path(__file__).resolve().parents[2]
+
 SALT = "integration-test-salt-0123456789"
 PHI_KEYWORDS = (
     "PatientName",

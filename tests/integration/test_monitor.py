@@ -12,7 +12,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -24,7 +23,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from typer.testing import CliRunner
 
 from cxr_triage.cli import app
 from cxr_triage.config import Params, parse_section
@@ -34,11 +32,11 @@ from cxr_triage.inference.predictor import Predictor
 from cxr_triage.inference.predlog import PredictionLog
 from cxr_triage.monitoring import CurrentData, check_drift, current_from_images, load_reference
 from cxr_triage.state import state_layout
-from pipeline_fixture import tiny_params_data
+from helpers.commands import runner
+from helpers.pipeline import tiny_params_data
+from helpers.ports import free_port
 
 pytestmark = pytest.mark.integration
-
-runner = CliRunner()
 
 
 @dataclass(frozen=True)
@@ -256,12 +254,6 @@ def test_monitor_cli_log_window_no_drift_then_insufficient_data(monitor_env, tmp
     assert set(insufficient) == set(summary)  # one schema for the flow to read
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _get_json(url: str) -> object:
     with urllib.request.urlopen(url, timeout=10) as response:  # noqa: S310 - loopback only
         return json.loads(response.read())
@@ -276,7 +268,7 @@ def evidently_ui():
     servers = []
 
     def start(workspace: str) -> str:
-        port = _free_port()
+        port = free_port()
         evidently = Path(sys.executable).with_name("evidently")
         servers.append(
             subprocess.Popen(

@@ -27,16 +27,16 @@ from cxr_triage.pacs.scp import (
 from cxr_triage.pacs.settings import Destination, PacsSettings
 from cxr_triage.pacs.spool import Spool
 from cxr_triage.pacs.triage import TriageWorker
-from pacs_helpers import (
+from helpers.pacs import (
     CALLING_AE,
     SALT,
     SITE,
     StorageDestination,
     association,
-    free_port,
     store_file,
 )
-from pacs_helpers import store_files as store_over_dicom
+from helpers.pacs import store_files as store_over_dicom
+from helpers.ports import free_port
 
 pytestmark = pytest.mark.integration
 

@@ -1,7 +1,7 @@
 """Acceptance of the DICOM listener with real software: Orthanc (the PACS), dcmtk (the modality),
 dicom3tools (the validator), ``cxr-triage listen`` as its own process.
 
-Everything runs inside a private network namespace (``netns.py``): Orthanc listens on every
+Everything runs inside a private network namespace (``helpers/netns.py``): Orthanc listens on every
 interface, and there the only one is a loopback of the test's own. dcmtk's exit codes can be 0
 on failure (STACK-wave2.md §2), so its output is read.
 """
@@ -24,13 +24,13 @@ import numpy as np
 import pandas as pd
 import pydicom
 import pytest
-from netns import NetNamespace, orthanc_config, stop
 from pydicom.uid import generate_uid
 
 from cxr_triage.data.deid import Pseudonymiser
 from cxr_triage.pacs.report import read_sr_result
 from cxr_triage.pacs.spool import Spool
-from pacs_helpers import CALLING_AE, SALT, SITE
+from helpers.netns import NetNamespace, orthanc_config, stop
+from helpers.pacs import CALLING_AE, SALT, SITE
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 

@@ -27,21 +27,20 @@ import yaml
 from pydicom.datadict import dictionary_VR
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
-from service_server import free_port, serve
-from typer.testing import CliRunner
 
 from cxr_triage.cli import app
 from cxr_triage.config import Params, parse_section
 from cxr_triage.data.synth import generate_dataset
-from pipeline_fixture import tiny_params_data
+from helpers.bento import serve
+from helpers.commands import runner
+from helpers.pipeline import REPO, tiny_params_data
+from helpers.ports import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-REPO = Path(__file__).resolve().parents[2]
 SALT = "phi-audit-salt-0123456789abcdef"
 N_IMAGES = 36
 N_PATIENTS = N_IMAGES  # one image each: both classes have enough patients per fold
 PRIVATE_CREATOR = "PHI AUDIT PRIVATE"
-runner = CliRunner()
 
 
 def _annex_e_tags() -> list[int]:
@@ -356,7 +355,7 @@ def _listener_round_trip(
     from cxr_triage.pacs.settings import Destination, PacsSettings
     from cxr_triage.pacs.spool import Spool
     from cxr_triage.pacs.triage import TriageWorker
-    from pacs_helpers import CALLING_AE, StorageDestination, store_files
+    from helpers.pacs import CALLING_AE, StorageDestination, store_files
 
     settings = PacsSettings(
         port=free_port(),

@@ -8,14 +8,13 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from typer.testing import CliRunner
 
 from cxr_triage.cli import app
 from cxr_triage.inference.predictor import Predictor
 from cxr_triage.inference.registry import serving_record
+from helpers.commands import runner
 
 pytestmark = pytest.mark.integration
-runner = CliRunner()
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,9 +22,12 @@ from pathlib import Path
 import httpx
 import pytest
 
+from helpers.pipeline import REPO
+from helpers.ports import free_port
+
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-REPO = Path(__file__).resolve().parents[2]
+
 if str(REPO) not in sys.path:  # `flows/` is a top-level folder of the repository, not installed
     sys.path.insert(0, str(REPO))
 PREFECT = [sys.executable, "-m", "prefect"]
@@ -39,12 +41,6 @@ from prefect import flow
 def probe() -> str:
     return "ran"
 """
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @contextmanager
@@ -134,7 +130,7 @@ def test_scheduler_creates_runs_a_worker_completes_one_and_doctor_tells(tmp_path
     home, source = tmp_path / "prefect_home", tmp_path / "source"
     source.mkdir()
     (source / "probe_flow.py").write_text(FLOW_SOURCE)
-    url = f"http://127.0.0.1:{_free_port()}/api"
+    url = f"http://127.0.0.1:{free_port()}/api"
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     env.update(
         PREFECT_HOME=str(home),

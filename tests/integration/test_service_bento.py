@@ -9,13 +9,13 @@ from pathlib import Path
 
 import httpx
 import pytest
-from service_server import BENTOML, free_port, serve
 
 from cxr_triage.inference.registry import register_package
+from helpers.bento import BENTOML, serve
+from helpers.pipeline import REPO
+from helpers.ports import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-
-REPO = Path(__file__).resolve().parents[2]
 
 
 def test_bento_builds_offline_and_serves_its_model(tiny_pipeline, tmp_path) -> None:

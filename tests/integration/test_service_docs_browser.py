@@ -10,13 +10,14 @@ import os
 from pathlib import Path
 
 import pytest
-from service_server import serve
 
 from cxr_triage.inference.registry import register_package
+from helpers.bento import serve
+from helpers.pipeline import REPO
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-REPO = Path(__file__).resolve().parents[2]
+
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 
 

@@ -24,10 +24,10 @@ import pytest
 from PIL import Image
 from pydicom.encaps import encapsulate
 from pydicom.uid import MPEG2MPML
-from service_server import Server, serve
 
 from cxr_triage.inference.predlog import PredictionLog
 from cxr_triage.inference.registry import register_package
+from helpers.bento import Server, serve
 
 pytestmark = pytest.mark.integration
 

@@ -21,10 +21,10 @@ from pathlib import Path
 
 import httpx
 import pytest
-from service_server import Server, serve, wait_ready
 
 from cxr_triage.inference.predlog import PredictionLog
 from cxr_triage.inference.registry import register_package
+from helpers.bento import Server, serve, wait_ready
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -9,8 +9,8 @@ import pytest
 
 from cxr_triage.monitoring import CurrentData, check_drift
 from cxr_triage.monitoring.dashboard import panel_titles
-from drift_inputs import feature_rows, params_for, reference_frame
-from pipeline_fixture import stub_package
+from helpers.drift_inputs import feature_rows, params_for, reference_frame
+from helpers.pipeline import stub_package
 
 pytestmark = pytest.mark.integration
 

@@ -15,7 +15,7 @@ from cxr_triage.orchestration.events import (
     alert_specs,
     drift_event,
 )
-from summaries import drift_summary
+from helpers.summaries import drift_summary
 
 SETTINGS = AlertSettings(
     prefect_ui="https://prefect.hospital.example",

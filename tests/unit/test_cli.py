@@ -5,11 +5,9 @@ import json
 import numpy as np
 import pytest
 from PIL import Image
-from typer.testing import CliRunner
 
 from cxr_triage.cli import app
-
-runner = CliRunner()
+from helpers.commands import runner
 
 
 @pytest.mark.parametrize(

@@ -7,8 +7,7 @@ import yaml
 
 from cxr_triage.config import load_params
 from cxr_triage.errors import ConfigError
-
-REPO = Path(__file__).resolve().parents[2]
+from helpers.pipeline import REPO
 
 
 def _write(tmp_path: Path, data: dict) -> Path:

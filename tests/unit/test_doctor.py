@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib.metadata
-import socket
 
 from cxr_triage.orchestration.doctor import (
     DoctorReport,
@@ -11,6 +10,7 @@ from cxr_triage.orchestration.doctor import (
     check_environment,
     check_server,
 )
+from helpers.ports import free_port
 
 
 def _lock(tmp_path, **versions: str):
@@ -47,9 +47,7 @@ def test_server_unset_or_not_answering_says_how_to_start_it():
     unset = check_server(None)
     assert not unset.ok and "PREFECT_API_URL is not set" in unset.message
     assert "prefect server start" in unset.fix and "export PREFECT_API_URL=" in unset.fix
-    with socket.socket() as s:  # a loopback port nothing listens on
-        s.bind(("127.0.0.1", 0))
-        url = f"http://127.0.0.1:{s.getsockname()[1]}/api"
+    url = f"http://127.0.0.1:{free_port()}/api"  # a loopback port nothing listens on
     refused = check_server(url, timeout=2)
     assert not refused.ok and f"nothing answers at {url}" in refused.message
     assert "prefect server start" in refused.fix

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from typer.testing import CliRunner
 
 from cxr_triage.cli import app
 from cxr_triage.config import MonitorParams, Params, load_params, parse_section
@@ -23,10 +22,9 @@ from cxr_triage.monitoring import (
     current_from_log,
     load_reference,
 )
-from drift_inputs import feature_rows
-from pipeline_fixture import REPO, stub_package, tiny_params_data
-
-runner = CliRunner()
+from helpers.commands import runner
+from helpers.drift_inputs import feature_rows
+from helpers.pipeline import REPO, stub_package, tiny_params_data
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from typer.testing import CliRunner
 
 from cxr_triage.cli import EXIT_SENSITIVITY, app
 from cxr_triage.config import MonitorParams, Params, parse_section
@@ -27,11 +26,11 @@ from cxr_triage.inference.predlog import PredictionLog
 from cxr_triage.monitoring import LogWindow, check_drift
 from cxr_triage.orchestration.alerts import AlertSettings
 from cxr_triage.orchestration.events import PERFORMANCE_EVENT, performance_event
-from pipeline_fixture import REPO, stub_package, tiny_params_data
+from helpers.commands import runner
+from helpers.pipeline import REPO, stub_package, tiny_params_data
 
 SALT = "unit-test-salt-0123456789abcdef"
 TAG = "cxr-triage:stub"
-runner = CliRunner()
 
 
 def logged_rows(n: int, *, seed: int = 0) -> list[dict]:

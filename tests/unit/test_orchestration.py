@@ -2,11 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 import yaml
@@ -16,79 +11,9 @@ from cxr_triage.errors import ConfigError, DataError
 from cxr_triage.orchestration.events import ALERTS, DRIFT_EVENT, retraining_event
 from cxr_triage.orchestration.gate import decide_on_scores
 from cxr_triage.orchestration.pipeline import (
-    StageFailedError,
     is_transient_failure,
-    run_stage,
-    stage_order,
 )
-
-REPO = Path(__file__).resolve().parents[2]
-
-
-def _dvc_repo(root: Path, stages: dict) -> Path:
-    env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
-    subprocess.run(["git", "init", "-q"], cwd=root, check=True)
-    subprocess.run([sys.executable, "-m", "dvc", "init", "-q"], cwd=root, check=True, env=env)
-    (root / "dvc.yaml").write_text(yaml.safe_dump({"stages": stages}, sort_keys=False))
-    return root
-
-
-def _touch(name: str) -> str:
-    return f"python -c \"open('{name}', 'w').write('x')\""
-
-
-@pytest.fixture(scope="module")
-def shuffled_repo(tmp_path_factory) -> Path:
-    """dvc.yaml listing stages out of dependency order: c needs b needs a; d is independent."""
-    stages = {
-        "c": {"cmd": _touch("c.txt"), "deps": ["b.txt"], "outs": ["c.txt"]},
-        "d": {"cmd": _touch("d.txt"), "outs": ["d.txt"]},
-        "b": {"cmd": _touch("b.txt"), "deps": ["a.txt"], "outs": ["b.txt"]},
-        "a": {"cmd": _touch("a.txt"), "outs": ["a.txt"]},
-        "killed": {"cmd": 'python -c "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"'},
-        "bad_data": {"cmd": "python -c \"import sys; print('no label column'); sys.exit(3)\""},
-    }
-    return _dvc_repo(tmp_path_factory.mktemp("dvc_order"), stages)
-
-
-def test_stage_order_follows_dvc_graph_not_file_order(shuffled_repo):
-    order = stage_order(shuffled_repo)
-    assert order.index("a") < order.index("b") < order.index("c")
-    assert set(order) == {"a", "b", "c", "d", "killed", "bad_data"}
-    # independent stages keep their dvc.yaml position relative to each other
-    assert order.index("d") < order.index("killed") < order.index("bad_data")
-
-
-def test_stage_order_until_keeps_only_dependencies(shuffled_repo):
-    assert stage_order(shuffled_repo, until="c") == ["a", "b", "c"]
-    with pytest.raises(ConfigError, match="unknown stage 'nope'"):
-        stage_order(shuffled_repo, until="nope")
-
-
-def test_stage_order_of_this_repository_starts_with_data_and_ends_with_package():
-    order = stage_order(REPO)
-    assert order[:3] == ["synth", "ingest", "split"]
-    assert order[-1] == "package"
-    assert order.index("backbone") < order.index("embed") < order.index("transfer")
-    assert order.index("compare") < order.index("threshold") < order.index("evaluate")
-
-
-def test_run_stage_streams_output_and_skips_unchanged(shuffled_repo):
-    lines: list[str] = []
-    first = run_stage(shuffled_repo, "a", on_line=lines.append)
-    assert first.ran and any("Running stage 'a'" in line for line in lines)
-    assert not run_stage(shuffled_repo, "a").ran  # unchanged: DVC skips it
-    assert "a:" in (shuffled_repo / "dvc.lock").read_text()
-
-
-def test_run_stage_classifies_killed_as_transient_and_data_error_as_not(shuffled_repo):
-    with pytest.raises(StageFailedError) as killed:
-        run_stage(shuffled_repo, "killed")
-    assert killed.value.transient
-    with pytest.raises(StageFailedError) as bad:
-        run_stage(shuffled_repo, "bad_data")
-    assert not bad.value.transient
-    assert "no label column" in str(bad.value) and "dvc repro bad_data" in str(bad.value)
+from helpers.pipeline import REPO
 
 
 @pytest.mark.parametrize(

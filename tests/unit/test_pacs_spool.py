@@ -14,7 +14,7 @@ from cxr_triage.data.deid import Pseudonymiser
 from cxr_triage.pacs.outbox import backoff_seconds, worklist_entry
 from cxr_triage.pacs.settings import PacsSettings
 from cxr_triage.pacs.spool import Spool, SpoolBusyError, SpoolUnavailableError
-from pacs_helpers import CALLING_AE, store_file
+from helpers.pacs import CALLING_AE, store_file
 
 SALT = "unit-test-salt-0123456789"
 

@@ -11,11 +11,15 @@ from sklearn.metrics import roc_auc_score
 from cxr_triage.errors import ConfigError
 from cxr_triage.evaluation.metrics import reliability_curve
 from cxr_triage.evaluation.plots import (
+    OPERATING_POINT_GID,
+    PAGE_TITLE,
     VEGA_PACKAGES,
     build_offline_template,
     main,
+    operating_point_table,
     render_calibration_png,
     render_roc_png,
+    roc_figure,
     roc_points,
 )
 
@@ -112,6 +116,59 @@ def test_render_roc_png_missing_column_raises_config_error(tmp_path):
     assert not (tmp_path / "roc.png").exists()
 
 
+def test_operating_point_table_is_the_roc_coordinates_of_sensitivity_and_specificity():
+    point = operating_point_table("logreg", 0.2259, 0.95, 0.16, "test")
+    assert point.columns.tolist() == ["candidate", "operating_point", "threshold", "fpr", "tpr"]
+    (row,) = point.itertuples()
+    assert (row.candidate, row.threshold, row.tpr) == ("logreg", 0.2259, 0.95)
+    assert row.fpr == pytest.approx(0.84)
+    assert row.operating_point == "threshold 0.226 (test): sens 0.95, spec 0.16"
+
+
+@pytest.mark.parametrize("rate", [1.2, -0.1, float("nan")])
+def test_operating_point_table_rejects_a_rate_outside_0_1(rate):
+    with pytest.raises(ConfigError, match="specificity must lie in"):
+        operating_point_table("logreg", 0.5, 0.9, rate, "test")
+
+
+def _marked_points(figure) -> list[tuple[str, tuple[float, float]]]:
+    """(legend label, data coordinates) of each operating point marker in a ROC figure."""
+    (ax,) = figure.axes
+    return [
+        (artist.get_label(), tuple(artist.get_offsets()[0]))
+        for artist in ax.collections
+        if artist.get_gid() == OPERATING_POINT_GID
+    ]
+
+
+def test_roc_figure_marks_each_operating_point_at_its_sensitivity_and_specificity(tmp_path):
+    y_true, y_score = _scores(seed=3)
+    roc = roc_points(y_true, y_score).assign(candidate="logreg")
+    points = pd.concat(
+        [
+            operating_point_table("logreg", 0.31, 0.9, 0.55, "test"),
+            operating_point_table("logreg", 0.31, 0.95, 0.4, "train+val CV"),
+        ],
+        ignore_index=True,
+    )
+    marked = _marked_points(roc_figure(roc, "ROC on test", operating_points=points))
+    assert [label for label, _ in marked] == points["operating_point"].tolist()
+    assert [xy for _, xy in marked] == [pytest.approx((0.45, 0.9)), pytest.approx((0.6, 0.95))]
+    (ax,) = roc_figure(roc, "ROC on test", operating_points=points).axes
+    legend = [text.get_text() for text in ax.get_legend().get_texts()]
+    assert "threshold 0.310 (test): sens 0.90, spec 0.55" in legend
+    assert not _marked_points(roc_figure(roc, "ROC on test"))  # none asked, none drawn
+    path = render_roc_png(roc, tmp_path / "roc.png", "ROC on test", operating_points=points)
+    _assert_png(path)
+
+
+def test_roc_figure_refuses_more_operating_points_than_it_has_markers():
+    roc = pd.DataFrame({"fpr": [0.0, 1.0], "tpr": [0.0, 1.0]})
+    points = pd.concat([operating_point_table("m", 0.5, 0.5, 0.5, "test")] * 4)
+    with pytest.raises(ConfigError, match="at most 3 operating points"):
+        roc_figure(roc, "ROC", operating_points=points)
+
+
 def test_render_calibration_png_writes_valid_png(tmp_path):
     frames = []
     for seed, name in enumerate(["logreg", "finetuned"]):
@@ -140,6 +197,18 @@ def test_build_offline_template_inlines_scripts_in_load_order(tmp_path):
     assert "{scripts}" not in html
     assert "cdn.jsdelivr" not in html and "<script src" not in html
     assert html.lstrip().startswith("<!DOCTYPE html>")
+
+
+def test_build_offline_template_titles_the_page(tmp_path):
+    out = build_offline_template(fake_vega_dir(tmp_path / "vega"), tmp_path / "t.html")
+    page = out.read_text(encoding="utf-8")
+    assert f"<title>{PAGE_TITLE}</title>" in page and f"<h1>{PAGE_TITLE}</h1>" in page
+    custom = build_offline_template(
+        tmp_path / "vega", tmp_path / "c.html", title="a <b> {plot_divs}", subtitle="s"
+    ).read_text(encoding="utf-8")
+    # escaped, and no DVC placeholder made out of the text: {plot_divs} stays the only one
+    assert "<h1>a &lt;b&gt; &#123;plot_divs}</h1>" in custom
+    assert custom.count("{plot_divs}") == 1
 
 
 def test_build_offline_template_escapes_closing_script_tags(tmp_path):

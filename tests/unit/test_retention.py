@@ -10,7 +10,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
 from cxr_triage.cli import app
 from cxr_triage.config import MonitorParams, parse_section
@@ -20,8 +19,8 @@ from cxr_triage.inference.predlog import PredictionLog, backup_log
 from cxr_triage.monitoring import LogWindow, check_drift
 from cxr_triage.monitoring.retention import apply_retention, expired_runs
 from cxr_triage.state import state_layout
+from helpers.commands import runner
 
-runner = CliRunner()
 NOW = datetime(2026, 11, 30, 12, tzinfo=UTC)
 
 
@@ -132,8 +131,8 @@ def test_default_retention_keeps_everything_and_bad_values_are_refused(tmp_path)
 
 
 def test_a_drift_check_of_the_log_applies_retention_and_says_so(tmp_path):
-    from drift_inputs import feature_rows, params_for, reference_frame
-    from pipeline_fixture import stub_package
+    from helpers.drift_inputs import feature_rows, params_for, reference_frame
+    from helpers.pipeline import stub_package
 
     path = tmp_path / "predictions.sqlite"
     log = PredictionLog(path)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from pathlib import Path
 
 import pytest
 
@@ -12,6 +11,7 @@ from cxr_triage.errors import ConfigError, ImageTooLargeError, NotAnImageError
 from cxr_triage.serving.docs import ROUTE_ERRORS, docs_page, product_openapi
 from cxr_triage.serving.refusals import Refusal, image_refusals, image_status
 from cxr_triage.serving.settings import ServiceSettings
+from helpers.pipeline import REPO
 
 
 def test_service_settings_defaults_when_nothing_is_set() -> None:
@@ -133,7 +133,7 @@ def test_docs_page_loads_nothing_from_elsewhere() -> None:
 
 
 def test_readme_error_table_lists_every_reason_with_its_status() -> None:
-    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    readme = (REPO / "README.md").read_text()
     serving = readme[readme.index("## Serving") : readme.index("## Monitoring")]
     documented: dict[str, set[int]] = {}
     for line in serving.splitlines():

@@ -88,7 +88,7 @@ def test_pretrain_contrastive_resumes_exactly_after_an_interruption(tmp_path: Pa
 
 def test_ssl_pool_leaves_out_every_image_of_a_test_patient(tmp_path: Path) -> None:
     from cxr_triage.stages.backbone import ssl_pool
-    from pipeline_fixture import tiny_params_data
+    from helpers.pipeline import tiny_params_data
 
     pseudonym = Pseudonymiser(SYNTHETIC_SALT).patient
     manifest = pd.DataFrame(

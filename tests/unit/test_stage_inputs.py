@@ -9,7 +9,7 @@ from cxr_triage.config import Params, parse_section
 from cxr_triage.errors import ConfigError
 from cxr_triage.stages import synth
 from cxr_triage.stages.backbone import weights_file
-from pipeline_fixture import REPO
+from helpers.pipeline import REPO
 
 
 def test_weights_file_must_be_in_the_weights_folder(tmp_path):

@@ -32,6 +32,7 @@ from cxr_triage.data.synth.cohort import (
 from cxr_triage.data.synth.lesions import DRAWN_BY, NOMINAL_CONTRAST
 from cxr_triage.errors import ConfigError
 from cxr_triage.vocabulary import FINDINGS
+from helpers.pipeline import REPO
 
 SMALL = SynthConfig(image_size=64)
 CHESTXRAY14_HEADER = (
@@ -256,13 +257,13 @@ def test_synth_config_bad_range_raises_config_error() -> None:
 def test_synth_config_defaults_are_the_pipeline_default() -> None:
     # One default dataset: params.yaml's synth knobs, SynthParams' and SynthConfig's agree, so the
     # CLI and the promotion gate's frozen set draw from the same task as the pipeline.
-    params = load_params(Path(__file__).resolve().parents[2] / "params.yaml")
+    params = load_params(REPO / "params.yaml")
     assert SynthConfig.from_params(params.synth) == SynthConfig()
     assert SynthConfig.from_params(SynthParams()) == SynthConfig()
 
 
 def test_synth_config_from_params_reads_every_knob(tmp_path: Path) -> None:
-    data = yaml.safe_load((Path(__file__).resolve().parents[2] / "params.yaml").read_text())
+    data = yaml.safe_load((REPO / "params.yaml").read_text())
     data["synth"].update(lesion_contrast=[0.2, 0.4], label_noise=0.5, image_size=64)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(data))
     config = SynthConfig.from_params(load_params(tmp_path / "params.yaml").synth)

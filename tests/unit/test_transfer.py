@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -128,6 +130,23 @@ def test_save_load_round_trip_gives_identical_predictions(
         assert loaded.best_params == candidate.best_params
         assert loaded.cv_auroc == candidate.cv_auroc
         np.testing.assert_array_equal(predict_scores(loaded, X), predict_scores(candidate, X))
+
+
+def test_the_same_model_saves_to_the_same_bytes(
+    zoo: dict[str, FittedCandidate], train: Data, tmp_path: Path
+) -> None:
+    """skops names objects by id() and stamps the time: a rerun (other objects, later) must
+    still write the same file, or every DVC hash and package tag after it changes."""
+    X, _, _ = train
+    for name, candidate in zoo.items():
+        first = save_candidate(candidate, tmp_path / f"{name}-1.skops").read_bytes()
+        rerun = save_candidate(copy.deepcopy(candidate), tmp_path / f"{name}-2.skops")
+        assert rerun.read_bytes() == first, name
+        with zipfile.ZipFile(rerun) as archive:
+            assert {i.date_time for i in archive.infolist()} == {(1980, 1, 1, 0, 0, 0)}
+        np.testing.assert_array_equal(
+            predict_scores(load_candidate(rerun), X), predict_scores(candidate, X)
+        )
 
 
 class _Untrusted(TransformerMixin, BaseEstimator):

@@ -31,6 +31,10 @@ class PathsParams:
     explain_dir: str = "reports/explain"  # explanation figures (explain stage)
     package_dir: str = "models/package"  # the model package (the service loads it)
     package_report_dir: str = "reports/package"  # model tag, bento tag, versions
+    # the headline metrics (winner, test AUROC and CI, ECE, sens/spec, auto-cleared share): the
+    # only file dvc.yaml declares as metrics; at the root so that `dvc metrics show` fits 100
+    # columns (its Path column is as wide as this path)
+    metrics_file: str = "metrics.json"
 
 
 @dataclass(frozen=True)

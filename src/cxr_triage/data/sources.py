@@ -164,101 +164,116 @@ def discover(
             "(for the synthetic default, run `dvc repro synth` first)"
         )
     if source == "synthetic":
-        tables = (
-            [source_dir / "labels.csv"]
-            if (source_dir / "labels.csv").exists()
-            else sorted(source_dir.glob("*/labels.csv"))
-        )
-        if not tables:
-            raise DataError(
-                f"{source_dir} holds no synthetic site (no */labels.csv); generate one "
-                "with `cxr-triage synth` or `dvc repro synth`"
-            )
-        out = Discovery([], [])
-        for table_path in tables:
-            site_dir = table_path.parent
-            part = _match(
-                read_labels_table(table_path),
-                _files_below(site_dir / "images"),
-                site_dir,
-                str(table_path),
-                site=site or site_dir.name,
-            )
-            prefix = site_dir.relative_to(source_dir).as_posix()
-            out.items += [
-                SourceItem(i.path, f"{prefix}/{i.rel_path}".lstrip("./"), i.labels, i.site)
-                for i in part.items
-            ]
-            out.rejects += part.rejects
-        return out
+        return _discover_synthetic(source_dir, site)
     if source == "chestxray14":
-        if labels_csv:
-            table_path = source_dir / labels_csv
-        else:
-            found = sorted(source_dir.glob("Data_Entry_2017*.csv*"))
-            if not found:
-                raise DataError(
-                    f"no Data_Entry_2017*.csv(.gz) in {source_dir}; point "
-                    "ingest.labels_csv at the NIH metadata table"
-                )
-            table_path = found[-1]
-        table = read_labels_table(table_path)
-        files = [p for p in _files_below(source_dir) if p.suffix.lower() == ".png"]
-        # The full NIH table lists 112k images; a partial download is the common case, so rows
-        # without a file are counted in the summary rather than listed one by one.
-        found_keys = {_nih_key(p.name) for p in files}
-        present = table["image"].map(_nih_key).isin(found_keys)
-        missing = int((~present).sum())
-        table = _official_split(table_path.parent, table[present].reset_index(drop=True))
-        out = _match(table, files, source_dir, str(table_path), key=_nih_key, site=site or "nih")
-        if missing:
-            log.info(
-                "%d rows of %s have no image file here (partial download)",
-                missing,
-                table_path.name,
-            )
-            out.rejects.append(
-                {
-                    "source_path": table_path.name,
-                    "reason": "rows_without_file",
-                    "message": f"{missing} listed images are not below {source_dir}",
-                }
-            )
-        return out
+        return _discover_chestxray14(source_dir, labels_csv, site)
     if source in ("folder", "dicom"):
-        files = _files_below(source_dir)
-        table_path = source_dir / (labels_csv or "labels.csv")
-        if labels_csv and not table_path.exists():
-            raise ConfigError(f"labels table {table_path} not found; fix ingest.labels_csv")
-        files = [p for p in files if p != table_path]
-        ignored = 0
-        if source == "folder":
-            ignored = sum(p.suffix.lower() not in _IMAGE_SUFFIXES for p in files)
-            files = [p for p in files if p.suffix.lower() in _IMAGE_SUFFIXES]
-        else:
-            ignored = sum(p.suffix.lower() in NON_IMAGE_SUFFIXES for p in files)
-            files = [p for p in files if p.suffix.lower() not in NON_IMAGE_SUFFIXES]
-        if table_path.exists():
-            out = _match(
-                read_labels_table(table_path),
-                files,
-                source_dir,
-                str(table_path),
-                site=site or source_dir.name,
-            )
-        else:
-            out = Discovery(
-                [
-                    SourceItem(
-                        p, p.relative_to(source_dir).as_posix(), {}, site or source_dir.name
-                    )
-                    for p in files
-                ],
-                [],
-                labelled=False,
-            )
-        out.ignored_files = ignored
-        return out
+        return _discover_files(source, source_dir, labels_csv, site)
     raise ConfigError(
         f"ingest.source: unknown source {source!r}; use synthetic, chestxray14, folder or dicom"
     )
+
+
+def _discover_synthetic(source_dir: Path, site: str | None) -> Discovery:
+    """The synthetic layout: ``<site>/labels.csv`` and ``<site>/images/`` per site (or one)."""
+    tables = (
+        [source_dir / "labels.csv"]
+        if (source_dir / "labels.csv").exists()
+        else sorted(source_dir.glob("*/labels.csv"))
+    )
+    if not tables:
+        raise DataError(
+            f"{source_dir} holds no synthetic site (no */labels.csv); generate one "
+            "with `cxr-triage synth` or `dvc repro synth`"
+        )
+    out = Discovery([], [])
+    for table_path in tables:
+        site_dir = table_path.parent
+        part = _match(
+            read_labels_table(table_path),
+            _files_below(site_dir / "images"),
+            site_dir,
+            str(table_path),
+            site=site or site_dir.name,
+        )
+        prefix = site_dir.relative_to(source_dir).as_posix()
+        out.items += [
+            SourceItem(i.path, f"{prefix}/{i.rel_path}".lstrip("./"), i.labels, i.site)
+            for i in part.items
+        ]
+        out.rejects += part.rejects
+    return out
+
+
+def _discover_chestxray14(source_dir: Path, labels_csv: str | None, site: str | None) -> Discovery:
+    """NIH ChestX-ray14: the Data_Entry table's rows with an image file here; the rest counted."""
+    if labels_csv:
+        table_path = source_dir / labels_csv
+    else:
+        found = sorted(source_dir.glob("Data_Entry_2017*.csv*"))
+        if not found:
+            raise DataError(
+                f"no Data_Entry_2017*.csv(.gz) in {source_dir}; point "
+                "ingest.labels_csv at the NIH metadata table"
+            )
+        table_path = found[-1]
+    table = read_labels_table(table_path)
+    files = [p for p in _files_below(source_dir) if p.suffix.lower() == ".png"]
+    # The full NIH table lists 112k images; a partial download is the common case, so rows
+    # without a file are counted in the summary rather than listed one by one.
+    found_keys = {_nih_key(p.name) for p in files}
+    present = table["image"].map(_nih_key).isin(found_keys)
+    missing = int((~present).sum())
+    table = _official_split(table_path.parent, table[present].reset_index(drop=True))
+    out = _match(table, files, source_dir, str(table_path), key=_nih_key, site=site or "nih")
+    if missing:
+        log.info(
+            "%d rows of %s have no image file here (partial download)",
+            missing,
+            table_path.name,
+        )
+        out.rejects.append(
+            {
+                "source_path": table_path.name,
+                "reason": "rows_without_file",
+                "message": f"{missing} listed images are not below {source_dir}",
+            }
+        )
+    return out
+
+
+def _discover_files(
+    source: str, source_dir: Path, labels_csv: str | None, site: str | None
+) -> Discovery:
+    """``folder`` (image files) or ``dicom`` (any file but known non-images), labelled or not."""
+    files = _files_below(source_dir)
+    table_path = source_dir / (labels_csv or "labels.csv")
+    if labels_csv and not table_path.exists():
+        raise ConfigError(f"labels table {table_path} not found; fix ingest.labels_csv")
+    files = [p for p in files if p != table_path]
+    ignored = 0
+    if source == "folder":
+        ignored = sum(p.suffix.lower() not in _IMAGE_SUFFIXES for p in files)
+        files = [p for p in files if p.suffix.lower() in _IMAGE_SUFFIXES]
+    else:
+        ignored = sum(p.suffix.lower() in NON_IMAGE_SUFFIXES for p in files)
+        files = [p for p in files if p.suffix.lower() not in NON_IMAGE_SUFFIXES]
+    if table_path.exists():
+        out = _match(
+            read_labels_table(table_path),
+            files,
+            source_dir,
+            str(table_path),
+            site=site or source_dir.name,
+        )
+    else:
+        out = Discovery(
+            [
+                SourceItem(p, p.relative_to(source_dir).as_posix(), {}, site or source_dir.name)
+                for p in files
+            ],
+            [],
+            labelled=False,
+        )
+    out.ignored_files = ignored
+    return out

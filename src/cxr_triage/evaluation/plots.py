@@ -25,6 +25,7 @@ hold each npm package unpacked into a folder named after the package::
 from __future__ import annotations
 
 import argparse
+import html
 import json
 import logging
 import shlex
@@ -45,12 +46,17 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 __all__ = [
+    "OPERATING_POINT_GID",
+    "PAGE_SUBTITLE",
+    "PAGE_TITLE",
     "VEGA_PACKAGES",
     "build_offline_template",
     "fetch_command",
     "main",
+    "operating_point_table",
     "render_calibration_png",
     "render_roc_png",
+    "roc_figure",
     "roc_points",
 ]
 
@@ -71,7 +77,7 @@ _PAGE = """<!DOCTYPE html>
 <head>
 <meta charset="utf-8">
 {refresh_tag}
-<title>cxr-triage plots</title>
+<title>__TITLE__</title>
 <!-- vega, vega-lite and vega-embed are inlined below so that the page renders offline;
      built by `python -m cxr_triage.evaluation.plots` -->
 __INLINE_SCRIPTS__
@@ -81,6 +87,8 @@ table {border-spacing: 15px;}
 </style>
 </head>
 <body>
+<h1>__TITLE__</h1>
+<p>__SUBTITLE__</p>
 {plot_divs}
 </body>
 </html>
@@ -114,6 +122,44 @@ def roc_points(y_true: Any, y_score: Any) -> pd.DataFrame:
         )
     fpr, tpr, _ = roc_curve(y_true_arr, y_score_arr, drop_intermediate=True)
     return pd.DataFrame({"fpr": fpr, "tpr": tpr})
+
+
+def operating_point_table(
+    candidate: str, threshold: float, sensitivity: float, specificity: float, where: str
+) -> pd.DataFrame:
+    """One operating point as a one-row table, in ROC coordinates, to mark on a ROC plot.
+
+    Written beside a stage's ``roc.csv`` (``plots/operating_point.csv``) for DVC's ROC plots
+    (the ``by_candidate`` template draws rows with an ``operating_point`` label as large
+    points) and passed to :func:`render_roc_png`.
+
+    Args:
+        candidate: the model whose curve the point lies on (the winner).
+        threshold: the operating threshold on the calibrated probability of abnormal.
+        sensitivity: true positive rate at ``threshold``, in [0, 1].
+        specificity: true negative rate at ``threshold``, in [0, 1].
+        where: the data the rates were measured on, e.g. ``"test"`` or ``"train+val CV"``.
+
+    Returns:
+        Columns ``candidate``, ``operating_point`` (the legend label, with the threshold and
+        the rates), ``threshold``, ``fpr`` (= 1 - specificity) and ``tpr`` (= sensitivity).
+
+    Raises:
+        ConfigError: when a rate lies outside [0, 1] (or is NaN).
+    """
+    for name, rate in (("sensitivity", sensitivity), ("specificity", specificity)):
+        if not 0.0 <= float(rate) <= 1.0:
+            raise ConfigError(f"{name} must lie in [0, 1] to be drawn on a ROC plot; got {rate}")
+    label = f"threshold {threshold:.3f} ({where}): sens {sensitivity:.2f}, spec {specificity:.2f}"
+    return pd.DataFrame(
+        {
+            "candidate": [candidate],
+            "operating_point": [label],
+            "threshold": [float(threshold)],
+            "fpr": [1.0 - float(specificity)],
+            "tpr": [float(sensitivity)],
+        }
+    )
 
 
 def _trapezoid_auc(x: np.ndarray, y: np.ndarray) -> float:
@@ -157,10 +203,25 @@ def _save_png_atomically(fig: Figure, path: Path) -> None:
     log.info("wrote %s", path)
 
 
+# Marker of each operating point, in the order given (filled first, then hollow).
+_POINT_STYLES = (
+    {"marker": "D", "s": 70, "color": "black", "zorder": 4},
+    {"marker": "o", "s": 90, "facecolors": "none", "edgecolors": "crimson", "zorder": 4},
+    {"marker": "s", "s": 70, "facecolors": "none", "edgecolors": "darkorange", "zorder": 4},
+)
+#: ``gid`` of the operating point markers in a ROC figure (an SVG export names them so).
+OPERATING_POINT_GID = "operating_point"
+
+
 def render_roc_png(
-    roc: pd.DataFrame, path: str | Path, title: str, *, subtitle: str | None = None
+    roc: pd.DataFrame,
+    path: str | Path,
+    title: str,
+    *,
+    subtitle: str | None = None,
+    operating_points: pd.DataFrame | None = None,
 ) -> Path:
-    """Draw ROC curves, one line per candidate, with the chance diagonal.
+    """Draw ROC curves, one line per candidate, with the chance diagonal and operating points.
 
     Args:
         roc: columns ``fpr`` and ``tpr`` (as from :func:`roc_points`) and optionally
@@ -168,15 +229,42 @@ def render_roc_png(
         path: PNG file to write (parents created; replaced atomically).
         title: plot title, e.g. ``"ROC on validation"``.
         subtitle: optional second title line, e.g. a data caveat or the split size.
+        operating_points: rows from :func:`operating_point_table` (``fpr``, ``tpr``,
+            ``operating_point`` label), each drawn as a marker with its label in the legend;
+            up to three.
 
     Returns:
         ``path`` as a Path.
 
     Raises:
-        ConfigError: when ``fpr`` or ``tpr`` is missing or the table is empty.
+        ConfigError: when ``fpr`` or ``tpr`` is missing or a table is empty, or when more
+            than three operating points are given.
+    """
+    fig = roc_figure(roc, title, subtitle=subtitle, operating_points=operating_points)
+    path = Path(path)
+    _save_png_atomically(fig, path)
+    return path
+
+
+def roc_figure(
+    roc: pd.DataFrame,
+    title: str,
+    *,
+    subtitle: str | None = None,
+    operating_points: pd.DataFrame | None = None,
+) -> Figure:
+    """The figure :func:`render_roc_png` saves (same arguments, less the path).
+
+    The operating point markers carry ``gid`` :data:`OPERATING_POINT_GID`.
     """
     _require_columns(roc, ["fpr", "tpr"], "ROC")
-    path = Path(path)
+    if operating_points is not None:
+        _require_columns(operating_points, ["fpr", "tpr", "operating_point"], "operating point")
+        if len(operating_points) > len(_POINT_STYLES):
+            raise ConfigError(
+                f"at most {len(_POINT_STYLES)} operating points fit one ROC figure; "
+                f"got {len(operating_points)}"
+            )
     fig, ax = _new_axes(title, subtitle)
     ax.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=1, label="chance")
     for name, curve in _by_candidate(roc):
@@ -184,11 +272,19 @@ def render_roc_png(
         tpr = curve["tpr"].to_numpy(dtype=float)
         auc = _trapezoid_auc(fpr, tpr)
         ax.plot(fpr, tpr, linewidth=1.8, label=f"{name} (AUROC {auc:.3f})")
+    if operating_points is not None:
+        for style, row in zip(_POINT_STYLES, operating_points.itertuples(), strict=False):
+            ax.scatter(
+                [float(row.fpr)],
+                [float(row.tpr)],
+                label=str(row.operating_point),
+                gid=OPERATING_POINT_GID,
+                **style,
+            )
     ax.set_xlabel("False positive rate (1 - specificity)")
     ax.set_ylabel("True positive rate (sensitivity)")
-    ax.legend(loc="lower right", fontsize=9)
-    _save_png_atomically(fig, path)
-    return path
+    ax.legend(loc="lower right", fontsize=8)
+    return fig
 
 
 def render_calibration_png(
@@ -270,13 +366,30 @@ def _read_script(vega_dir: Path, name: str, version: str, build_file: str) -> st
     return script.replace("</script", "<\\/script")
 
 
-def build_offline_template(vega_dir: str | Path, out: str | Path) -> Path:
+#: The plots page's title and the line under it (:func:`build_offline_template`).
+PAGE_TITLE = "cxr-triage: model comparison and test ROC"
+PAGE_SUBTITLE = (
+    "ROC and calibration of every candidate out of fold on train+val, then the winner's ROC on "
+    "the test split; the large point on a ROC curve is the operating threshold's sensitivity "
+    "and 1 - specificity. Headline figures: `dvc metrics show`; experiments: `make exp`."
+)
+
+
+def build_offline_template(
+    vega_dir: str | Path,
+    out: str | Path,
+    *,
+    title: str = PAGE_TITLE,
+    subtitle: str = PAGE_SUBTITLE,
+) -> Path:
     """Write an HTML template for ``dvc plots show --html-template`` that renders offline.
 
     Args:
         vega_dir: folder holding ``vega/``, ``vega-lite/`` and ``vega-embed/``, each an unpacked
             npm tarball (see the module docstring and :func:`fetch_command`).
         out: HTML file to write (parents created; replaced atomically).
+        title: the page's ``<title>`` and heading (HTML-escaped).
+        subtitle: a paragraph under the heading (HTML-escaped).
 
     Returns:
         ``out`` as a Path.
@@ -303,7 +416,12 @@ def build_offline_template(vega_dir: str | Path, out: str | Path) -> Path:
         for name, version, build in VEGA_PACKAGES
     )
     # str.replace, not str.format: the page's CSS braces and DVC's placeholders stay literal.
-    page = _PAGE.replace("__INLINE_SCRIPTS__", scripts)
+    # "{" as an entity: DVC replaces {plot_divs} etc. anywhere in the page, text included
+    texts = {"__TITLE__": title, "__SUBTITLE__": subtitle}
+    page = _PAGE
+    for marker, text in texts.items():
+        page = page.replace(marker, html.escape(text).replace("{", "&#123;"))
+    page = page.replace("__INLINE_SCRIPTS__", scripts)
     with atomic_path(out) as tmp:
         tmp.write_text(page, encoding="utf-8")
     log.info("wrote %s (%d KB) with %s inlined", out, len(page) // 1024, vega_dir)

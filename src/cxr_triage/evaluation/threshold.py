@@ -199,6 +199,42 @@ def select_threshold(
         ConfigError: for an unknown policy, a target outside (0, 1], non-positive costs,
             ``require_ci`` without ``groups``, or validation data without both classes.
     """
+    y_true_arr, y_score_arr = _check_inputs(policy, y_true, y_score, require_ci, groups)
+    n_pos = int(y_true_arr.sum())
+    counts = _candidates(y_true_arr, y_score_arr)
+    thresholds = counts["threshold"]
+    sensitivity = counts["tp"] / n_pos
+    specificity = counts["tn"] / (y_true_arr.size - n_pos)
+    target: float | None = None
+    expected_cost: float | None = None
+    ci: tuple[float | None, float | None] = (None, None)
+
+    if policy == "target_sensitivity":
+        _check_target("target_sensitivity", target_sensitivity)
+        target = float(target_sensitivity)
+        threshold, ci = _target_sensitivity_threshold(
+            y_true_arr, y_score_arr, thresholds, sensitivity, target,
+            groups=groups, require_ci=require_ci, n_boot=n_boot, seed=seed, alpha=alpha,
+        )  # fmt: skip
+    elif policy == "target_specificity":
+        _check_target("target_specificity", target_specificity)
+        target = float(target_specificity)
+        threshold = float(thresholds[np.flatnonzero(specificity >= target)[0]])
+    elif policy == "youden":
+        j = sensitivity + specificity - 1.0
+        threshold = float(thresholds[int(np.argmax(j))])
+    else:
+        threshold, expected_cost = _min_cost_threshold(counts, y_true_arr.size, cost_fn, cost_fp)
+    return _operating_point(
+        y_true_arr, y_score_arr, threshold, policy, target=target,
+        expected_cost=expected_cost, ci=ci,
+    )  # fmt: skip
+
+
+def _check_inputs(
+    policy: str, y_true: Any, y_score: Any, require_ci: bool, groups: Any
+) -> tuple[np.ndarray, np.ndarray]:
+    """Validated labels and scores for :func:`select_threshold` (its ConfigErrors)."""
     if policy not in POLICIES:
         raise ConfigError(
             f"unknown threshold policy {policy!r}; choose one of {', '.join(map(repr, POLICIES))}"
@@ -212,58 +248,68 @@ def select_threshold(
         )
     if require_ci and groups is None:
         raise ConfigError("require_ci=True needs groups (the patient_id of each row)")
-    counts = _candidates(y_true_arr, y_score_arr)
-    thresholds = counts["threshold"]
-    sensitivity = counts["tp"] / n_pos
-    specificity = counts["tn"] / (y_true_arr.size - n_pos)
-    target: float | None = None
-    expected_cost: float | None = None
-    ci_low: float | None = None
-    ci_high: float | None = None
+    return y_true_arr, y_score_arr
 
-    if policy == "target_sensitivity":
-        _check_target("target_sensitivity", target_sensitivity)
-        target = float(target_sensitivity)
-        if groups is not None:
-            codes = _check_groups(groups, y_true_arr.size)
-            pos_thresholds, low, high = _sensitivity_lower_bounds(
-                y_true_arr, y_score_arr, codes, n_boot, seed, alpha
-            )
-            # Lower bounds fall as the threshold rises, so the first failing one ends the search.
-            if require_ci:
-                ok = np.flatnonzero(low >= target)
-                index = ok[0] if ok.size else pos_thresholds.size - 1
-                threshold = float(pos_thresholds[index])
-                if not ok.size:
-                    logger.warning(
-                        "no threshold reaches the sensitivity CI target; using the lowest"
-                    )
-            else:
-                ok = np.flatnonzero(sensitivity >= target)
-                threshold = float(thresholds[ok[-1]])
-                index = int(np.flatnonzero(pos_thresholds <= threshold)[0])
-            ci_low, ci_high = float(low[index]), float(high[index])
-        else:
-            ok = np.flatnonzero(sensitivity >= target)
-            threshold = float(thresholds[ok[-1]])
-    elif policy == "target_specificity":
-        _check_target("target_specificity", target_specificity)
-        target = float(target_specificity)
-        threshold = float(thresholds[np.flatnonzero(specificity >= target)[0]])
-    elif policy == "youden":
-        j = sensitivity + specificity - 1.0
-        threshold = float(thresholds[int(np.argmax(j))])
+
+def _target_sensitivity_threshold(
+    y_true: np.ndarray,
+    y_score: np.ndarray,
+    thresholds: np.ndarray,
+    sensitivity: np.ndarray,
+    target: float,
+    *,
+    groups: Any,
+    require_ci: bool,
+    n_boot: int,
+    seed: int,
+    alpha: float,
+) -> tuple[float, tuple[float | None, float | None]]:
+    """The highest threshold whose sensitivity (or, with ``require_ci``, its patient-bootstrap
+    lower bound) reaches ``target``, and the sensitivity CI there (None, None without groups)."""
+    if groups is None:
+        ok = np.flatnonzero(sensitivity >= target)
+        return float(thresholds[ok[-1]]), (None, None)
+    codes = _check_groups(groups, y_true.size)
+    pos_thresholds, low, high = _sensitivity_lower_bounds(
+        y_true, y_score, codes, n_boot, seed, alpha
+    )
+    # Lower bounds fall as the threshold rises, so the first failing one ends the search.
+    if require_ci:
+        ok = np.flatnonzero(low >= target)
+        index = ok[0] if ok.size else pos_thresholds.size - 1
+        threshold = float(pos_thresholds[index])
+        if not ok.size:
+            logger.warning("no threshold reaches the sensitivity CI target; using the lowest")
     else:
-        if not (cost_fn > 0 and cost_fp > 0):
-            raise ConfigError(
-                f"cost_fn and cost_fp must be positive, got {cost_fn!r} and {cost_fp!r}"
-            )
-        cost = (cost_fn * counts["fn"] + cost_fp * counts["fp"]) / y_true_arr.size
-        best = int(np.argmin(cost))
-        threshold = float(thresholds[best])
-        expected_cost = float(cost[best])
+        ok = np.flatnonzero(sensitivity >= target)
+        threshold = float(thresholds[ok[-1]])
+        index = int(np.flatnonzero(pos_thresholds <= threshold)[0])
+    return threshold, (float(low[index]), float(high[index]))
 
-    metrics = binary_metrics_at_threshold(y_true_arr, y_score_arr, threshold)
+
+def _min_cost_threshold(
+    counts: dict[str, np.ndarray], n: int, cost_fn: float, cost_fp: float
+) -> tuple[float, float]:
+    """The threshold of least expected cost per study, and that cost."""
+    if not (cost_fn > 0 and cost_fp > 0):
+        raise ConfigError(f"cost_fn and cost_fp must be positive, got {cost_fn!r} and {cost_fp!r}")
+    cost = (cost_fn * counts["fn"] + cost_fp * counts["fp"]) / n
+    best = int(np.argmin(cost))
+    return float(counts["threshold"][best]), float(cost[best])
+
+
+def _operating_point(
+    y_true: np.ndarray,
+    y_score: np.ndarray,
+    threshold: float,
+    policy: str,
+    *,
+    target: float | None,
+    expected_cost: float | None,
+    ci: tuple[float | None, float | None],
+) -> OperatingPoint:
+    """The operating point at ``threshold`` with its validation metrics."""
+    metrics = binary_metrics_at_threshold(y_true, y_score, threshold)
     if metrics["tn"] == 0:
         logger.warning(
             "threshold %.6g calls every normal validation study abnormal (policy %s)",
@@ -284,8 +330,8 @@ def select_threshold(
         n=int(metrics["n"]),
         target=target,
         expected_cost=expected_cost,
-        sensitivity_ci_low=ci_low,
-        sensitivity_ci_high=ci_high,
+        sensitivity_ci_low=ci[0],
+        sensitivity_ci_high=ci[1],
     )
 
 

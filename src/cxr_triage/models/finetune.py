@@ -415,6 +415,47 @@ def train_classifier(
         )
 
 
+@dataclass
+class _Fit:
+    """What one training run updates: the model and its optimiser, schedule, scaler and loss."""
+
+    model: nn.Module
+    criterion: _Loss
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    amp_dtype: torch.dtype | None
+    device: torch.device
+
+    @classmethod
+    def build(
+        cls, model: nn.Module, options: FinetuneOptions, y_train: np.ndarray, device: torch.device
+    ) -> _Fit:
+        model.to(device)
+        criterion = _Loss(options, y_train)
+        optimizer = torch.optim.AdamW(
+            model.parameters(), lr=options.lr, weight_decay=options.weight_decay
+        )
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=options.epochs)
+        amp_dtype, use_scaler = _amp_settings(options, device)
+        scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
+        return cls(model, criterion, optimizer, scheduler, scaler, amp_dtype, device)
+
+    def autocast(self) -> contextlib.AbstractContextManager[object]:
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def parts(self) -> dict[str, Any]:
+        """The objects a checkpoint saves and restores, by name."""
+        return {
+            "model": self.model,
+            "optimizer": self.optimizer,
+            "scheduler": self.scheduler,
+            "scaler": self.scaler,
+        }
+
+
 def _train(
     model: nn.Module,
     train_images: np.ndarray,
@@ -427,22 +468,43 @@ def _train(
     on_epoch_end: Callable[[dict[str, float]], None] | None,
 ) -> TrainResult:
     last_path, best_path = checkpoint_dir / LAST_CHECKPOINT, checkpoint_dir / BEST_WEIGHTS
-    model.to(device)
-    criterion = _Loss(options, y_train)
-    optimizer = torch.optim.AdamW(
-        model.parameters(), lr=options.lr, weight_decay=options.weight_decay
-    )
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=options.epochs)
-    amp_dtype, use_scaler = _amp_settings(options, device)
-    scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
-
-    def autocast() -> contextlib.AbstractContextManager[object]:
-        if amp_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device.type, dtype=amp_dtype)
-
+    fit = _Fit.build(model, options, y_train, device)
     fingerprint = _fingerprint(options, model, train_images, y_train, val_images)
+    state = _initial_state(last_path, fingerprint, fit)
+    resumed_from = state["epoch"]
+    started = time.monotonic()
+    last_epoch_seconds = 0.0
+    stopped_by_time = False
+    while not state["finished"] and state["epoch"] < options.epochs:
+        if _out_of_time(options, state["epoch"], resumed_from, started, last_epoch_seconds):
+            stopped_by_time = True
+            break
+        epoch = state["epoch"]
+        epoch_start = time.monotonic()
+        train_loss, lr = _train_epoch(fit, train_images, y_train, options, epoch)
+        val_loss, val_auroc, metric = _validate(fit, val_images, y_val, options, epoch)
+        _advance(state, fit.model, metric, best_path, options, validated=val_images is not None)
+        last_epoch_seconds = time.monotonic() - epoch_start
+        record = {
+            "epoch": float(epoch + 1),
+            "train_loss": train_loss,
+            "val_loss": val_loss,
+            "val_auroc": val_auroc,
+            "lr": float(lr),
+            "seconds": last_epoch_seconds,
+        }
+        state["history"] = [*state["history"], record]
+        _save_checkpoint(fit, state, fingerprint, last_path)
+        _log_epoch(record, options.epochs)
+        if on_epoch_end is not None:
+            on_epoch_end(record)
+    if best_path.exists():
+        model.load_state_dict(torch.load(best_path, map_location=device, weights_only=True))
+    return _train_result(state, stopped_by_time, resumed_from, best_path, last_path, device)
 
+
+def _initial_state(last_path: Path, fingerprint: dict[str, Any], fit: _Fit) -> dict[str, Any]:
+    """A fresh training state, or the one saved in ``last_path`` (restoring ``fit`` too)."""
     state: dict[str, Any] = {
         "epoch": 0,
         "best_metric": -math.inf,
@@ -452,127 +514,154 @@ def _train(
         "finished": False,
         "stopped_early": False,
     }
-    saved = _resume(
-        last_path,
-        _CHECKPOINT_FORMAT,
-        fingerprint,
-        {"model": model, "optimizer": optimizer, "scheduler": scheduler, "scaler": scaler},
-        device,
-    )
+    saved = _resume(last_path, _CHECKPOINT_FORMAT, fingerprint, fit.parts(), fit.device)
     if saved is not None:
         state = {k: saved[k] for k in state}
-    resumed_from = state["epoch"]
+    return state
 
-    started = time.monotonic()
-    last_epoch_seconds = 0.0
-    stopped_by_time = False
-    n_train = len(train_images)
-    while not state["finished"] and state["epoch"] < options.epochs:
-        elapsed = time.monotonic() - started
-        if (
-            options.max_train_seconds is not None
-            and state["epoch"] > resumed_from
-            and elapsed + last_epoch_seconds > options.max_train_seconds
-        ):
-            stopped_by_time = True
-            logger.info(
-                "time budget of %.0f s reached after %.0f s", options.max_train_seconds, elapsed
-            )
-            break
-        epoch = state["epoch"]
-        epoch_start = time.monotonic()
-        seed = _epoch_seed(options.seed, epoch)
-        torch.manual_seed(seed)  # dropout and any other global draws
-        generator = torch.Generator().manual_seed(seed)
-        frozen = epoch < options.freeze_backbone_epochs
-        model.train()
-        _set_backbone_frozen(model, frozen)
-        order = torch.randperm(n_train, generator=generator).numpy()
-        total_loss, n_seen = 0.0, 0
-        for start in range(0, n_train, options.batch_size):
-            # Sorted indices read a memory map sequentially; order within a batch is irrelevant.
-            index = np.sort(order[start : start + options.batch_size])
-            if len(index) < 2:
-                continue  # BatchNorm cannot train on a batch of one
-            pixels = np.asarray(train_images[index])
-            if options.augment:
-                x = augment_batch(torch.from_numpy(pixels), generator, options.augment_options)
-            else:
-                x = torch.from_numpy(to_model_input(pixels))
-            x = x.to(device, non_blocking=True)
-            y = torch.from_numpy(y_train[index]).to(device, non_blocking=True)
-            optimizer.zero_grad(set_to_none=True)
-            with autocast():
-                logits = model(x)
-            loss = criterion(logits, y)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            total_loss += float(loss.detach()) * len(index)
-            n_seen += len(index)
-        _set_backbone_frozen(model, False)
-        lr = optimizer.param_groups[0]["lr"]
-        scheduler.step()
 
-        if val_images is None or y_val is None:
-            # No validation: every epoch is "better", so the last one's weights are kept.
-            val_loss, val_auroc, metric = math.nan, math.nan, float(epoch + 1)
-        else:
-            val_logits = predict_logits(model, val_images, batch_size=options.eval_batch_size)
-            val_logits = val_logits.reshape(len(val_images), -1)
-            with torch.no_grad():
-                val_loss = float(criterion(torch.from_numpy(val_logits), torch.from_numpy(y_val)))
-            val_auroc = _mean_auroc(y_val, val_logits)
-            # A single-class val set has no AUROC; then the (negated) val loss decides.
-            metric = val_auroc if not math.isnan(val_auroc) else -val_loss
-        state["epoch"] = epoch + 1
-        if metric > state["best_metric"]:
-            state.update(best_metric=metric, best_epoch=epoch + 1, bad_epochs=0)
-            _atomic_save(model.state_dict(), best_path)
-        else:
-            state["bad_epochs"] += 1
-        patience = None if val_images is None else options.patience
-        if patience is not None and state["bad_epochs"] >= patience:
-            state.update(finished=True, stopped_early=True)
-        if state["epoch"] >= options.epochs:
-            state["finished"] = True
-        last_epoch_seconds = time.monotonic() - epoch_start
-        record = {
-            "epoch": float(epoch + 1),
-            "train_loss": total_loss / max(n_seen, 1),
-            "val_loss": val_loss,
-            "val_auroc": val_auroc,
-            "lr": float(lr),
-            "seconds": last_epoch_seconds,
-        }
-        state["history"] = [*state["history"], record]
-        _atomic_save(
-            {
-                "format": _CHECKPOINT_FORMAT,
-                "fingerprint": fingerprint,
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "scaler": scaler.state_dict(),
-                "rng": _rng_state(device),
-                **state,
-            },
-            last_path,
-        )
+def _out_of_time(
+    options: FinetuneOptions,
+    epoch: int,
+    resumed_from: int,
+    started: float,
+    last_epoch_seconds: float,
+) -> bool:
+    """Whether another epoch (as long as the last) would overrun ``max_train_seconds``."""
+    elapsed = time.monotonic() - started
+    if (
+        options.max_train_seconds is not None
+        and epoch > resumed_from
+        and elapsed + last_epoch_seconds > options.max_train_seconds
+    ):
         logger.info(
-            "epoch %d/%d: train_loss %.4f val_loss %.4f val_auroc %.4f (%.1f s)",
-            epoch + 1,
-            options.epochs,
-            record["train_loss"],
-            val_loss,
-            val_auroc,
-            last_epoch_seconds,
+            "time budget of %.0f s reached after %.0f s", options.max_train_seconds, elapsed
         )
-        if on_epoch_end is not None:
-            on_epoch_end(record)
+        return True
+    return False
 
-    if best_path.exists():
-        model.load_state_dict(torch.load(best_path, map_location=device, weights_only=True))
+
+def _train_epoch(
+    fit: _Fit, train_images: np.ndarray, y_train: np.ndarray, options: FinetuneOptions, epoch: int
+) -> tuple[float, float]:
+    """One pass over the training images in a seeded order; the mean loss and the epoch's lr."""
+    model, optimizer = fit.model, fit.optimizer
+    n_train = len(train_images)
+    seed = _epoch_seed(options.seed, epoch)
+    torch.manual_seed(seed)  # dropout and any other global draws
+    generator = torch.Generator().manual_seed(seed)
+    frozen = epoch < options.freeze_backbone_epochs
+    model.train()
+    _set_backbone_frozen(model, frozen)
+    order = torch.randperm(n_train, generator=generator).numpy()
+    total_loss, n_seen = 0.0, 0
+    for start in range(0, n_train, options.batch_size):
+        # Sorted indices read a memory map sequentially; order within a batch is irrelevant.
+        index = np.sort(order[start : start + options.batch_size])
+        if len(index) < 2:
+            continue  # BatchNorm cannot train on a batch of one
+        pixels = np.asarray(train_images[index])
+        if options.augment:
+            x = augment_batch(torch.from_numpy(pixels), generator, options.augment_options)
+        else:
+            x = torch.from_numpy(to_model_input(pixels))
+        x = x.to(fit.device, non_blocking=True)
+        y = torch.from_numpy(y_train[index]).to(fit.device, non_blocking=True)
+        optimizer.zero_grad(set_to_none=True)
+        with fit.autocast():
+            logits = model(x)
+        loss = fit.criterion(logits, y)
+        fit.scaler.scale(loss).backward()
+        fit.scaler.step(optimizer)
+        fit.scaler.update()
+        total_loss += float(loss.detach()) * len(index)
+        n_seen += len(index)
+    _set_backbone_frozen(model, False)
+    lr = optimizer.param_groups[0]["lr"]
+    fit.scheduler.step()
+    return total_loss / max(n_seen, 1), lr
+
+
+def _validate(
+    fit: _Fit,
+    val_images: np.ndarray | None,
+    y_val: np.ndarray | None,
+    options: FinetuneOptions,
+    epoch: int,
+) -> tuple[float, float, float]:
+    """Validation loss, mean AUROC and the metric that picks the best epoch (higher is better)."""
+    if val_images is None or y_val is None:
+        # No validation: every epoch is "better", so the last one's weights are kept.
+        return math.nan, math.nan, float(epoch + 1)
+    val_logits = predict_logits(fit.model, val_images, batch_size=options.eval_batch_size)
+    val_logits = val_logits.reshape(len(val_images), -1)
+    with torch.no_grad():
+        val_loss = float(fit.criterion(torch.from_numpy(val_logits), torch.from_numpy(y_val)))
+    val_auroc = _mean_auroc(y_val, val_logits)
+    # A single-class val set has no AUROC; then the (negated) val loss decides.
+    metric = val_auroc if not math.isnan(val_auroc) else -val_loss
+    return val_loss, val_auroc, metric
+
+
+def _advance(
+    state: dict[str, Any],
+    model: nn.Module,
+    metric: float,
+    best_path: Path,
+    options: FinetuneOptions,
+    *,
+    validated: bool,
+) -> None:
+    """Count the epoch: keep the best weights, apply patience (with validation), finish."""
+    state["epoch"] += 1
+    if metric > state["best_metric"]:
+        state.update(best_metric=metric, best_epoch=state["epoch"], bad_epochs=0)
+        _atomic_save(model.state_dict(), best_path)
+    else:
+        state["bad_epochs"] += 1
+    patience = options.patience if validated else None
+    if patience is not None and state["bad_epochs"] >= patience:
+        state.update(finished=True, stopped_early=True)
+    if state["epoch"] >= options.epochs:
+        state["finished"] = True
+
+
+def _save_checkpoint(
+    fit: _Fit, state: dict[str, Any], fingerprint: dict[str, Any], path: Path
+) -> None:
+    """Everything a resumed run needs, written atomically to ``path``."""
+    _atomic_save(
+        {
+            "format": _CHECKPOINT_FORMAT,
+            "fingerprint": fingerprint,
+            **{name: part.state_dict() for name, part in fit.parts().items()},
+            "rng": _rng_state(fit.device),
+            **state,
+        },
+        path,
+    )
+
+
+def _log_epoch(record: dict[str, float], epochs: int) -> None:
+    logger.info(
+        "epoch %d/%d: train_loss %.4f val_loss %.4f val_auroc %.4f (%.1f s)",
+        int(record["epoch"]),
+        epochs,
+        record["train_loss"],
+        record["val_loss"],
+        record["val_auroc"],
+        record["seconds"],
+    )
+
+
+def _train_result(
+    state: dict[str, Any],
+    stopped_by_time: bool,
+    resumed_from: int,
+    best_path: Path,
+    last_path: Path,
+    device: torch.device,
+) -> TrainResult:
     best_auroc = next(
         (r["val_auroc"] for r in state["history"] if int(r["epoch"]) == state["best_epoch"]),
         math.nan,

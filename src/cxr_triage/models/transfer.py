@@ -41,9 +41,11 @@ same file.
 
 from __future__ import annotations
 
+import io
 import logging
 import math
 import os
+import re
 import time
 import warnings
 import zipfile
@@ -484,19 +486,79 @@ def save_candidate(candidate: FittedCandidate, path: str | Path) -> Path:
     import skops.io as sio
 
     path = Path(path)
+    # No timings: the same model must give the same bytes (DVC hashes, the package's tag);
+    # the stage reports them in configs.json.
     payload = {
         "format": _FORMAT,
         "name": candidate.name,
         "best_params": candidate.best_params,
         "cv_auroc": candidate.cv_auroc,
-        "fit_seconds": candidate.fit_seconds,
         "n_train": candidate.n_train,
         "n_tune": candidate.n_tune,
-        "cpu_seconds": candidate.cpu_seconds,
         "estimator": candidate.estimator,
     }
-    sio.dump(payload, path)
+    path.write_bytes(reproducible_skops(sio.dumps(payload)))
     return path
+
+
+_SKOPS_ID = re.compile(r'("__id__": |"file": ")(\d+)')
+
+
+def reproducible_skops(data: bytes) -> bytes:
+    """The same skops archive with the same bytes for the same objects.
+
+    skops names shared objects and array files after ``id()`` (memory addresses) and stamps
+    zip entries with the current time, so two dumps of one model differ. The ids are renumbered
+    in order of first appearance in ``schema.json`` (references stay consistent) and every entry
+    gets the zip epoch (1980-01-01) as its time; the padding bytes of structured arrays
+    (scikit-learn tree nodes: uninitialised memory) are zeroed.
+
+    Args:
+        data: a skops archive (``skops.io.dumps``).
+
+    Returns:
+        The archive, loadable by ``skops.io.loads`` as before.
+    """
+    with zipfile.ZipFile(io.BytesIO(data)) as source:
+        schema = source.read("schema.json").decode()
+        numbers: dict[str, str] = {}
+
+        def renumber(match: re.Match[str]) -> str:
+            number = numbers.setdefault(match.group(2), str(len(numbers) + 1))
+            return match.group(1) + number
+
+        schema = _SKOPS_ID.sub(renumber, schema)
+        out = io.BytesIO()
+        with zipfile.ZipFile(out, "w") as target:
+            for info in source.infolist():
+                name = info.filename
+                if name == "schema.json":
+                    content = schema.encode()
+                else:
+                    content = source.read(name)
+                    if name.endswith(".npy"):
+                        content = _zero_padding(content)
+                    stem, dot, suffix = name.partition(".")
+                    name = numbers.get(stem, stem) + dot + suffix
+                entry = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
+                entry.compress_type = info.compress_type
+                entry.external_attr = info.external_attr
+                target.writestr(entry, content)
+    return out.getvalue()
+
+
+def _zero_padding(npy: bytes) -> bytes:
+    """A structured array's bytes with its padding zeroed: scikit-learn's tree nodes have
+    padding bytes that hold whatever memory held (uninitialised), different at every fit."""
+    array = np.load(io.BytesIO(npy), allow_pickle=False)
+    if array.dtype.fields is None:
+        return npy
+    clean = np.zeros(array.shape, dtype=array.dtype)  # zeroed memory, padding included
+    for name in array.dtype.names or ():
+        clean[name] = array[name]
+    out = io.BytesIO()
+    np.save(out, clean, allow_pickle=False)
+    return out.getvalue()
 
 
 def load_candidate(path: str | Path) -> FittedCandidate:
@@ -538,7 +600,7 @@ def load_candidate(path: str | Path) -> FittedCandidate:
         estimator=payload["estimator"],
         best_params=dict(payload["best_params"]),
         cv_auroc=float(payload["cv_auroc"]),
-        fit_seconds=float(payload["fit_seconds"]),
+        fit_seconds=float(payload.get("fit_seconds", 0.0)),  # in files written before 2026-11
         n_train=int(payload["n_train"]),
         n_tune=int(payload["n_tune"]),
         cpu_seconds=float(payload.get("cpu_seconds", 0.0)),

@@ -229,17 +229,7 @@ def add_batch_to_raw(
     written: list[Path] = []
     try:
         for item in discovery.items:
-            outcome = read_item(
-                item, pseudonymiser=pseudonymiser, limits=limits, require_label=True
-            )
-            name = None if isinstance(outcome, Reject) else f"{RAW_IMAGES}/{outcome.image_id}.png"
-            if name in known:
-                outcome = Reject(
-                    item.rel_path,
-                    "duplicate",
-                    "this image (same SOP Instance UID or content) is already in the raw data; "
-                    "remove the copy",
-                )
+            outcome, name = _read_new_item(item, pseudonymiser, limits, known)
             if isinstance(outcome, Reject):
                 result.rejected.append(outcome.to_dict())
                 continue
@@ -250,9 +240,7 @@ def add_batch_to_raw(
             result.accepted.append(
                 {"image": name, "label": outcome.fields["label"], "site": item.site}
             )
-        table = pd.concat([existing, pd.DataFrame(rows, columns=list(RAW_COLUMNS))])
-        with atomic_path(raw_dir / RAW_LABELS) as tmp:
-            table.to_csv(tmp, index=False, lineterminator="\n")
+        table = _write_raw_labels(raw_dir, existing, rows)
     except BaseException:
         for path in written:  # the labels table was not replaced: leave no orphan image
             path.unlink(missing_ok=True)
@@ -266,6 +254,35 @@ def add_batch_to_raw(
         result.n_raw_images,
     )
     return result
+
+
+def _read_new_item(
+    item: Any, pseudonymiser: Pseudonymiser, limits: ImageLimits, known: set[str]
+) -> tuple[Any, str]:
+    """Read one file with :func:`read_item`; a duplicate of an image in ``known`` is a Reject.
+
+    Returns the outcome (a row or a :class:`Reject`) and the raw image's relative name.
+    """
+    outcome = read_item(item, pseudonymiser=pseudonymiser, limits=limits, require_label=True)
+    name = None if isinstance(outcome, Reject) else f"{RAW_IMAGES}/{outcome.image_id}.png"
+    if name in known:
+        outcome = Reject(
+            item.rel_path,
+            "duplicate",
+            "this image (same SOP Instance UID or content) is already in the raw data; "
+            "remove the copy",
+        )
+    return outcome, name
+
+
+def _write_raw_labels(
+    raw_dir: Path, existing: pd.DataFrame, rows: list[dict[str, Any]]
+) -> pd.DataFrame:
+    """Replace ``raw_dir/labels.csv`` atomically with ``existing`` plus ``rows``; the table."""
+    table = pd.concat([existing, pd.DataFrame(rows, columns=list(RAW_COLUMNS))])
+    with atomic_path(raw_dir / RAW_LABELS) as tmp:
+        table.to_csv(tmp, index=False, lineterminator="\n")
+    return table
 
 
 def _run(cmd: list[str], cwd: Path) -> str:

@@ -13,11 +13,13 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from cxr_triage.atomic import write_json_atomically
 from cxr_triage.config import Params
 from cxr_triage.data.dataset import load_dataset
 from cxr_triage.evaluation.fairness import largest_gaps, slice_metrics
+from cxr_triage.evaluation.headline import headline_metrics
 from cxr_triage.evaluation.metrics import (
     auroc,
     binary_metrics_at_threshold,
@@ -27,7 +29,7 @@ from cxr_triage.evaluation.metrics import (
     summarise_scores,
 )
 from cxr_triage.evaluation.model_card import render_model_card
-from cxr_triage.evaluation.plots import render_roc_png, roc_points
+from cxr_triage.evaluation.plots import operating_point_table, render_roc_png, roc_points
 from cxr_triage.evaluation.threshold import auto_clear_share
 from cxr_triage.inference.explain_report import retrieval
 from cxr_triage.inference.package import package_from_params
@@ -41,6 +43,7 @@ from cxr_triage.inference.qc_report import (
 )
 from cxr_triage.models.artifacts import read_json
 from cxr_triage.stages._entry import data_note, run_stage
+from cxr_triage.stages.threshold import CV_WHERE
 
 log = logging.getLogger(__name__)
 AT_THRESHOLD = ("sensitivity", "specificity", "ppv", "npv")
@@ -91,7 +94,8 @@ def _qc_passed_metrics(
 
 
 def run(params: Params) -> dict[str, object]:
-    """Write ``paths.evaluate_dir``: metrics.json, slices.csv, gaps.csv, model_card.md, plots."""
+    """Write ``paths.evaluate_dir`` (metrics.json, slices.csv, gaps.csv, model_card.md, plots)
+    and the headline metrics ``paths.metrics_file``."""
     p, paths = params.evaluate, params.paths
     winner = read_json(Path(paths.compare_dir) / "winner.json")
     operating = read_json(Path(paths.threshold_dir) / "threshold.json")
@@ -191,14 +195,32 @@ def run(params: Params) -> dict[str, object]:
     reliability_curve(y_true, y_score, n_bins=params.compare.n_bins).assign(
         candidate=winner["candidate"]
     ).to_csv(out / "plots" / "calibration.csv", index=False)
+    candidate = str(winner["candidate"])
+    test_point = operating_point_table(
+        candidate,
+        threshold,
+        float(metrics["test_sensitivity"]),
+        float(metrics["test_specificity"]),
+        "test",
+    )
+    test_point.to_csv(out / "plots" / "operating_point.csv", index=False)
+    cv_point = operating_point_table(
+        candidate,
+        threshold,
+        float(operating["sensitivity"]),
+        float(operating["specificity"]),
+        CV_WHERE,
+    )
     render_roc_png(
         roc,
         out / "roc.png",
-        title=f"ROC on test: {winner['candidate']}",
+        title=f"ROC on test: {candidate}",
         subtitle=data_note(params),
+        operating_points=pd.concat([test_point, cv_point], ignore_index=True),
     )
     write_json_atomically(out / "qc_table.json", [row.to_dict() for row in qc_rows])
     write_json_atomically(out / "metrics.json", metrics)
+    write_json_atomically(Path(paths.metrics_file), headline_metrics(metrics))
     card = render_model_card(
         metrics=metrics,
         threshold=operating,

@@ -194,13 +194,20 @@ def check_pixel_data(
         _check_encapsulated(ds, h, ts, limits, file_size)
 
 
+def _syntax_label(ts: uids.UID) -> str:
+    """ "JPEG XL Lossless (1.2.840.10008.1.2.4.110)": the name alone depends on which packages
+    registered names with pydicom (pynetdicom and highdicom add some), the UID does not."""
+    name = ts.name
+    return str(ts) if not name or name == str(ts) else f"{name} ({ts})"
+
+
 def _check_decoder(ts: uids.UID) -> bool:
     """Whether the syntax is native; refuses one that no installed plugin decodes."""
     try:
         decoder = get_decoder(ts)
     except NotImplementedError as exc:
         raise CodecUnavailableError(
-            f"no decoder exists for transfer syntax {ts.name or ts}; re-send the study "
+            f"no decoder exists for transfer syntax {_syntax_label(ts)}; re-send the study "
             "uncompressed (Explicit VR Little Endian) or as JPEG/JPEG 2000/JPEG-LS/RLE"
         ) from exc
     except MemoryError:
@@ -211,7 +218,7 @@ def _check_decoder(ts: uids.UID) -> bool:
             "re-send the study uncompressed (Explicit VR Little Endian)"
         ) from exc
     if not decoder.is_available:
-        raise CodecUnavailableError(f"no decoder installed for {ts.name}: {_CODEC_HINT}")
+        raise CodecUnavailableError(f"no decoder installed for {_syntax_label(ts)}: {_CODEC_HINT}")
     return bool(decoder.is_native)
 
 

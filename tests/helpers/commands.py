@@ -1,4 +1,4 @@
-"""Running CLIs (dvc, git) from integration tests (pytest puts this folder on sys.path)."""
+"""Running CLIs: ``cxr-triage`` in process (``runner``), dvc and git as subprocesses."""
 
 from __future__ import annotations
 
@@ -8,8 +8,12 @@ import subprocess
 from pathlib import Path
 
 import yaml
+from typer.testing import CliRunner
 
-REPO = Path(__file__).resolve().parents[2]
+from helpers.pipeline import REPO
+
+# Invokes the typer app in process: ``runner.invoke(app, [...])``.
+runner = CliRunner()
 # What a copy of the pipeline needs besides src/ (bentofile.yaml and the lock: deps of `package`).
 PIPELINE_FILES = (
     "dvc.yaml",
@@ -42,6 +46,13 @@ def run_command(
     return proc.stdout + proc.stderr if include_stderr else proc.stdout
 
 
+def init_dvc_repo(root: Path) -> Path:
+    """``git init`` and ``dvc init`` in ``root`` (nothing committed); returns ``root``."""
+    run_command(["git", "init", "-q"], root)
+    run_command(["dvc", "init", "-q"], root)
+    return root
+
+
 def init_pipeline_repo(repo: Path, params: dict) -> Path:
     """This repository's pipeline (dvc.yaml, sources) with ``params`` in a new Git + DVC repo."""
     shutil.copytree(REPO / "src", repo / "src", ignore=shutil.ignore_patterns("__pycache__"))
@@ -49,8 +60,7 @@ def init_pipeline_repo(repo: Path, params: dict) -> Path:
         (repo / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(REPO / name, repo / name)
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    run_command(["git", "init", "-q"], repo)
-    run_command(["dvc", "init", "-q"], repo)
+    init_dvc_repo(repo)
     run_command(["git", "add", "-A"], repo)
     run_command(["git", "commit", "-qm", "init"], repo)
     return repo

@@ -16,7 +16,7 @@ import yaml
 
 from cxr_triage.config import Params, parse_section
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def tiny_params_data(root: Path | None = None) -> dict:

@@ -1,8 +1,7 @@
-"""Helpers for the DICOM listener tests: free ports, a storage SCP destination, an SCU."""
+"""Helpers for the DICOM listener tests: a storage SCP destination, an SCU."""
 
 from __future__ import annotations
 
-import socket
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -14,12 +13,6 @@ import pydicom
 SALT = "pacs-test-salt-0123456789abcdef"
 CALLING_AE = "MODALITY1"
 SITE = "hospital_a"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class StorageDestination:

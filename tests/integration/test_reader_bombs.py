@@ -35,8 +35,10 @@ from pydicom.uid import (
 from cxr_triage.errors import FrameSizeMismatchError
 from cxr_triage.io.images import read_image
 from cxr_triage.io.records import ImageLimits
+from helpers.pipeline import REPO
 
-REPO = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.integration
+
 HEADROOM_MB = 768  # address space allowed on top of the interpreter with the reader imported
 GROWTH_MB = 200  # peak RSS growth a guarded refusal stays under
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,6 +20,8 @@ from pathlib import Path
 
 import httpx
 import pytest
+
+from helpers.ports import free_port
 
 BENTOML = Path(sys.executable).with_name("bentoml")
 SERVICE = "cxr_triage.serving.service:CxrTriage"
@@ -36,12 +37,6 @@ class Server:
 
     def tail(self, n: int = 3000) -> str:
         return self.output.read_text(errors="replace")[-n:]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_ready(url: str, proc: subprocess.Popen, output: Path, timeout: float = 180) -> float:

@@ -23,6 +23,8 @@ import pytest
 
 from cxr_triage.numerics import ISA_ENV, PINNED_ISA, pinned_environment
 
+pytestmark = pytest.mark.integration
+
 # sha256[:16] of the tiny run's weights under the AVX2 pins, one thread (torch 2.13.0+cpu).
 GOLDEN_WEIGHTS = "23899f0568b22f43"
 # Bound between the native and the pinned instruction set (measured 2.5e-4 on predictions).
