@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 import yaml
@@ -19,6 +21,20 @@ def synthetic_source(tmp_path_factory) -> Path:
     for site, n in SYNTH_SITES.items():
         generate_dataset(root / site, n=n, site=site, seed=7)
     return root
+
+
+@pytest.fixture(scope="module")
+def service_module(tiny_pipeline, tmp_path_factory) -> Iterator[ModuleType]:
+    """``cxr_triage.serving.service`` imported for the tiny package, logging to a temp file."""
+    import importlib
+
+    from cxr_triage.inference.registry import register_package
+
+    tag = register_package(tiny_pipeline.package_dir)
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("CXR_TRIAGE_MODEL_TAG", tag)
+        env.setenv("CXR_TRIAGE_PREDICTION_LOG", str(tmp_path_factory.mktemp("log") / "p.sqlite"))
+        yield importlib.import_module("cxr_triage.serving.service")
 
 
 @pytest.fixture(scope="session")

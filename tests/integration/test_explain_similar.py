@@ -6,10 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import importlib
 import io
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -20,8 +18,8 @@ from typer.testing import CliRunner
 from cxr_triage.cli import app
 from cxr_triage.inference.explain import Explainer, explain_source
 from cxr_triage.inference.predictor import Predictor
-from cxr_triage.inference.registry import register_package
 from cxr_triage.inference.similar import similar_to_source
+from helpers.dicom import synth_dicoms, with_header
 
 pytestmark = [
     pytest.mark.integration,
@@ -30,9 +28,8 @@ pytestmark = [
 runner = CliRunner()
 
 
-def _synth_dicoms(tiny_pipeline, n: int) -> list[Path]:
-    folder = Path(tiny_pipeline.params.paths.synth_dir) / "hospital_a" / "images"
-    return sorted(folder.iterdir())[:n]
+def _synth(tiny_pipeline, n: int) -> list[Path]:
+    return synth_dicoms(Path(tiny_pipeline.params.paths.synth_dir), n)
 
 
 def _png(url: str) -> Image.Image:
@@ -51,7 +48,7 @@ def test_an_explanation_explains_the_predicted_probability_at_the_image_size(
 ) -> None:
     if method == "gradcam" and predictor.info["explain"]["method"] != "gradcam":
         pytest.skip(f"the tiny winner ({predictor.info['candidate']}) has no differentiable head")
-    path = _synth_dicoms(tiny_pipeline, 1)[0]
+    path = _synth(tiny_pipeline, 1)[0]
     result = explain_source(Explainer(predictor, method=method), path)
     expected = predictor.predict([path])[0].prob_abnormal
     assert result.prediction.prob_abnormal == pytest.approx(expected, abs=1e-9)
@@ -98,7 +95,7 @@ def test_similar_cases_are_labelled_reference_images_nearest_first(tiny_pipeline
     data = load_dataset(paths.ingest_dir, paths.split_dir)
     reference_ids = set(data.manifest.loc[data.development_rows(), "image_id"])
     test_ids = set(data.manifest.loc[data.rows("test"), "image_id"])
-    result = similar_to_source(predictor, _synth_dicoms(tiny_pipeline, 1)[0], k=4)
+    result = similar_to_source(predictor, _synth(tiny_pipeline, 1)[0], k=4)
     assert [c.rank for c in result.cases] == [1, 2, 3, 4]
     distances = [c.distance for c in result.cases]
     assert distances == sorted(distances)
@@ -113,11 +110,11 @@ def test_similar_cases_are_labelled_reference_images_nearest_first(tiny_pipeline
     assert first.image_id == data.manifest.loc[row, "image_id"]
     assert first.distance == pytest.approx(0, abs=1e-4)
     with pytest.raises(Exception, match="between 1 and 100"):
-        similar_to_source(predictor, _synth_dicoms(tiny_pipeline, 1)[0], k=0)
+        similar_to_source(predictor, _synth(tiny_pipeline, 1)[0], k=0)
 
 
 def test_cli_explain_writes_an_overlay_and_the_map(tiny_pipeline, tmp_path) -> None:
-    path = _synth_dicoms(tiny_pipeline, 1)[0]
+    path = _synth(tiny_pipeline, 1)[0]
     out, npy = tmp_path / "overlay.png", tmp_path / "map.npy"
     package = ["--package", str(tiny_pipeline.package_dir)]
     result = runner.invoke(
@@ -132,7 +129,7 @@ def test_cli_explain_writes_an_overlay_and_the_map(tiny_pipeline, tmp_path) -> N
 
 
 def test_cli_similar_lists_the_nearest_cases(tiny_pipeline) -> None:
-    path = _synth_dicoms(tiny_pipeline, 1)[0]
+    path = _synth(tiny_pipeline, 1)[0]
     package = ["--package", str(tiny_pipeline.package_dir)]
     result = runner.invoke(app, ["similar", str(path), *package, "--k", "3"])
     assert result.exit_code == 0, result.output
@@ -143,20 +140,9 @@ def test_cli_similar_lists_the_nearest_cases(tiny_pipeline) -> None:
     assert len(body["cases"]) == 5 and "Not for clinical use" in body["disclaimer"]
 
 
-@pytest.fixture(scope="module")
-def service_module(tiny_pipeline, tmp_path_factory) -> Iterator[object]:
-    tag = register_package(tiny_pipeline.package_dir)
-    with pytest.MonkeyPatch.context() as env:
-        env.setenv("CXR_TRIAGE_MODEL_TAG", tag)
-        env.setenv("CXR_TRIAGE_PREDICTION_LOG", str(tmp_path_factory.mktemp("log") / "p.sqlite"))
-        yield importlib.import_module("cxr_triage.serving.service")
-
-
 def test_service_explain_and_similar_in_process(service_module, tiny_pipeline, tmp_path) -> None:
-    import pydicom
-
     svc = service_module.CxrTriage()
-    path = _synth_dicoms(tiny_pipeline, 1)[0]
+    path = _synth(tiny_pipeline, 1)[0]
     predicted = asyncio.run(svc.predict(image=path))
     explained = asyncio.run(svc.explain(image=path))
     assert explained.prob_abnormal == pytest.approx(predicted.prob_abnormal, abs=1e-9)
@@ -168,9 +154,7 @@ def test_service_explain_and_similar_in_process(service_module, tiny_pipeline, t
     assert len(similar.cases) == 3 and similar.prob_abnormal == pytest.approx(
         predicted.prob_abnormal, abs=1e-9
     )
-    ds = pydicom.dcmread(path)
-    ds.ViewPosition = "LL"
-    ds.save_as(tmp_path / "lat.dcm")
+    with_header(path, tmp_path / "lat.dcm", ViewPosition="LL")
     for call in (svc.explain, svc.similar):
         refused = asyncio.run(call(image=tmp_path / "lat.dcm"))
         body = json.loads(refused.body)
@@ -180,7 +164,7 @@ def test_service_explain_and_similar_in_process(service_module, tiny_pipeline, t
 def test_service_explain_and_similar_through_the_guard(service_module, tiny_pipeline) -> None:
     from starlette.testclient import TestClient
 
-    data = _synth_dicoms(tiny_pipeline, 1)[0].read_bytes()
+    data = _synth(tiny_pipeline, 1)[0].read_bytes()
     with TestClient(service_module.CxrTriage.to_asgi()) as client:
         ok = client.post("/similar", files={"image": ("a.dcm", data)}, data={"k": "2"})
         assert ok.status_code == 200, ok.text

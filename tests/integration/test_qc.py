@@ -5,15 +5,11 @@ predict``'s refused rows, and the content rules with refusing settings on real i
 from __future__ import annotations
 
 import asyncio
-import importlib
 import json
-from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
 
 import numpy as np
 import pandas as pd
-import pydicom
 import pytest
 from typer.testing import CliRunner
 
@@ -23,7 +19,7 @@ from cxr_triage.errors import QcFailedError
 from cxr_triage.inference.predictor import Predictor
 from cxr_triage.inference.predlog import PredictionLog
 from cxr_triage.inference.qc import CHECKS, QcSettings, QualityGate
-from cxr_triage.inference.registry import register_package
+from helpers.dicom import synth_dicoms, with_header
 
 pytestmark = [
     pytest.mark.integration,
@@ -32,17 +28,8 @@ pytestmark = [
 runner = CliRunner()
 
 
-def _synth_dicoms(tiny_pipeline, n: int) -> list[Path]:
-    folder = Path(tiny_pipeline.params.paths.synth_dir) / "hospital_a" / "images"
-    return sorted(folder.iterdir())[:n]
-
-
-def _with_header(source: Path, target: Path, **values: object) -> Path:
-    ds = pydicom.dcmread(source)
-    for keyword, value in values.items():
-        setattr(ds, keyword, value)
-    ds.save_as(target)
-    return target
+def _synth(tiny_pipeline, n: int) -> list[Path]:
+    return synth_dicoms(Path(tiny_pipeline.params.paths.synth_dir), n)
 
 
 @pytest.fixture(scope="module")
@@ -84,9 +71,7 @@ def test_content_rules_with_refusing_settings_catch_inverted_and_rotated(tiny_pi
 
 
 def test_predictor_prepare_refuses_a_lateral_only_when_asked(tiny_pipeline, predictor, tmp_path):
-    lateral = _with_header(
-        _synth_dicoms(tiny_pipeline, 1)[0], tmp_path / "lat.dcm", ViewPosition="LL"
-    )
+    lateral = with_header(_synth(tiny_pipeline, 1)[0], tmp_path / "lat.dcm", ViewPosition="LL")
     verdict = predictor.prepare(lateral).qc
     assert verdict.status == "refuse" and verdict.to_dict()["failed"] == ["view"]
     with pytest.raises(QcFailedError, match="lateral") as caught:
@@ -95,20 +80,15 @@ def test_predictor_prepare_refuses_a_lateral_only_when_asked(tiny_pipeline, pred
 
 
 @pytest.fixture(scope="module")
-def svc(tiny_pipeline, tmp_path_factory) -> Iterator[object]:
-    tag = register_package(tiny_pipeline.package_dir)
-    with pytest.MonkeyPatch.context() as env:
-        env.setenv("CXR_TRIAGE_MODEL_TAG", tag)
-        env.setenv("CXR_TRIAGE_PREDICTION_LOG", str(tmp_path_factory.mktemp("log") / "p.sqlite"))
-        module: ModuleType = importlib.import_module("cxr_triage.serving.service")
-        yield module.CxrTriage()
+def svc(service_module) -> object:
+    return service_module.CxrTriage()
 
 
 def test_service_answers_qc_failed_for_a_child_and_the_verdict_with_every_prediction(
     svc, tiny_pipeline, tmp_path
 ) -> None:
-    good, other = _synth_dicoms(tiny_pipeline, 2)
-    child = _with_header(other, tmp_path / "child.dcm", PatientAge="009Y")
+    good, other = _synth(tiny_pipeline, 2)
+    child = with_header(other, tmp_path / "child.dcm", PatientAge="009Y")
     result = asyncio.run(svc.predict(image=good, site="hospital_a"))
     assert result.qc is not None and result.qc.status in ("pass", "warn")
     assert {c.name for c in result.qc.checks} >= {"view", "pediatric", "inverted"}
@@ -128,9 +108,9 @@ def test_service_answers_qc_failed_for_a_child_and_the_verdict_with_every_predic
 def test_predict_cli_lists_refused_files_with_their_checks(tiny_pipeline, tmp_path) -> None:
     folder = tmp_path / "in"
     folder.mkdir()
-    first, second = _synth_dicoms(tiny_pipeline, 2)
-    _with_header(first, folder / "lateral.dcm", ViewPosition="RL")
-    _with_header(second, folder / "frontal.dcm", ViewPosition="PA")
+    first, second = _synth(tiny_pipeline, 2)
+    with_header(first, folder / "lateral.dcm", ViewPosition="RL")
+    with_header(second, folder / "frontal.dcm", ViewPosition="PA")
     out = tmp_path / "r.csv"
     result = runner.invoke(
         app,

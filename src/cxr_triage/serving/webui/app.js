@@ -165,7 +165,6 @@ function init() {
     e.preventDefault(); drop.classList.remove("over");
     if (e.dataTransfer.files.length) analyse(e.dataTransfer.files[0]);
   });
-  drop.addEventListener("keydown", (e) => { if (e.key === "Enter" || e.key === " ") $("file").click(); });
   $("file").addEventListener("change", (e) => { if (e.target.files.length) analyse(e.target.files[0]); });
   $("opacity").addEventListener("input", (e) => { $("heatmap").style.opacity = e.target.value / 100; });
   $("overlay-on").addEventListener("change", (e) => { $("heatmap").hidden = !e.target.checked; });
