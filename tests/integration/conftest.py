@@ -37,6 +37,19 @@ def service_module(tiny_pipeline, tmp_path_factory) -> Iterator[ModuleType]:
         yield importlib.import_module("cxr_triage.serving.service")
 
 
+_ASGI_APPS: list = []
+
+
+@pytest.fixture(scope="module")
+def asgi_app(service_module):
+    """The service's ASGI app, made once per process: BentoML registers its Prometheus metrics
+    once per app (a second app in the same process fails). Each TestClient start makes a fresh
+    service instance."""
+    if not _ASGI_APPS:
+        _ASGI_APPS.append(service_module.CxrTriage.to_asgi())
+    return _ASGI_APPS[0]
+
+
 @pytest.fixture(scope="session")
 def tiny_params_data():
     """A function giving params.yaml scaled down to seconds (see ``helpers.pipeline``)."""

@@ -161,11 +161,11 @@ def test_service_explain_and_similar_in_process(service_module, tiny_pipeline, t
         assert refused.status_code == 422 and body["reason"] == "qc_failed", body
 
 
-def test_service_explain_and_similar_through_the_guard(service_module, tiny_pipeline) -> None:
+def test_service_explain_and_similar_through_the_guard(asgi_app, tiny_pipeline) -> None:
     from starlette.testclient import TestClient
 
     data = _synth(tiny_pipeline, 1)[0].read_bytes()
-    with TestClient(service_module.CxrTriage.to_asgi()) as client:
+    with TestClient(asgi_app) as client:
         ok = client.post("/similar", files={"image": ("a.dcm", data)}, data={"k": "2"})
         assert ok.status_code == 200, ok.text
         assert len(ok.json()["cases"]) == 2

@@ -34,12 +34,6 @@ def svc(service_module):
     return service_module.CxrTriage()  # the instance, dependencies resolved in-process
 
 
-@pytest.fixture(scope="module")
-def asgi_app(service_module):
-    # One app per process: BentoML registers its Prometheus metrics once per app.
-    return service_module.CxrTriage.to_asgi()
-
-
 @pytest.fixture
 def asgi(asgi_app):
     """Starts a TestClient on the service's ASGI app: each start makes a fresh instance."""
