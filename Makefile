@@ -148,9 +148,6 @@ exp: ## Compare DVC experiments: headline metrics and the params they changed (M
 	@dvc exp show --md --only-changed --precision 3 --drop '$(EXP_DROP)' \
 	  --keep '$(EXP_HEADLINE)' $(EXP_ARGS)
 
-# Coverage-guided fuzzing of the image reader (atheris + libFuzzer), niced: 5-25 minutes on two
-# cores. Seeds are rebuilt into a git-ignored folder; new coverage accumulates in the corpus
-# folder across runs; a finding stops the run and is written to $(FUZZ_DIR)/artifacts/.
 # axe-core for the web page's accessibility test (tests/integration/test_webui_browser.py injects
 # it into the page): fetched once with npm into a git-ignored cache, never served.
 AXE_DIR := .cache/axe-core
@@ -165,6 +162,9 @@ $(AXE_DIR)/axe.min.js:
 
 axe: $(AXE_DIR)/axe.min.js ## Fetch axe-core (npm) for the web page's accessibility test
 
+# Coverage-guided fuzzing of the image reader (atheris + libFuzzer), niced: 5-25 minutes on two
+# cores. Seeds are rebuilt into a git-ignored folder; new coverage accumulates in the corpus
+# folder across runs; a finding stops the run and is written to $(FUZZ_DIR)/artifacts/.
 FUZZ_DIR := .cache/fuzz
 FUZZ_RUNS ?= 200000
 FUZZ_RSS_MB ?= 3072
