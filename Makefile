@@ -12,7 +12,7 @@ export DO_NOT_TRACK := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: help setup lock audit system-deps demo test test-unit test-slow test-all bench lint format clean plots exp serve fuzz
+.PHONY: help setup lock audit system-deps demo test test-unit test-slow test-all bench lint format clean plots exp serve fuzz axe
 
 help: ## Show this help
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk -F':.*?## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -147,6 +147,20 @@ EXP_ARGS ?=
 exp: ## Compare DVC experiments: headline metrics and the params they changed (Markdown)
 	@dvc exp show --md --only-changed --precision 3 --drop '$(EXP_DROP)' \
 	  --keep '$(EXP_HEADLINE)' $(EXP_ARGS)
+
+# axe-core for the web page's accessibility test (tests/integration/test_webui_browser.py injects
+# it into the page): fetched once with npm into a git-ignored cache, never served.
+AXE_DIR := .cache/axe-core
+AXE_PACKAGE := axe-core@4.10.3
+
+$(AXE_DIR)/axe.min.js:
+	@command -v npm >/dev/null || { echo "npm is needed once to fetch $(AXE_PACKAGE)" >&2; exit 1; }
+	mkdir -p $(AXE_DIR)
+	cd $(AXE_DIR) && npm pack --silent $(AXE_PACKAGE)
+	tar -xzf $(AXE_DIR)/axe-core-*.tgz -C $(AXE_DIR) --strip-components=1 package/axe.min.js
+	test -s $@
+
+axe: $(AXE_DIR)/axe.min.js ## Fetch axe-core (npm) for the web page's accessibility test
 
 # Coverage-guided fuzzing of the image reader (atheris + libFuzzer), niced: 5-25 minutes on two
 # cores. Seeds are rebuilt into a git-ignored folder; new coverage accumulates in the corpus

@@ -180,8 +180,9 @@ def predict(
 ) -> None:
     """Score files with the packaged model: probability of abnormal and label at its threshold.
 
-    Unreadable files are result rows with their reason (the run goes on); exits 2 if any.
-    Not for clinical use.
+    Unreadable files, and files the input quality gate refuses (lateral, inverted, rotated, a
+    child, too small: status ``refused``, reason ``qc_failed``), are result rows with their
+    reason (the run goes on); exits 2 if any. Not for clinical use.
     """
     from cxr_triage.inference.batch import collect_files, score_files, write_results
 
@@ -199,20 +200,27 @@ def predict(
         batch_size=batch_size,
         workers=workers or None,
         features=features,
+        enforce_qc=True,
     )
     bad = results[results["status"] != "ok"]
+    unreadable = bad[bad["status"] == "unreadable"]
+    refused = bad[bad["status"] == "refused"]
     if out is not None:
         write_results(results, out)
     else:
         typer.echo(
-            results[["path", "status", "prob_abnormal", "label", "reason"]].to_csv(index=False),
+            results[["path", "status", "prob_abnormal", "label", "qc", "reason"]].to_csv(
+                index=False
+            ),
             nl=False,
         )
-    reasons = bad["reason"].value_counts().to_dict()
+    reasons = unreadable["reason"].value_counts().to_dict()
+    checks = refused["qc_failed"].value_counts().to_dict() if len(refused) else {}
     typer.echo(
         f"scored {len(results) - len(bad)} of {len(results)} files with {predictor.model_tag} "
         f"(threshold {predictor.threshold:.4f})"
-        + (f"; unreadable {len(bad)}: {reasons}" if len(bad) else "")
+        + (f"; unreadable {len(unreadable)}: {reasons}" if len(unreadable) else "")
+        + (f"; refused by the quality gate {len(refused)}: {checks}" if len(refused) else "")
         + (
             f"; {len(non_images)} non-image files set aside ("
             + ", ".join(p.name for p in non_images[:3])
@@ -226,6 +234,90 @@ def predict(
     )
     if len(bad):
         raise typer.Exit(2)
+
+
+_PACKAGE_OPTION = typer.Option(
+    help="A model package folder (e.g. models/package). Default: the serving model in the "
+    "BentoML store."
+)
+_TAG_OPTION = typer.Option(help="A model tag in the BentoML store, e.g. cxr-triage:abc123.")
+
+
+@app.command()
+@_user_errors
+def explain(
+    file: Annotated[Path, typer.Argument(help="One image: DICOM CR/DX, PNG or JPEG.")],
+    out: Annotated[
+        Path, typer.Option("--out", help="Write the colour overlay here (.png).")
+    ] = Path("overlay.png"),
+    saliency: Annotated[
+        Path | None,
+        typer.Option(help="Also write the map (float32, the image's size) as a .npy file."),
+    ] = None,
+    method: Annotated[
+        str | None, typer.Option(help="auto, gradcam or occlusion (default: the package's).")
+    ] = None,
+    opacity: Annotated[float, typer.Option(help="Overlay opacity where the map is 1.")] = 0.5,
+    package: Annotated[Path | None, _PACKAGE_OPTION] = None,
+    model_tag: Annotated[str | None, _TAG_OPTION] = None,
+) -> None:
+    """Where the model looked: the probability of abnormal, and its explanation map drawn over
+    the image (Grad-CAM or occlusion, by the package's rule). Not for clinical use."""
+    import numpy as np
+
+    from cxr_triage.atomic import atomic_path
+    from cxr_triage.inference.explain import Explainer, explain_source
+
+    if out.suffix.lower() != ".png":
+        raise CxrError(f"--out {out}: the overlay is a PNG; use a .png file name")
+    explainer = Explainer(_load_predictor(package, model_tag), method=method)
+    result = explain_source(explainer, file)
+    with atomic_path(out) as tmp:
+        tmp.write_bytes(result.overlay_png(opacity=opacity))
+    if saliency is not None:
+        with atomic_path(saliency) as tmp, open(tmp, "wb") as f:
+            np.save(f, result.saliency())
+    p = result.prediction
+    typer.echo(
+        f"{file}: prob_abnormal {p.prob_abnormal:.4f}, {p.label} at threshold "
+        f"{p.threshold:.4f}, quality gate {p.qc.status if p.qc else 'n/a'}; "
+        f"{explainer.method}: {explainer.reason}; overlay in {out}"
+        + (f", map in {saliency}" if saliency is not None else "")
+        + f" ({p.model_tag}; not for clinical use)"
+    )
+
+
+@app.command()
+@_user_errors
+def similar(
+    file: Annotated[Path, typer.Argument(help="One image: DICOM CR/DX, PNG or JPEG.")],
+    k: Annotated[int | None, typer.Option(help="How many (default: the package's).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON (with thumbnails).")] = False,
+    package: Annotated[Path | None, _PACKAGE_OPTION] = None,
+    model_tag: Annotated[str | None, _TAG_OPTION] = None,
+) -> None:
+    """The labelled reference cases (the package's train and val images, pseudonymous ids)
+    nearest to an image in the model's embedding space. Not for clinical use."""
+    from cxr_triage.inference.similar import similar_to_source
+
+    predictor = _load_predictor(package, model_tag)
+    result = similar_to_source(predictor, file, k=k)
+    if as_json:
+        typer.echo(json.dumps(result.to_dict(thumbnails=True), indent=1))
+        return
+    typer.echo("rank,image_id,label,findings,distance")
+    for case in result.cases:
+        typer.echo(
+            f"{case.rank},{case.image_id},{case.label},{'|'.join(case.findings)},"
+            f"{case.distance:.4f}"
+        )
+    p = result.prediction
+    typer.echo(
+        f"{len(result.cases)} nearest of {result.n_reference} reference images "
+        f"({result.metric}); {file}: prob_abnormal {p.prob_abnormal:.4f}, {p.label} "
+        f"({p.model_tag}; not for clinical use)",
+        err=True,
+    )
 
 
 @app.command()

@@ -28,7 +28,10 @@ Each message says what is wrong and what to do about it. Catch the level you can
         │                                SamplesPerPixel/BitsAllocated (checked before decoding)
         ├── CodecUnavailableError        compressed transfer syntax without an installed decoder
         ├── ImageTooLargeError           more pixels (or file bytes) than the configured limit
-        └── DecompressionBombError       a small input that would decode to far more memory
+        ├── DecompressionBombError       a small input that would decode to far more memory
+        └── QcFailedError                readable, but the input quality gate refuses it (lateral,
+                                         inverted, rotated, not a chest, a child, too small...);
+                                         ``.checks`` names the failed checks
 
 Reasons and HTTP statuses (``InvalidImageError.http_status``; 400: the file is damaged, 413: it
 asks for more memory than allowed, 415: a format or codec the reader does not take, 422: a
@@ -52,6 +55,8 @@ frame_size_mismatch      422    the compressed frame is not the image the header
 codec_unavailable        415    no decoder installed for the transfer syntax
 image_too_large          413    over ``ImageLimits.max_pixels`` / ``max_file_bytes``
 decompression_bomb       413    would inflate far beyond its size or its header's dimensions
+qc_failed                422    the quality gate refuses it (``.checks``): send a frontal adult
+                                chest radiograph, upright and not inverted
 invalid_image            422    the reader failed unexpectedly on this file (a bug: report it)
 ======================== ====== ===============================================================
 """
@@ -74,6 +79,7 @@ __all__ = [
     "MissingTransferSyntaxError",
     "NoPixelDataError",
     "NotAnImageError",
+    "QcFailedError",
     "TruncatedHeaderError",
     "TruncatedPixelDataError",
     "UnsupportedBitDepthError",
@@ -192,3 +198,19 @@ class ImageTooLargeError(InvalidImageError):
 class DecompressionBombError(InvalidImageError):
     reason = "decompression_bomb"
     http_status = 413
+
+
+class QcFailedError(InvalidImageError):
+    """The input quality gate refuses the image (see :mod:`cxr_triage.inference.qc`).
+
+    Args:
+        message: which checks failed, with their values, and what to send instead.
+        checks: the names of the failed checks that refuse (e.g. ``("view",)``).
+    """
+
+    reason = "qc_failed"
+    http_status = 422
+
+    def __init__(self, message: str, *, checks: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.checks = tuple(checks)

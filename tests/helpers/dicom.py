@@ -137,3 +137,19 @@ def write_dicom(folder: Path, pixels: np.ndarray | None = None, **overrides: obj
     path = folder / str(opts["name"])
     ds.save_as(path, enforce_file_format=True)
     return path
+
+
+def synth_dicoms(synth_dir: Path, n: int, site: str = "hospital_a") -> list[Path]:
+    """The first ``n`` generated DICOMs of ``site`` under a synth stage's folder."""
+    return sorted((Path(synth_dir) / site / "images").iterdir())[:n]
+
+
+def with_header(source: Path, target: Path, **values: object) -> Path:
+    """A copy of ``source`` with header attributes set (e.g. ``ViewPosition="LL"``)."""
+    import pydicom
+
+    ds = pydicom.dcmread(source)
+    for keyword, value in values.items():
+        setattr(ds, keyword, value)
+    ds.save_as(target)
+    return target

@@ -48,6 +48,12 @@ def tiny_params_data(root: Path | None = None) -> dict:
     data["threshold"]["n_boot"] = 50
     data["evaluate"].update(n_boot=50, min_slice_count=5)
     data["package"].update(register=False, build_bento=False)
+    # Tests send small drawn DICOMs (make_dicom's 48x64 ramps), which are no chest films: the
+    # tiny package refuses only by header (lateral, children); tests/integration/test_qc.py
+    # checks the content rules with refusing settings.
+    data["qc"].update(min_size_px=32, benchmark_dir=None)
+    data["qc"]["actions"].update(inverted="warn", rotated="warn")
+    data["explain"].update(max_images=8, sanity_images=2, n_steps=5, n_boot=50, bbox_csv=None)
     return data
 
 
@@ -112,6 +118,9 @@ def stub_package(folder: Path, reference: pd.DataFrame, tag: str = "cxr-triage:s
         "operating_point": {"policy": "target_sensitivity", "target": 0.95, "threshold": 0.5},
         "calibrator": {"method": "identity"},
         "limits": {},
+        "qc": {},
+        "explain": {},
+        "similar": {},
         "model_tag": tag,
     }
     (folder / PACKAGE_FILE).write_text(json.dumps(info))

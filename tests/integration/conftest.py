@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 import yaml
@@ -19,6 +21,33 @@ def synthetic_source(tmp_path_factory) -> Path:
     for site, n in SYNTH_SITES.items():
         generate_dataset(root / site, n=n, site=site, seed=7)
     return root
+
+
+@pytest.fixture(scope="module")
+def service_module(tiny_pipeline, tmp_path_factory) -> Iterator[ModuleType]:
+    """``cxr_triage.serving.service`` imported for the tiny package, logging to a temp file."""
+    import importlib
+
+    from cxr_triage.inference.registry import register_package
+
+    tag = register_package(tiny_pipeline.package_dir)
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("CXR_TRIAGE_MODEL_TAG", tag)
+        env.setenv("CXR_TRIAGE_PREDICTION_LOG", str(tmp_path_factory.mktemp("log") / "p.sqlite"))
+        yield importlib.import_module("cxr_triage.serving.service")
+
+
+_ASGI_APPS: list = []
+
+
+@pytest.fixture(scope="module")
+def asgi_app(service_module):
+    """The service's ASGI app, made once per process: BentoML registers its Prometheus metrics
+    once per app (a second app in the same process fails). Each TestClient start makes a fresh
+    service instance."""
+    if not _ASGI_APPS:
+        _ASGI_APPS.append(service_module.CxrTriage.to_asgi())
+    return _ASGI_APPS[0]
 
 
 @pytest.fixture(scope="session")

@@ -97,7 +97,12 @@ def test_an_ensemble_winner_is_packaged_and_scores_as_its_members_compute(tiny_p
     import shutil
 
     from cxr_triage.evaluation.calibration import calibrator_from_dict, make_calibrator
-    from cxr_triage.inference.package import PackageSources, assemble_package
+    from cxr_triage.inference.package import (
+        PackageSources,
+        RadiologistSettings,
+        ReferenceSet,
+        assemble_package,
+    )
     from cxr_triage.io.records import ImageLimits
     from cxr_triage.models.artifacts import load_backbone, load_finetuned
     from cxr_triage.models.embed import embed_images
@@ -150,11 +155,16 @@ def test_an_ensemble_winner_is_packaged_and_scores_as_its_members_compute(tiny_p
             threshold_dir=threshold_dir,
         ),
         image_size=params.ingest.image_size,
-        train_images=np.asarray(data.pixels[dev]),
+        reference=ReferenceSet(
+            np.asarray(data.pixels[dev]), data.manifest.loc[dev].reset_index(drop=True)
+        ),
         summary_components=params.package.summary_components,
         limits=ImageLimits.from_params(params.ingest),
+        settings=RadiologistSettings(params.qc, params.explain, params.similar, params.seed),
     )
     assert info["kind"] == "ensemble" and info["network_logit"] is True
+    # No torch network for an ensemble: it is explained by occlusion through the ONNX network.
+    assert info["torch_network"] is None and info["explain"]["method"] == "occlusion"
     assert sorted(p.name for p in out.glob("member-*.skops")) == [
         "member-knn.skops",
         "member-logreg.skops",

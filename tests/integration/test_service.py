@@ -9,18 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib
 import os
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 
 from cxr_triage.errors import ConfigError
 from cxr_triage.inference.predlog import PredictionLog
-from cxr_triage.inference.registry import register_package
 
 pytestmark = [
     pytest.mark.integration,
@@ -33,24 +30,8 @@ HANGUL_NAME = "흉" * 78 + "_chest-xray-1.dcm"  # 95 characters, 251 UTF-8 bytes
 
 
 @pytest.fixture(scope="module")
-def service_module(tiny_pipeline, tmp_path_factory) -> Iterator[ModuleType]:
-    """``cxr_triage.serving.service`` imported for the tiny package, logging to a temp file."""
-    tag = register_package(tiny_pipeline.package_dir)
-    with pytest.MonkeyPatch.context() as env:
-        env.setenv("CXR_TRIAGE_MODEL_TAG", tag)
-        env.setenv("CXR_TRIAGE_PREDICTION_LOG", str(tmp_path_factory.mktemp("log") / "p.sqlite"))
-        yield importlib.import_module("cxr_triage.serving.service")
-
-
-@pytest.fixture(scope="module")
 def svc(service_module):
     return service_module.CxrTriage()  # the instance, dependencies resolved in-process
-
-
-@pytest.fixture(scope="module")
-def asgi_app(service_module):
-    # One app per process: BentoML registers its Prometheus metrics once per app.
-    return service_module.CxrTriage.to_asgi()
 
 
 @pytest.fixture

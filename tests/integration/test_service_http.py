@@ -434,7 +434,10 @@ def test_service_http_schemathesis_finds_no_server_error(server, tmp_path) -> No
         env={**os.environ, "SCHEMATHESIS_HOOKS": ""},
     )
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
-    assert "No issues found" in result.stdout
+    # Every generated case passed the check. Schemathesis' warnings are not failures: with the
+    # quality gate's fields in the schema the seed draws other cases, and "/predict mostly
+    # rejected generated data" (random bytes are no image: 415) may be warned about.
+    assert re.search(r"(\d+) generated, \1 passed", result.stdout), result.stdout[-2000:]
     generated = re.search(r"(\d+) generated", result.stdout)
     assert generated is not None and int(generated.group(1)) >= 50, result.stdout[-2000:]
 

@@ -248,6 +248,7 @@ def test_every_refusal_class_has_a_reason_and_an_http_status() -> None:
         "CodecUnavailableError": ("codec_unavailable", 415),
         "ImageTooLargeError": ("image_too_large", 413),
         "DecompressionBombError": ("decompression_bomb", 413),
+        "QcFailedError": ("qc_failed", 422),  # the input quality gate (inference/qc.py)
     }
     classes = {
         name: getattr(errors, name)

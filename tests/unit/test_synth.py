@@ -75,7 +75,7 @@ def test_generate_dataset_is_byte_identical_for_same_arguments(tmp_path: Path) -
     first = generate_dataset(tmp_path / "one", 12, "hospital_a", seed=7, config=SMALL)
     second = generate_dataset(tmp_path / "two", 12, "hospital_a", seed=7, config=SMALL, workers=2)
     one, two = _files(tmp_path / "one"), _files(tmp_path / "two")
-    assert len(one) == 13
+    assert len(one) == 14  # 12 images, labels.csv, lesion_boxes.csv
     assert one == two
     pd.testing.assert_frame_equal(first, second)
 
@@ -289,15 +289,15 @@ def test_generate_dataset_failed_run_leaves_no_out_dir(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     calls = []
-    render_density = render.render_density
+    draw = render._render
 
-    def failing_render(*args: object, **kwargs: object) -> np.ndarray:
+    def failing_render(*args: object, **kwargs: object) -> tuple:
         calls.append(1)
         if len(calls) == 3:
             raise RuntimeError("worker died")
-        return render_density(*args, **kwargs)
+        return draw(*args, **kwargs)
 
-    monkeypatch.setattr(render, "render_density", failing_render)
+    monkeypatch.setattr(render, "_render", failing_render)
     with pytest.raises(RuntimeError, match="worker died"):
         generate_dataset(tmp_path / "out", 6, "hospital_a", seed=0, config=SMALL)
     assert list(tmp_path.iterdir()) == []  # neither out_dir nor its temporary sibling

@@ -7,7 +7,8 @@ in ``dvc exp run -S`` fails before any work starts. Each stage receives only its
 The sections live by concern: :mod:`~cxr_triage.config.data` (paths, synth, ingest, split),
 :mod:`~cxr_triage.config.training` (backbone, embed, transfer, finetune),
 :mod:`~cxr_triage.config.evaluation` (compare, threshold, evaluate),
-:mod:`~cxr_triage.config.operations` (package, monitor, promote, schedule);
+:mod:`~cxr_triage.config.operations` (package, monitor, promote, schedule),
+:mod:`~cxr_triage.config.inference` (qc, explain, similar: what the radiologist sees);
 :mod:`~cxr_triage.config.parsing` checks types and keys; :mod:`~cxr_triage.config.params` holds
 ``Params`` and ``load_params``. Import them from here.
 """
@@ -31,6 +32,13 @@ from cxr_triage.config.evaluation import (
     ThresholdParams,
     WinnerRule,
 )
+from cxr_triage.config.inference import (
+    QC_ACTIONS,
+    ExplainParams,
+    QcActions,
+    QcParams,
+    SimilarParams,
+)
 from cxr_triage.config.operations import (
     MonitorParams,
     PackageParams,
@@ -53,6 +61,7 @@ from cxr_triage.config.training import (
 
 __all__ = [
     "LOSSES",
+    "QC_ACTIONS",
     "SELECTION_RULES",
     "SOURCES",
     "ZOO_NAMES",
@@ -62,6 +71,7 @@ __all__ = [
     "EmbedParams",
     "EnsembleParams",
     "EvaluateParams",
+    "ExplainParams",
     "FinetuneOptions",
     "FinetuneParams",
     "IngestParams",
@@ -70,8 +80,11 @@ __all__ = [
     "Params",
     "PathsParams",
     "PromoteParams",
+    "QcActions",
+    "QcParams",
     "Recalibration",
     "ScheduleParams",
+    "SimilarParams",
     "SplitParams",
     "SslParams",
     "SynthKnobs",

@@ -28,6 +28,7 @@ class PathsParams:
     compare_dir: str = "reports/compare"
     threshold_dir: str = "reports/threshold"
     evaluate_dir: str = "reports/evaluate"
+    explain_dir: str = "reports/explain"  # explanation figures (explain stage)
     package_dir: str = "models/package"  # the model package (the service loads it)
     package_report_dir: str = "reports/package"  # model tag, bento tag, versions
     # the headline metrics (winner, test AUROC and CI, ECE, sens/spec, auto-cleared share): the

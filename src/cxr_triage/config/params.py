@@ -9,6 +9,7 @@ import yaml
 
 from cxr_triage.config.data import IngestParams, PathsParams, SplitParams, SynthParams
 from cxr_triage.config.evaluation import CompareParams, EvaluateParams, ThresholdParams
+from cxr_triage.config.inference import ExplainParams, QcParams, SimilarParams
 from cxr_triage.config.operations import (
     MonitorParams,
     PackageParams,
@@ -45,6 +46,9 @@ class Params:
     monitor: MonitorParams = field(default_factory=MonitorParams)
     promote: PromoteParams = field(default_factory=PromoteParams)
     schedule: ScheduleParams = field(default_factory=ScheduleParams)
+    qc: QcParams = field(default_factory=QcParams)
+    explain: ExplainParams = field(default_factory=ExplainParams)
+    similar: SimilarParams = field(default_factory=SimilarParams)
 
 
 def load_params(path: str | Path = "params.yaml") -> Params:

@@ -71,6 +71,7 @@ MANIFEST_COLUMNS = (
     "bits_stored",
     "orig_rows",
     "orig_cols",
+    "burned_in_annotation",
 )
 REJECT_COLUMNS = ("source_path", "reason", "message")
 
@@ -222,6 +223,7 @@ def read_item(
         "bits_stored": meta.bits_stored,
         "orig_rows": meta.rows,
         "orig_cols": meta.cols,
+        "burned_in_annotation": meta.burned_in_annotation,
         "_no_patient_id": not raw_patient,
     }
     return Row(image, fields)

@@ -35,6 +35,7 @@ __all__ = [
     "brier",
     "expected_calibration_error",
     "log_loss",
+    "mean_ci",
     "reliability_curve",
     "summarise_scores",
 ]
@@ -436,6 +437,7 @@ def _bootstrap_values(
     codes: np.ndarray,
     n_boot: int,
     seed: int,
+    needs_both_classes: bool = True,
 ) -> tuple[np.ndarray, int]:
     """Metric value of each resample (NaN where skipped) and the count of one-class resamples."""
     rng = np.random.default_rng(seed)
@@ -450,6 +452,8 @@ def _bootstrap_values(
         n_neg = weights.sum(axis=1) - n_pos
         both = (n_pos > 0) & (n_neg > 0)
         one_class += int((~both).sum())
+        if not needs_both_classes:
+            both = np.ones(size, dtype=bool)
         chunk = np.full(size, np.nan)
         if batched is not None:
             chunk[both] = batched(y_true, y_score, weights[both])
@@ -472,12 +476,16 @@ def bootstrap_ci(
     n_boot: int = 1000,
     seed: int = 0,
     alpha: float = 0.05,
+    *,
+    needs_both_classes: bool = True,
 ) -> ConfidenceInterval:
     """Percentile confidence interval of a metric, resampling patients with replacement.
 
     Each resample draws as many patients as there are, with replacement, and keeps all rows of
     each drawn patient (as often as it was drawn). Resamples that contain a single class are
-    skipped and counted in ``n_skipped``, as are resamples where ``metric_fn`` returns NaN.
+    skipped and counted in ``n_skipped`` (unless ``needs_both_classes`` is False: a mean of
+    per-image values, such as a localisation hit rate, needs no negatives), as are resamples
+    where ``metric_fn`` returns NaN.
     The metrics of this module (``auroc``, ``auprc``, ``brier``, ``log_loss``,
     ``expected_calibration_error``) are evaluated for all resamples at once; any other callable
     ``metric_fn(y_true, y_score) -> float`` is called once per resample.
@@ -490,6 +498,7 @@ def bootstrap_ci(
         n_boot: number of resamples.
         seed: seed of the resampling generator.
         alpha: 1 minus the coverage; 0.05 gives a 95% interval.
+        needs_both_classes: skip resamples with a single class of ``y_true``.
 
     Returns:
         The estimate on all rows with its interval and the skipped count.
@@ -507,7 +516,14 @@ def bootstrap_ci(
     if y_true_arr.size == 0:
         return ConfidenceInterval(estimate, math.nan, math.nan, alpha, int(n_boot), int(n_boot))
     values, _ = _bootstrap_values(
-        _BATCHED.get(metric_fn), metric_fn, y_true_arr, y_score_arr, codes, int(n_boot), seed
+        _BATCHED.get(metric_fn),
+        metric_fn,
+        y_true_arr,
+        y_score_arr,
+        codes,
+        int(n_boot),
+        seed,
+        needs_both_classes,
     )
     valid = values[np.isfinite(values)]
     n_skipped = int(n_boot) - valid.size
@@ -519,6 +535,36 @@ def bootstrap_ci(
         return ConfidenceInterval(estimate, math.nan, math.nan, alpha, int(n_boot), n_skipped)
     low, high = np.quantile(valid, [alpha / 2.0, 1.0 - alpha / 2.0])
     return ConfidenceInterval(estimate, float(low), float(high), alpha, int(n_boot), n_skipped)
+
+
+def _mean_of_values(y_true: np.ndarray, y_score: np.ndarray) -> float:
+    return float(np.mean(y_score)) if len(y_score) else math.nan
+
+
+def mean_ci(
+    values: Any, groups: Any, n_boot: int = 1000, seed: int = 0, alpha: float = 0.05
+) -> ConfidenceInterval:
+    """The mean of per-image values (a hit rate, IoUs, curve areas, shares) with its
+    patient-bootstrap interval (:func:`bootstrap_ci`, no class needed).
+
+    Args:
+        values: one number per image.
+        groups: patient id of each image.
+        n_boot: resamples.
+        seed: seed of the resampling.
+        alpha: 1 minus the coverage.
+    """
+    values = np.asarray(values, dtype=float)
+    return bootstrap_ci(
+        _mean_of_values,
+        np.zeros(values.size),
+        values,
+        groups,
+        n_boot,
+        seed,
+        alpha,
+        needs_both_classes=False,
+    )
 
 
 def _name(metric_fn: Callable[..., float]) -> str:

@@ -59,6 +59,31 @@ def _headline_rows(m: dict[str, Any]) -> str:
     )
 
 
+def _qc_passed_line(m: dict[str, Any]) -> str:
+    return (
+        f"AUROC {_num(m.get('test_qc_passed_auroc'))} (95% CI "
+        f"{_num(m.get('test_qc_passed_auroc_ci_low'))} - "
+        f"{_num(m.get('test_qc_passed_auroc_ci_high'))}), sensitivity "
+        f"{_pct(m.get('test_qc_passed_sensitivity'))} and specificity "
+        f"{_pct(m.get('test_qc_passed_specificity'))} at the threshold"
+    )
+
+
+def _retrieval_lines(m: dict[str, Any]) -> str:
+    k = m.get("retrieval_k")
+    if k is None:
+        return "Not measured."
+    p = f"precision_at_{k}"
+    return (
+        f"Of each test image's {k} nearest reference cases, {_pct(m.get(p))} share its label "
+        f"(95% CI {_pct(m.get(p + '_ci_low'))} - {_pct(m.get(p + '_ci_high'))}; chance "
+        f"{_pct(m.get(p + '_chance'))}). The neighbours' abnormal share as a score has AUROC "
+        f"{_num(m.get('knn_vote_auroc'))} (95% CI {_num(m.get('knn_vote_auroc_ci_low'))} - "
+        f"{_num(m.get('knn_vote_auroc_ci_high'))}), beside the model's "
+        f"{_num(m.get('test_auroc'))}."
+    )
+
+
 def render_model_card(
     *,
     metrics: dict[str, Any],
@@ -68,8 +93,12 @@ def render_model_card(
     gaps: pd.DataFrame,
     data_note: str,
     counts: dict[str, Any],
+    qc_table: str | None = None,
 ) -> str:
-    """Markdown model card from the evaluate stage's figures (nothing here is computed)."""
+    """Markdown model card from the evaluate stage's figures (nothing here is computed).
+
+    ``qc_table``: the input quality gate's pass/catch table (Markdown), when measured.
+    """
     m = metrics
     gap_lines = (
         "\n".join(
@@ -126,6 +155,19 @@ out-of-fold train+val scores: sensitivity {_pct(threshold["sensitivity"])}, spec
 At this point {_pct(m["test_normal_cleared_share"])} of normal test studies (and
 {_pct(m["test_worklist_cleared_share"])} of all test studies) would be moved down the worklist,
 while {_pct(m["test_abnormal_cleared_share"])} of abnormal studies would be too.
+
+## Input quality gate
+The service refuses (HTTP 422 `qc_failed`) what the gate's refusing checks catch, and scores the
+rest with the verdict attached. It passes {_pct(m.get("test_qc_passed_share"))} of the test
+images. On those: {_qc_passed_line(m)} (all test images: above).
+
+{qc_table or "Not measured (no `qc.benchmark_dir`)."}
+
+"Caught" is refused; "flagged" also counts checks that only warn. Shares with 95%
+patient-bootstrap CIs (non-chest inputs: per image).
+
+## Similar cases (test images against the train+val reference set)
+{_retrieval_lines(m)}
 
 ## Fairness (test, per slice; largest gap per metric)
 | metric | slice | gap | best | worst |

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from cxr_triage.atomic import atomic_path
 from cxr_triage.data.sources import NON_IMAGE_SUFFIXES
-from cxr_triage.errors import ConfigError, InvalidImageError
+from cxr_triage.errors import ConfigError, InvalidImageError, QcFailedError
 from cxr_triage.inference.predictor import Prediction, Predictor, PreparedImage
 
 __all__ = [
@@ -44,6 +44,8 @@ RESULT_COLUMNS = (
     "model_tag",
     "reason",
     "message",
+    "qc",
+    "qc_failed",
 )
 OUTPUT_SUFFIXES = (".csv", ".parquet")
 
@@ -87,10 +89,10 @@ def collect_files(paths: Iterable[str | os.PathLike[str]]) -> CollectedFiles:
 
 
 def _prepare(
-    predictor: Predictor, path: Path, metadata: Mapping[str, Any]
+    predictor: Predictor, path: Path, metadata: Mapping[str, Any], enforce_qc: bool
 ) -> PreparedImage | InvalidImageError:
     try:
-        return predictor.prepare(path, metadata)
+        return predictor.prepare(path, metadata, enforce_qc=enforce_qc)
     except InvalidImageError as exc:
         return exc
 
@@ -102,6 +104,7 @@ def iter_scored(
     metadata: Mapping[str, Any] | None = None,
     batch_size: int = 32,
     workers: int | None = None,
+    enforce_qc: bool = False,
 ) -> Iterator[tuple[Path, Prediction | InvalidImageError]]:
     """Score files in batches; yield ``(file, prediction or refusal)`` in the given order.
 
@@ -111,6 +114,9 @@ def iter_scored(
         metadata: caller metadata for every file (e.g. ``{"site": ...}``).
         batch_size: images per network call.
         workers: decoding threads (None: the number of cores).
+        enforce_qc: a file the input quality gate refuses is yielded as its
+            :class:`~cxr_triage.errors.QcFailedError` (as the service answers 422); else every
+            prediction only carries its verdict (``Prediction.qc``).
 
     Raises:
         ConfigError: ``batch_size`` below 1.
@@ -121,7 +127,9 @@ def iter_scored(
     with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
         for start in range(0, len(files), batch_size):
             chunk = files[start : start + batch_size]
-            outcomes = list(pool.map(lambda p: _prepare(predictor, p, metadata), chunk))
+            outcomes = list(
+                pool.map(lambda p: _prepare(predictor, p, metadata, enforce_qc), chunk)
+            )
             prepared = [o for o in outcomes if isinstance(o, PreparedImage)]
             predictions = iter(
                 predictor.predictions(
@@ -146,6 +154,7 @@ def score_files(
     workers: int | None = None,
     features: bool = False,
     progress: bool = True,
+    enforce_qc: bool = False,
 ) -> pd.DataFrame:
     """Score files; one row per file, in the given order.
 
@@ -158,10 +167,13 @@ def score_files(
         features: add the monitoring feature columns (image statistics, metadata, embedding
             summary) to the result.
         progress: show a progress bar.
+        enforce_qc: files the input quality gate refuses get ``status`` ``refused`` (reason
+            ``qc_failed``) and no probability; else they are scored and ``qc`` says ``refuse``.
 
     Returns:
-        :data:`RESULT_COLUMNS` (+ features): ``status`` is ``ok`` or ``unreadable`` (then
-        ``reason`` and ``message`` say why).
+        :data:`RESULT_COLUMNS` (+ features): ``status`` is ``ok``, ``unreadable`` or
+        ``refused`` (then ``reason`` and ``message`` say why); ``qc`` is the quality gate's
+        status (``pass``, ``warn``, ``refuse``) and ``qc_failed`` the checks that failed.
     """
     rows: list[dict[str, Any]] = []
     scored = iter_scored(
@@ -170,6 +182,7 @@ def score_files(
         metadata={"site": site} if site else None,
         batch_size=batch_size,
         workers=workers,
+        enforce_qc=enforce_qc,
     )
     for path, outcome in tqdm(
         scored, total=len(files), desc="predict", unit="img", disable=not progress
@@ -178,14 +191,22 @@ def score_files(
             rows.append(
                 {
                     "path": str(path),
-                    "status": "unreadable",
+                    "status": "refused" if isinstance(outcome, QcFailedError) else "unreadable",
                     "reason": outcome.reason,
                     "message": str(outcome),
+                    **(
+                        {"qc": "refuse", "qc_failed": ",".join(outcome.checks)}
+                        if isinstance(outcome, QcFailedError)
+                        else {}
+                    ),
                 }
             )
             continue
         row = {"path": str(path), "status": "ok", **outcome.to_dict()}
         row.pop("disclaimer")
+        verdict = row.pop("qc")
+        row["qc"] = verdict["status"] if verdict else None
+        row["qc_failed"] = ",".join(verdict["failed"]) if verdict else None
         if features:
             row.update({k: v for k, v in outcome.features.items() if k not in row})
         rows.append(row)

@@ -25,18 +25,29 @@ from cxr_triage.inference.layout import (
     FORMAT_VERSION,
     MEMBER_FILE,
     MODEL_NAME,
+    NEIGHBOURS_FILE,
     NETWORK_FILE,
     PACKAGE_FILE,
     PROJECTION_FILE,
     PROVENANCE_KEYS,
+    QC_FILE,
+    TORCH_NETWORK_FILE,
 )
 from cxr_triage.inference.predictor import embed_with_network
 from cxr_triage.io.records import ImageLimits
-from cxr_triage.models.artifacts import FINETUNED, load_backbone, load_finetuned, read_json
+from cxr_triage.models.artifacts import (
+    FINETUNED,
+    load_backbone,
+    load_finetuned,
+    read_json,
+    save_state,
+)
 from cxr_triage.vocabulary import CLASS_NAMES
 
 __all__ = [
     "PackageSources",
+    "RadiologistSettings",
+    "ReferenceSet",
     "assemble_package",
     "content_version",
     "finalise_package",
@@ -56,6 +67,32 @@ class PackageSources:
     finetune_dir: Path
     compare_dir: Path
     threshold_dir: Path
+
+
+@dataclass(frozen=True)
+class ReferenceSet:
+    """The package's reference images: train and val (never test), with their manifest rows.
+
+    ``images`` are the prepared ``uint8 (N, S, S)`` images; ``manifest`` has ``split``,
+    ``image_id``, ``label``, the finding columns and ``burned_in_annotation`` where known.
+    """
+
+    images: np.ndarray
+    manifest: Any
+
+    def rows(self, split: str) -> np.ndarray:
+        return np.flatnonzero(self.manifest["split"].to_numpy() == split)
+
+
+@dataclass(frozen=True)
+class RadiologistSettings:
+    """What the package records for the quality gate, explanations and similar cases
+    (``params.yaml`` ``qc``, ``explain``, ``similar``)."""
+
+    qc: Any  # cxr_triage.config.QcParams
+    explain: Any  # cxr_triage.config.ExplainParams
+    similar: Any  # cxr_triage.config.SimilarParams
+    seed: int = 0
 
 
 def _embedding_and_logit(classifier: Any, frozen: Any = None) -> Any:
@@ -89,15 +126,18 @@ def _copy_classifier(sources: PackageSources, candidate: str, target: Path) -> N
 def _write_network(
     winner: dict[str, Any], sources: PackageSources, out: Path, image_size: int
 ) -> tuple[str, dict[str, Any]]:
-    """Write ``network.onnx`` (and the classifiers); return the package kind and its extra keys."""
+    """Write ``network.onnx``, its torch weights (``network.safetensors``, when the network is
+    a torch one) and the classifiers; return the package kind and its extra ``package.json``
+    keys (``torch_network``: architecture and head, None when ONNX only or an ensemble)."""
     from cxr_triage.models.weights import export_onnx
 
     candidate = winner["candidate"]
     if candidate == FINETUNED:
-        classifier, _ = load_finetuned(sources.finetune_dir)
+        classifier, info = load_finetuned(sources.finetune_dir)
         with atomic_path(out / NETWORK_FILE) as tmp:
             export_onnx(_embedding_and_logit(classifier), tmp, image_size)
-        return "finetuned", {}
+        save_state(classifier, out / TORCH_NETWORK_FILE)
+        return "finetuned", {"torch_network": {"arch": info["arch"], "head": "finetuned"}}
     backbone, info = load_backbone(Path(sources.backbone_dir))
     members = winner.get("members") or []
     if members:
@@ -116,14 +156,17 @@ def _write_network(
             {"candidate": m["candidate"], "kind": m["kind"], "calibrator": m["calibrator"]}
             for m in members
         ]
-        return "ensemble", {"members": listed, "network_logit": has_logit}
+        return "ensemble", {"members": listed, "network_logit": has_logit, "torch_network": None}
     _copy_classifier(sources, candidate, out / CLASSIFIER_FILE)
     if info["format"] == "onnx":
         shutil.copyfile(Path(sources.backbone_dir) / "backbone.onnx", out / NETWORK_FILE)
-    else:
-        with atomic_path(out / NETWORK_FILE) as tmp:
-            export_onnx(backbone, tmp, image_size)
-    return "transfer", {}
+        return "transfer", {"torch_network": None}
+    with atomic_path(out / NETWORK_FILE) as tmp:
+        export_onnx(backbone, tmp, image_size)
+    save_state(backbone, out / TORCH_NETWORK_FILE)
+    # Logistic regression on the frozen features is linear: Grad-CAM can go through it.
+    head = "linear" if candidate == "logreg" else "none"
+    return "transfer", {"torch_network": {"arch": info["arch"], "head": head}}
 
 
 def fit_projection(embeddings: np.ndarray, n_components: int) -> dict[str, np.ndarray]:
@@ -168,9 +211,10 @@ def assemble_package(
     *,
     sources: PackageSources,
     image_size: int,
-    train_images: np.ndarray,
+    reference: ReferenceSet,
     summary_components: int,
     limits: ImageLimits,
+    settings: RadiologistSettings,
     extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Write a package folder for the pipeline's winner and return its ``package.json``.
@@ -179,13 +223,18 @@ def assemble_package(
         out: the folder to fill (created; existing package files are replaced).
         sources: the pipeline's artifact folders.
         image_size: the training resolution.
-        train_images: ``uint8`` development (train + val) images ``(N, S, S)``, to fit the
-            embedding summary; never test images.
+        reference: the train and val images (manifest order): both fit the embedding summary,
+            train fits the quality gate and val calibrates its limits, both are the
+            similar-case reference set. Never test images.
         summary_components: principal components kept in the embedding summary.
         limits: the input guards every consumer of the package applies.
+        settings: the quality gate's, explanations' and similar cases' settings.
         extra: more keys for ``package.json`` (metrics, versions).
     """
     from cxr_triage.evaluation.calibration import calibrator_from_dict
+    from cxr_triage.inference.explain import choose_method
+    from cxr_triage.inference.qc import QcSettings, fit_qc_model
+    from cxr_triage.inference.similar import build_neighbours
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -214,13 +263,57 @@ def assemble_package(
         "limits": limits.to_dict(),
         **(extra or {}),
     }
-    # The network's embeddings of train images fix the summary axes (never val/test).
+    train, val = reference.rows("train"), reference.rows("val")
+    images = np.asarray(reference.images)
+    # The network's embeddings of development images fix the summary axes (never test).
     embeddings = embed_with_network(
-        out / NETWORK_FILE, kind, train_images, has_logit=kind_info.get("network_logit")
+        out / NETWORK_FILE, kind, images, has_logit=kind_info.get("network_logit")
     )
     np.savez(out / PROJECTION_FILE, **fit_projection(embeddings, summary_components))
     info["embedding_dim"] = int(embeddings.shape[1])
     info["summary_components"] = int(min(summary_components, embeddings.shape[1]))
+    qc = settings.qc
+    gate = fit_qc_model(
+        images[train],
+        images[val] if len(val) else images[train],
+        grid=qc.grid,
+        augment_copies=qc.augment_copies,
+        calibration_quantile=qc.calibration_quantile,
+        ood_quantile=qc.ood_quantile,
+        ood_margin=qc.ood_margin,
+        seed=settings.seed,
+    )
+    (out / QC_FILE).write_bytes(gate.to_bytes())
+    info["qc"] = {
+        "settings": QcSettings.from_params(qc).to_dict(),
+        "limits": {
+            "inverted": gate.inverted_limit,
+            "rotated": gate.rotated_limit,
+            "out_of_distribution": gate.ood_limit,
+        },
+        "grid": qc.grid,
+    }
+    similar = settings.similar
+    info["similar"] = {
+        "k": similar.k,
+        "exact_max_rows": similar.exact_max_rows,
+        **build_neighbours(
+            out / NEIGHBOURS_FILE,
+            embeddings=embeddings,
+            images=images,
+            manifest=reference.manifest,
+            thumbnails=similar.thumbnails,
+            thumbnail_size=similar.thumbnail_size,
+        ),
+    }
+    explain = settings.explain
+    method, reason = choose_method(info, explain.method)
+    info["explain"] = {
+        "method": method,
+        "reason": reason,
+        "occlusion_mask": explain.occlusion_mask,
+        "occlusion_overlap": explain.occlusion_overlap,
+    }
     write_json_atomically(out / PACKAGE_FILE, info)
     return info
 
@@ -231,12 +324,15 @@ def package_from_params(
     """:func:`assemble_package` for the pipeline configured by ``params`` (a ``Params``).
 
     Args:
-        params: the pipeline's parameters (paths, image size, limits, summary size).
+        params: the pipeline's parameters (paths, image size, limits, summary size, qc,
+            explain, similar).
         out: the package folder to fill.
-        data: the pipeline's :class:`~cxr_triage.data.dataset.Dataset` (train images are used).
+        data: the pipeline's :class:`~cxr_triage.data.dataset.Dataset` (train and val images
+            are used, never test).
         extra: more keys for ``package.json``.
     """
     paths = params.paths
+    rows = data.development_rows()
     return assemble_package(
         out,
         sources=PackageSources(
@@ -247,9 +343,14 @@ def package_from_params(
             threshold_dir=Path(paths.threshold_dir),
         ),
         image_size=params.ingest.image_size,
-        train_images=np.asarray(data.pixels[data.development_rows()]),
+        reference=ReferenceSet(
+            np.asarray(data.pixels[rows]), data.manifest.loc[rows].reset_index(drop=True)
+        ),
         summary_components=params.package.summary_components,
         limits=ImageLimits.from_params(params.ingest),
+        settings=RadiologistSettings(
+            qc=params.qc, explain=params.explain, similar=params.similar, seed=params.seed
+        ),
         extra=extra,
     )
 

@@ -7,7 +7,8 @@ the network, the recalibration and the threshold are written once.
 
 Scoring is split in three steps so that a server can batch the middle one across requests:
 
-1. :meth:`Predictor.prepare`: decode and preprocess one file (CPU, per request);
+1. :meth:`Predictor.prepare`: decode and preprocess one file (CPU, per request), and give it
+   the input quality gate's verdict (:mod:`~cxr_triage.inference.qc`);
 2. :meth:`Predictor.score`: the network and classifier on a batch of prepared images;
 3. :meth:`Predictor.predictions`: threshold, label and monitoring features.
 
@@ -31,10 +32,14 @@ from cxr_triage.inference.features import monitoring_rows
 from cxr_triage.inference.layout import (
     CLASSIFIER_FILE,
     MEMBER_FILE,
+    MODEL_CARD_FILE,
+    NEIGHBOURS_FILE,
     NETWORK_FILE,
     PROJECTION_FILE,
+    QC_FILE,
     read_package_info,
 )
+from cxr_triage.inference.qc import QcModel, QcSettings, QcVerdict, QualityGate
 from cxr_triage.io.images import read_image
 from cxr_triage.io.records import ImageLimits
 from cxr_triage.vocabulary import NOT_FOR_CLINICAL_USE
@@ -55,10 +60,16 @@ _SCORE_BATCH = 64
 
 @dataclass(frozen=True)
 class PreparedImage:
-    """A decoded, preprocessed image and its PHI-free metadata."""
+    """A decoded, preprocessed image, its PHI-free metadata and its quality-gate verdict.
+
+    ``decoded`` is the full-resolution image (float32 in [0, 1], MONOCHROME2) only when
+    :meth:`Predictor.prepare` was asked to keep it (to draw an explanation over it).
+    """
 
     pixels: np.ndarray = field(repr=False)  # uint8 (S, S), the model's input representation
     metadata: dict[str, Any]
+    qc: QcVerdict | None = None
+    decoded: np.ndarray | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
@@ -68,6 +79,7 @@ class Scores:
     prob_abnormal: np.ndarray  # (N,) calibrated
     raw: np.ndarray  # (N,) before recalibration
     summary: np.ndarray  # (N, k + 1): projections on the package's axes, then the norm
+    embeddings: np.ndarray | None = field(default=None, repr=False)  # (N, D), when computed
 
 
 @dataclass(frozen=True)
@@ -79,6 +91,7 @@ class Prediction:
     threshold: float
     model_tag: str
     features: dict[str, Any] = field(repr=False)
+    qc: QcVerdict | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -86,6 +99,7 @@ class Prediction:
             "label": self.label,
             "threshold": self.threshold,
             "model_tag": self.model_tag,
+            "qc": self.qc.to_dict() if self.qc is not None else None,
             "disclaimer": NOT_FOR_CLINICAL_USE,
         }
 
@@ -159,13 +173,13 @@ class Predictor:
         self.limits = ImageLimits.from_dict(self.info["limits"])
         self._calibrator = calibrator_from_dict(self.info["calibrator"])
         self._network = OnnxEmbedder(self.package_dir / NETWORK_FILE, num_threads=num_threads)
-        self._classifier = None
+        self.classifier: Any = None  # the transfer winner's fitted candidate
         self._has_logit = self.kind == "finetuned" or bool(self.info.get("network_logit"))
         self._members: list[tuple[str, Any, Any]] = []  # (candidate, classifier or None, calib.)
         if self.kind == "transfer":
             from cxr_triage.models.transfer import load_candidate
 
-            self._classifier = load_candidate(self.package_dir / CLASSIFIER_FILE)
+            self.classifier = load_candidate(self.package_dir / CLASSIFIER_FILE)
         elif self.kind == "ensemble":
             from cxr_triage.models.transfer import load_candidate
 
@@ -181,6 +195,11 @@ class Predictor:
         projection = np.load(self.package_dir / PROJECTION_FILE)
         self._mean = projection["mean"].astype(np.float32)
         self._axes = projection["components"].astype(np.float32)
+        self.quality_gate = QualityGate(
+            QcSettings.from_dict(self.info.get("qc", {}).get("settings", {})),
+            QcModel.load(self.package_dir / QC_FILE),
+        )
+        self._similar: Any = None
 
     # -- the three steps -------------------------------------------------------------------
 
@@ -190,8 +209,11 @@ class Predictor:
         metadata: Mapping[str, Any] | None = None,
         *,
         pseudonymiser: Pseudonymiser | None = None,
+        enforce_qc: bool = False,
+        keep_decoded: bool = False,
     ) -> PreparedImage:
-        """Decode a DICOM/PNG/JPEG (path or bytes) and preprocess it as training did.
+        """Decode a DICOM/PNG/JPEG (path or bytes), preprocess it as training did, and give it
+        the quality gate's verdict.
 
         Args:
             source: the file or its bytes.
@@ -200,9 +222,14 @@ class Predictor:
             pseudonymiser: when given, a DICOM's Study Instance UID is kept as its keyed digest
                 (``metadata["study_key"]``), so radiologists' reads fed back by study can be
                 matched to the prediction; the UID itself is never kept.
+            enforce_qc: raise :class:`~cxr_triage.errors.QcFailedError` when a check that
+                refuses fails (the service, ``cxr-triage predict``); else the verdict is only
+                attached.
+            keep_decoded: keep the full-resolution pixels (``PreparedImage.decoded``).
 
         Raises:
-            InvalidImageError: the file is not a usable chest radiograph (the reason says why).
+            InvalidImageError: the file is not a usable chest radiograph (the reason says why;
+                ``QcFailedError`` when the gate refuses it and ``enforce_qc``).
         """
         decoded = read_image(source, self.limits)
         meta = decoded.meta
@@ -217,6 +244,7 @@ class Predictor:
             "orig_cols": meta.cols,
             "bits_stored": meta.bits_stored,
             "format": meta.format,
+            "burned_in_annotation": meta.burned_in_annotation,
         }
         for key in CALLER_METADATA:
             value = (metadata or {}).get(key)
@@ -225,7 +253,11 @@ class Predictor:
         study_uid = decoded.identifiers.study_uid
         if pseudonymiser is not None and study_uid:
             known["study_key"] = pseudonymiser.study(study_uid.strip())
-        return PreparedImage(prepare_image(decoded.pixels, self.image_size), known)
+        pixels = prepare_image(decoded.pixels, self.image_size)
+        verdict = self.quality_gate.check(pixels, known)
+        if enforce_qc and (refusal := verdict.error()) is not None:
+            raise refusal
+        return PreparedImage(pixels, known, verdict, decoded.pixels if keep_decoded else None)
 
     def score(self, images: np.ndarray, batch_size: int = _SCORE_BATCH) -> Scores:
         """Score prepared ``uint8`` images ``(N, S, S)``."""
@@ -241,6 +273,18 @@ class Predictor:
             if outputs
             else np.zeros((0, int(self.info.get("embedding_dim", 0)) + self._has_logit))
         )
+        embeddings, raw, prob = self._head(out)
+        summary = np.concatenate(
+            [
+                (embeddings - self._mean) @ self._axes.T,
+                np.linalg.norm(embeddings, axis=1, keepdims=True),
+            ],
+            axis=1,
+        )
+        return Scores(prob, raw, summary.astype(np.float64), embeddings)
+
+    def _head(self, out: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Network outputs to (embeddings, raw score, calibrated probability)."""
         if self.kind == "finetuned":
             embeddings, raw = out[:, :-1], _sigmoid(out[:, -1])
         elif self.kind == "ensemble":
@@ -260,17 +304,44 @@ class Predictor:
             from cxr_triage.models.transfer import predict_scores
 
             embeddings = out
-            raw = predict_scores(self._classifier, embeddings) if len(out) else np.zeros(0)
+            raw = predict_scores(self.classifier, embeddings) if len(out) else np.zeros(0)
         raw = np.asarray(raw, dtype=np.float64)
         prob = self._calibrator.transform(raw) if len(raw) else raw
-        summary = np.concatenate(
-            [
-                (embeddings - self._mean) @ self._axes.T,
-                np.linalg.norm(embeddings, axis=1, keepdims=True),
-            ],
-            axis=1,
-        )
-        return Scores(np.asarray(prob, dtype=np.float64), raw, summary.astype(np.float64))
+        return embeddings, raw, np.asarray(prob, dtype=np.float64)
+
+    def probabilities(self, outputs: np.ndarray) -> np.ndarray:
+        """Calibrated probabilities ``(N,)`` from network outputs (what ``network.onnx``, or
+        the package's torch network, gives)."""
+        return self._head(np.asarray(outputs, dtype=np.float32))[2]
+
+    def score_model_input(self, x: np.ndarray, batch_size: int = _SCORE_BATCH) -> np.ndarray:
+        """Calibrated probabilities ``(N,)`` of normalised float32 inputs ``(N, 1, S, S)``
+        (:func:`~cxr_triage.data.preprocess.to_model_input` of prepared images, or occluded
+        copies of them): the same network, classifier and calibrator as :meth:`score`."""
+        x = np.asarray(x, dtype=np.float32)
+        if len(x) == 0:
+            return np.zeros(0)
+        outputs = [
+            self._network.embed(x[i : i + batch_size]) for i in range(0, len(x), batch_size)
+        ]
+        return self.probabilities(np.concatenate(outputs))
+
+    def embed(self, images: np.ndarray) -> np.ndarray:
+        """Package-network embeddings ``(N, D)`` of prepared ``uint8`` images."""
+        return self.score(images).embeddings  # type: ignore[return-value]
+
+    @property
+    def similar_cases(self) -> Any:
+        """The package's reference set (:class:`~cxr_triage.inference.similar.SimilarCases`)."""
+        if self._similar is None:
+            from cxr_triage.inference.similar import SimilarCases
+
+            settings = self.info.get("similar", {})
+            self._similar = SimilarCases(
+                self.package_dir / NEIGHBOURS_FILE,
+                exact_max_rows=int(settings.get("exact_max_rows", 100_000)),
+            )
+        return self._similar
 
     def label_of(self, prob_abnormal: float) -> str:
         """``abnormal`` at or above the threshold, else ``normal``."""
@@ -295,8 +366,11 @@ class Predictor:
                 threshold=self.threshold,
                 model_tag=self.model_tag,
                 features=row,
+                qc=p.qc,
             )
-            for prob, label, row in zip(scores.prob_abnormal, labels, rows, strict=True)
+            for prob, label, row, p in zip(
+                scores.prob_abnormal, labels, rows, prepared, strict=True
+            )
         ]
 
     def predict(
@@ -314,6 +388,10 @@ class Predictor:
         """What ``model_info`` reports: tag, candidate, threshold, operating point, metrics."""
         keys = ("candidate", "kind", "image_size", "class_names", "threshold", "operating_point")
         out = {k: self.info.get(k) for k in keys}
+        out["explain"] = self.info.get("explain", {})
+        out["qc"] = self.info.get("qc", {}).get("settings", {})
+        card = self.package_dir / MODEL_CARD_FILE
+        out["model_card"] = card.read_text(encoding="utf-8") if card.is_file() else None
         out.update(
             model_tag=self.model_tag,
             metrics=self.info.get("metrics", {}),

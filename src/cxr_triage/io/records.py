@@ -100,6 +100,9 @@ class ImageMeta:
     body_part: str = ""
     sex: str = ""  # "M", "F" or ""
     age_years: float | None = None
+    # DICOM BurnedInAnnotation (YES/NO; "" when absent or not DICOM): text in the pixels may
+    # identify the patient, so such images are never shown as thumbnails of similar cases.
+    burned_in_annotation: str = ""
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)

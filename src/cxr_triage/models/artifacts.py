@@ -27,6 +27,7 @@ __all__ = [
     "read_json",
     "save_backbone",
     "save_finetuned",
+    "save_state",
 ]
 
 FINETUNED = "finetuned"  # the candidate name of the end-to-end fine-tuned network
@@ -39,7 +40,8 @@ def read_json(path: Path) -> dict[str, Any]:
         raise DataError(f"{path} is missing; run the stage that writes it (dvc repro)") from exc
 
 
-def _save_state(module: Any, path: Path) -> None:
+def save_state(module: Any, path: Path) -> None:
+    """A torch module's weights as one safetensors file (written atomically)."""
     state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
     with atomic_path(path) as tmp:
         save_file(state, str(tmp))
@@ -48,7 +50,7 @@ def _save_state(module: Any, path: Path) -> None:
 def save_backbone(directory: Path, backbone: Any, info: dict[str, Any]) -> None:
     """Save a torch backbone's weights and what is needed to rebuild it."""
     directory.mkdir(parents=True, exist_ok=True)
-    _save_state(backbone, directory / "backbone.safetensors")
+    save_state(backbone, directory / "backbone.safetensors")
     write_json_atomically(directory / "backbone.json", {"format": "torch", **info})
 
 
@@ -68,7 +70,7 @@ def load_backbone(directory: Path) -> tuple[Any, dict[str, Any]]:
 
 def save_finetuned(directory: Path, classifier: Any, info: dict[str, Any]) -> None:
     directory.mkdir(parents=True, exist_ok=True)
-    _save_state(classifier, directory / "model.safetensors")
+    save_state(classifier, directory / "model.safetensors")
     write_json_atomically(directory / "model.json", info)
 
 

@@ -49,6 +49,14 @@ _UPLOAD = (
 ROUTE_ERRORS: Mapping[str, tuple[tuple[Refusal, ...], bool]] = {
     "/predict": ((*_UPLOAD, *_ALWAYS), True),
     "/predict_batch": ((*_UPLOAD, Refusal.TOO_MANY_IMAGES, *_ALWAYS), False),
+    "/explain": (
+        (Refusal.BAD_REQUEST, Refusal.BODY_TOO_LARGE, Refusal.UNSUPPORTED_MEDIA_TYPE, *_ALWAYS),
+        True,
+    ),
+    "/similar": (
+        (Refusal.BAD_REQUEST, Refusal.BODY_TOO_LARGE, Refusal.UNSUPPORTED_MEDIA_TYPE, *_ALWAYS),
+        True,
+    ),
     "/model_info": (_ALWAYS, False),
     "/feedback": ((Refusal.BAD_REQUEST, Refusal.PREDICTION_LOG_UNAVAILABLE, *_ALWAYS), False),
 }

@@ -49,6 +49,7 @@ from cxr_triage.serving.settings import ServiceSettings
 
 __all__ = [
     "OPEN_PATHS",
+    "PAGE_PREFIX",
     "SITE_PATTERN",
     "UPLOAD_FORMS",
     "USAGE",
@@ -68,6 +69,7 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 RefusalHook = Callable[[str, int], None]
 
 OPEN_PATHS = frozenset({"/healthz", "/livez", "/readyz", "/metrics"})
+PAGE_PREFIX = "/ui"  # the web page (serving/webui.py)
 # A site (hospital) name: what the synthetic sites and ingest sources are called.
 SITE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 USAGE = (
@@ -113,6 +115,12 @@ class UploadForm:
 UPLOAD_FORMS: Mapping[str, UploadForm] = {
     "/predict": UploadForm("image", many=False, text_fields={"site": _SITE}),
     "/predict_batch": UploadForm("images", many=True, text_fields={"site": _SITE}),
+    "/explain": UploadForm("image", many=False, text_fields={"site": _SITE}),
+    "/similar": UploadForm(
+        "image",
+        many=False,
+        text_fields={"site": _SITE, "k": re.compile(r"\A[1-9][0-9]?\Z|\A100\Z")},
+    ),
 }
 
 
@@ -456,7 +464,10 @@ class RequestGuard:
         path = scope.get("path", "")
         form = UPLOAD_FORMS.get(path) if scope.get("method") == "POST" else None
         try:
-            if path not in OPEN_PATHS:
+            # The web page's static files hold no data: they load without the key, and the page
+            # asks for it (it sends it with every call).
+            page = path.startswith(PAGE_PREFIX) and scope.get("method") in _BODILESS
+            if path not in OPEN_PATHS and not page:
                 self._authorise(scope)
                 self._rate_limit(scope)
             content_type = _header(scope, b"content-type") or ""

@@ -13,7 +13,7 @@ Two kinds of refusal reach a client, both as ``{"error", "reason", "request_id",
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from pydantic import BaseModel, Field
@@ -90,6 +90,8 @@ _IMAGE_WHEN = {
     "not_an_image": "not DICOM, PNG or JPEG",
     "codec_unavailable": "compressed DICOM without an installed decoder",
     "wrong_modality": "readable but not a chest radiograph (CT, MR, SR, non-chest body part)",
+    "qc_failed": "the input quality gate refuses it (lateral, inverted, rotated, a child, too "
+    "small; `checks` names the checks; `qc.actions` in params.yaml)",
     "no_pixel_data": "a DICOM object without pixels",
     "unsupported_image_type": "colour or multi-frame",
     "invalid_image": "the reader failed on this file in a way nobody foresaw (a bug: report "
@@ -128,8 +130,28 @@ class ErrorResponse(BaseModel):
     reason: str = Field(description="stable short code, e.g. wrong_modality")
     request_id: str = Field(description="the X-Request-ID of the answer")
     status: int = Field(description="the HTTP status this error gets")
+    checks: list[str] | None = Field(
+        default=None,
+        description="qc_failed only: the quality-gate checks that refused the image (view, "
+        "min_size, pediatric, burned_in_annotation, inverted, rotated, out_of_distribution)",
+    )
 
 
-def error_body(status: int, message: str, reason: str, request_id: str) -> dict[str, Any]:
-    """The JSON body of every refusal (the ``ErrorResponse`` schema)."""
-    return {"error": message, "reason": reason, "request_id": request_id, "status": status}
+def error_body(
+    status: int,
+    message: str,
+    reason: str,
+    request_id: str,
+    checks: Sequence[str] | None = None,
+) -> dict[str, Any]:
+    """The JSON body of every refusal (the ``ErrorResponse`` schema); ``checks`` only for an
+    image the quality gate refused (:class:`~cxr_triage.errors.QcFailedError`)."""
+    body: dict[str, Any] = {
+        "error": message,
+        "reason": reason,
+        "request_id": request_id,
+        "status": status,
+    }
+    if checks is not None:
+        body["checks"] = list(checks)
+    return body

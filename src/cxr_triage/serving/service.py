@@ -48,6 +48,7 @@ from cxr_triage.serving.metrics import record_model, record_prediction, record_r
 from cxr_triage.serving.refusals import ErrorResponse, Refusal, error_body, image_status
 from cxr_triage.serving.settings import ServiceSettings
 from cxr_triage.serving.startup import check_log_integrity, check_log_location
+from cxr_triage.serving.webui import WEBUI_PATH, webui_app
 from cxr_triage.vocabulary import NOT_FOR_CLINICAL_USE
 
 __all__ = [
@@ -71,6 +72,28 @@ DECLARED_MODEL_TAG = _DEFINITION.model_tag
 # -- response schemas ---------------------------------------------------------------------------
 
 
+class QcCheckResponse(BaseModel):
+    """One check of the input quality gate."""
+
+    name: str = Field(
+        description="view, min_size, pediatric, burned_in_annotation, inverted, "
+        "rotated or out_of_distribution"
+    )
+    passed: bool
+    action: str = Field(description="what a failure does: refuse or warn (params qc.actions)")
+    value: float | str | None = Field(description="what was measured (None: unknown)")
+    limit: float | str | None = Field(description="what it was compared with")
+    message: str
+
+
+class QcResponse(BaseModel):
+    """The input quality gate's verdict (an image it refuses gets 422 qc_failed instead)."""
+
+    status: str = Field(description="pass, or warn: a check that only warns failed")
+    failed: list[str] = Field(description="the checks that failed")
+    checks: list[QcCheckResponse]
+
+
 class PredictionResponse(BaseModel):
     """One image's prediction."""
 
@@ -79,7 +102,68 @@ class PredictionResponse(BaseModel):
     label: str = Field(description="'abnormal' when prob_abnormal >= threshold, else 'normal'")
     threshold: float = Field(description="the operating threshold of this model")
     model_tag: str = Field(description="the model that answered (BentoML model tag)")
+    qc: QcResponse | None = Field(default=None, description="the input quality gate's verdict")
     disclaimer: str = Field(description="not for clinical use")
+
+
+class ExplainResponse(BaseModel):
+    """An image's probability and the map of what drove it."""
+
+    request_id: str
+    prob_abnormal: float = Field(ge=0, le=1, description="the probability /predict gives")
+    label: str
+    threshold: float
+    model_tag: str
+    qc: QcResponse | None = None
+    method: str = Field(description="gradcam or occlusion (the package's rule)")
+    reason: str = Field(description="why this method for this model")
+    scale: float | None = Field(
+        description="occlusion: the largest probability drop when a patch is hidden (what 1 on "
+        "the map means); Grad-CAM: null (maps are normalised to [0, 1])"
+    )
+    rows: int = Field(description="the input image's height in pixels")
+    cols: int = Field(description="the input image's width in pixels")
+    saliency: list[list[float]] = Field(
+        description="the map on the model's square input (image_size x image_size, [0, 1]); "
+        "to the image: resize to a square of side max(rows, cols), crop the centred padding"
+    )
+    heatmap_png: str = Field(
+        description="the map at the image's size (longest side at most 1024) as an RGBA PNG "
+        "data URL, transparent where it is 0 (to lay over the image)"
+    )
+    overlay_png: str = Field(description="the map over the image as a PNG data URL")
+    image_png: str = Field(description="the image alone, the same size, as a PNG data URL")
+    disclaimer: str
+
+
+class SimilarCaseResponse(BaseModel):
+    """A labelled reference case (the package's train/val images; pseudonymous id only)."""
+
+    rank: int
+    image_id: str = Field(description="the keyed digest ingest gave the image (no identifier)")
+    split: str
+    label: str
+    findings: list[str]
+    similarity: float = Field(description="cosine of standardised embeddings")
+    distance: float = Field(description="1 - similarity")
+    thumbnail: str | None = Field(
+        description="a small PNG data URL; null when thumbnails are off or the image is "
+        "flagged with burned-in annotation"
+    )
+
+
+class SimilarResponse(BaseModel):
+    """An image's nearest labelled reference cases in the model's embedding space."""
+
+    request_id: str
+    prob_abnormal: float = Field(ge=0, le=1)
+    label: str
+    model_tag: str
+    qc: QcResponse | None = None
+    metric: str
+    n_reference: int
+    cases: list[SimilarCaseResponse]
+    disclaimer: str
 
 
 class BatchItem(BaseModel):
@@ -130,10 +214,21 @@ class _Unavailable(Exception):
         self.message = message
 
 
-def _error_response(status: int, message: str, reason: str, request_id: str) -> Any:
+def _error_response(
+    status: int, message: str, reason: str, request_id: str, checks: Any = None
+) -> Any:
     from starlette.responses import JSONResponse
 
-    return JSONResponse(error_body(status, message, reason, request_id), status_code=status)
+    return JSONResponse(
+        error_body(status, message, reason, request_id, checks), status_code=status
+    )
+
+
+def _image_error_body(error: InvalidImageError, request_id: str) -> dict[str, Any]:
+    """The body of an image refusal; a quality-gate refusal names its checks."""
+    return error_body(
+        image_status(error), str(error), error.reason, request_id, getattr(error, "checks", None)
+    )
 
 
 def _served_package(service: Any) -> ResolvedPackage:
@@ -248,6 +343,7 @@ class CxrTriage:
         self._pseudonymiser = _study_pseudonymiser()
         self._log: Any = None
         self._limiter: Any = None
+        self._explain: Any = None
         try:
             self._open_log()  # created empty on the first start
         except Exception as exc:  # noqa: BLE001 - whatever the cause: 503s, not a crash
@@ -286,6 +382,7 @@ class CxrTriage:
                     path,
                     {"site": site},
                     pseudonymiser=self._pseudonymiser,
+                    enforce_qc=True,
                 )
             )
         except InvalidImageError as exc:
@@ -409,7 +506,11 @@ class CxrTriage:
         prepared = await self._prepare(image, site)
         if isinstance(prepared, InvalidImageError):
             return _error_response(
-                image_status(prepared), str(prepared), prepared.reason, request_id
+                image_status(prepared),
+                str(prepared),
+                prepared.reason,
+                request_id,
+                getattr(prepared, "checks", None),
             )
         try:
             (prediction,) = await self._predict([prepared], [request_id])
@@ -435,9 +536,7 @@ class CxrTriage:
             if isinstance(prepared, InvalidImageError):
                 status = image_status(prepared)
                 record_refusal(prepared.reason, status)
-                error = ErrorResponse(
-                    **error_body(status, str(prepared), prepared.reason, f"{request_id}-{index}")
-                )
+                error = ErrorResponse(**_image_error_body(prepared, f"{request_id}-{index}"))
                 items[index] = BatchItem(index=index, status=status, error=error)
             else:
                 good.append((index, prepared))
@@ -461,6 +560,83 @@ class CxrTriage:
             results=results,
             disclaimer=NOT_FOR_CLINICAL_USE,
         )
+
+    def _explainer(self) -> Any:
+        from cxr_triage.inference.explain import Explainer
+
+        if self._explain is None:
+            self._explain = Explainer(self.predictor)
+        return self._explain
+
+    def _explain_file(self, path: Path, site: str | None) -> ExplainResponse:
+        import base64
+
+        from cxr_triage.inference.explain import explain_source
+
+        result = explain_source(self._explainer(), path, {"site": site})
+        p, e = result.prediction, result.explanation
+
+        def url(png: bytes) -> str:
+            return "data:image/png;base64," + base64.b64encode(png).decode()
+
+        return ExplainResponse(
+            request_id=current_request_id(),
+            prob_abnormal=p.prob_abnormal,
+            label=p.label,
+            threshold=p.threshold,
+            model_tag=p.model_tag,
+            qc=p.qc.to_dict() if p.qc is not None else None,
+            method=e.method,
+            reason=self._explainer().reason,
+            scale=e.scale,
+            rows=e.rows,
+            cols=e.cols,
+            saliency=np.round(e.saliency.astype(np.float64), 4).tolist(),
+            heatmap_png=url(result.heatmap_png(max_side=1024)),
+            overlay_png=url(result.overlay_png(max_side=1024)),
+            image_png=url(result.image_png(max_side=1024)),
+            disclaimer=NOT_FOR_CLINICAL_USE,
+        )
+
+    async def _image_call(self, func: Callable[..., Any], *args: Any) -> Any:
+        """Run ``func`` in the worker's threads; an image refusal is its typed error response."""
+        request_id = current_request_id()
+        try:
+            return await self._run(func, *args)
+        except InvalidImageError as exc:
+            from starlette.responses import JSONResponse
+
+            return JSONResponse(_image_error_body(exc, request_id), status_code=image_status(exc))
+
+    @bentoml.api(route="/explain")
+    async def explain(self, image: Path, site: Site = None) -> ExplainResponse:
+        """Explain one radiograph's probability: where in the image the model looked.
+
+        Grad-CAM for a fine-tuned network or a linear head on frozen features, else occlusion
+        sensitivity through the whole package (its ``explain`` settings). The probability is
+        /predict's; this call is not logged as a prediction (/predict is the prediction of
+        record). Send multipart/form-data: the file in ``image``, optionally ``site``.
+        """
+        return await self._image_call(self._explain_file, image, site)
+
+    def _similar_file(self, path: Path, site: str | None, k: int | None) -> SimilarResponse:
+        from cxr_triage.inference.similar import similar_to_source
+
+        result = similar_to_source(self.predictor, path, {"site": site}, k=k)
+        return SimilarResponse(request_id=current_request_id(), **result.to_dict())
+
+    @bentoml.api(route="/similar")
+    async def similar(
+        self,
+        image: Path,
+        site: Site = None,
+        k: Annotated[int | None, Field(ge=1, le=100, description="how many (default 5)")] = None,
+    ) -> SimilarResponse:
+        """The ``k`` labelled reference cases (the model's train and val images, pseudonymous
+        ids, label, findings, distance, thumbnail) nearest to one radiograph in the model's
+        embedding space (cosine of standardised embeddings). Not logged as a prediction.
+        """
+        return await self._image_call(self._similar_file, image, site, k)
 
     @bentoml.api(route="/model_info")
     async def model_info(self) -> dict[str, Any]:
@@ -523,6 +699,7 @@ def _describe() -> tuple[dict[str, Any], str | None]:
 
 # STOW-RS into the DICOM listener's spool (PS3.18 answers; 503 without CXR_TRIAGE_SALT).
 CxrTriage.mount_asgi_app(stow_app(), path=STOW_PATH)
+CxrTriage.mount_asgi_app(webui_app(), path=WEBUI_PATH)
 # The guard first: it wraps the docs too (the API key guards them).
 CxrTriage.add_asgi_middleware(RequestGuard, on_refusal=record_refusal)
 CxrTriage.add_asgi_middleware(ApiDocs, describe=_describe)

@@ -25,7 +25,7 @@ from cxr_triage.atomic import atomic_dir, write_json_atomically
 from cxr_triage.config import Params
 from cxr_triage.data.dataset import Dataset, load_dataset
 from cxr_triage.errors import ConfigError
-from cxr_triage.inference.layout import REFERENCE_FILE
+from cxr_triage.inference.layout import MODEL_CARD_FILE, REFERENCE_FILE
 from cxr_triage.inference.package import finalise_package, package_from_params
 from cxr_triage.models.artifacts import read_json
 from cxr_triage.stages._entry import data_note, run_stage
@@ -99,6 +99,18 @@ def versions(params: Params) -> dict[str, Any]:
     }
 
 
+def model_card(paths: Any) -> str:
+    """The package's model card: ``evaluate``'s card and ``explain``'s section (when that
+    stage ran), as the web page shows it."""
+    from cxr_triage.stages.explain import SECTION_FILE
+
+    card = (Path(paths.evaluate_dir) / "model_card.md").read_text(encoding="utf-8")
+    section = Path(paths.explain_dir) / SECTION_FILE
+    if section.is_file():
+        card = card.rstrip("\n") + "\n\n" + section.read_text(encoding="utf-8")
+    return card
+
+
 def run(params: Params) -> dict[str, Any]:
     paths = params.paths
     data = load_dataset(paths.ingest_dir, paths.split_dir)
@@ -113,6 +125,7 @@ def run(params: Params) -> dict[str, Any]:
         )
         reference = reference_features(tmp, data)
         reference.to_parquet(tmp / REFERENCE_FILE, index=False)
+        (tmp / MODEL_CARD_FILE).write_text(model_card(paths), encoding="utf-8")
         tag = finalise_package(tmp)
     record: dict[str, Any] = {
         "model_tag": tag,

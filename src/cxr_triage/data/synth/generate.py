@@ -19,10 +19,13 @@ from cxr_triage.data.synth.sites import SiteProfile, site_profile
 from cxr_triage.errors import ConfigError
 from cxr_triage.vocabulary import NO_FINDING
 
-__all__ = ["LABEL_COLUMNS", "generate_dataset"]
+__all__ = ["BOXES_FILE", "BOX_COLUMNS", "LABEL_COLUMNS", "generate_dataset"]
 
 logger = logging.getLogger(__name__)
 
+# Each in-lung finding's box, beside labels.csv (as NIH's BBox_List_2017.csv, in stored pixels).
+BOXES_FILE = "lesion_boxes.csv"
+BOX_COLUMNS = ("Image Index", "Finding Label", "x", "y", "w", "h")
 # Columns as pandas reads Data_Entry_2017.csv: its header "OriginalImage[Width,Height]" holds an
 # unquoted comma, so one header name spans two value columns (and the same for the spacing).
 LABEL_COLUMNS = (
@@ -43,14 +46,20 @@ LABEL_COLUMNS = (
 _Job = tuple[ImageSpec, SiteProfile, SynthConfig, int, str]
 
 
-def _make_image(job: _Job) -> None:
-    """Render and write one image (runs in a worker process when ``workers`` > 1)."""
+def _make_image(job: _Job) -> list[dict[str, object]]:
+    """Render and write one image (runs in a worker process when ``workers`` > 1); return the
+    rows of its findings' boxes."""
     spec, site, config, seed, images_dir = job
-    pixels = render.render_image(spec, site, config)
+    pixels, boxes = render.render_image_with_boxes(spec, site, config)
     write_synthetic_image(Path(images_dir) / spec.image_index, pixels, spec, site, seed)
+    return [
+        {"Image Index": spec.image_index, "Finding Label": b.finding, "x": b.x, "y": b.y,
+         "w": b.w, "h": b.h}
+        for b in boxes
+    ]  # fmt: skip
 
 
-def _run_jobs(jobs: list[_Job], workers: int) -> Iterator[None]:
+def _run_jobs(jobs: list[_Job], workers: int) -> Iterator[list[dict[str, object]]]:
     if workers == 1:
         for job in jobs:
             yield _make_image(job)
@@ -111,11 +120,13 @@ def generate_dataset(
 ) -> pd.DataFrame:
     """Generate ``n`` synthetic chest radiographs of one site with ChestX-ray14-style labels.
 
-    Writes ``out_dir/images/<Image Index>`` (DICOM) and ``out_dir/labels.csv`` (the header of
-    ChestX-ray14's ``Data_Entry_2017.csv`` plus ``Site``). The result is byte-identical for the
-    same ``(n, site, seed, config)`` whatever ``workers`` is. Files are written into a hidden
-    temporary sibling folder that is renamed to ``out_dir`` only when everything succeeded, so a
-    failed or killed run never leaves a partial ``out_dir``.
+    Writes ``out_dir/images/<Image Index>`` (DICOM), ``out_dir/labels.csv`` (the header of
+    ChestX-ray14's ``Data_Entry_2017.csv`` plus ``Site``) and ``out_dir/lesion_boxes.csv``
+    (:data:`BOX_COLUMNS`, as NIH's ``BBox_List_2017.csv``: one row per in-lung finding, its box
+    in stored pixels; the images are the same with or without it). The result is
+    byte-identical for the same ``(n, site, seed, config)`` whatever ``workers`` is. Files are
+    written into a hidden temporary sibling folder that is renamed to ``out_dir`` only when
+    everything succeeded, so a failed or killed run never leaves a partial ``out_dir``.
 
     Args:
         out_dir: folder to create.
@@ -142,9 +153,14 @@ def generate_dataset(
         images = tmp / "images"
         images.mkdir()
         jobs = [(spec, profile, config, seed, str(images)) for spec in specs]
-        for done, _ in enumerate(_run_jobs(jobs, min(workers, n)), start=1):
+        boxes: list[dict[str, object]] = []
+        for done, rows in enumerate(_run_jobs(jobs, min(workers, n)), start=1):
+            boxes += rows
             if done % 500 == 0:
                 logger.info("synth %s: %d/%d images", profile.name, done, n)
+        pd.DataFrame(boxes, columns=list(BOX_COLUMNS)).to_csv(
+            tmp / BOXES_FILE, index=False, lineterminator="\n"
+        )
         table = pd.DataFrame(
             [_label_row(spec, profile) for spec in specs], columns=list(LABEL_COLUMNS)
         )

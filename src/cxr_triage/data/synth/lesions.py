@@ -27,6 +27,8 @@ __all__ = [
     "add_hernia",
     "add_pneumothorax",
     "emphysema_gains",
+    "LesionBox",
+    "lesion_boxes",
     "lesion_opacity",
     "reshape_anatomy",
 ]
@@ -190,6 +192,43 @@ def lesion_opacity(
         site = _Site(les, frame, anat, lungs, np.random.default_rng(les.seed))
         opacity += draw(site, NOMINAL_CONTRAST[les.kind] * les.contrast)
     return opacity
+
+
+@dataclasses.dataclass(frozen=True)
+class LesionBox:
+    """Where one in-lung finding was drawn: its bounding box in stored pixels (as NIH's
+    ``BBox_List_2017.csv``: ``x``, ``y`` of the top-left corner, width ``w``, height ``h``)."""
+
+    finding: str
+    x: int
+    y: int
+    w: int
+    h: int
+
+
+def lesion_boxes(
+    lesions: tuple[Lesion, ...], frame: Frame, anat: Anatomy, lungs: Lungs, level: float = 0.25
+) -> list[LesionBox]:
+    """The box of each in-lung finding: where its own opacity is at least ``level`` times its
+    peak. Each is redrawn from its own seed, exactly as :func:`lesion_opacity` drew it, so
+    computing boxes changes nothing in the image. Findings drawn elsewhere (cardiomegaly,
+    emphysema, pneumothorax, hernia) have no box."""
+    boxes = []
+    for les in lesions:
+        draw = _OPACITY.get(les.kind)
+        if draw is None:
+            continue
+        site = _Site(les, frame, anat, lungs, np.random.default_rng(les.seed))
+        opacity = draw(site, NOMINAL_CONTRAST[les.kind] * les.contrast)
+        peak = float(opacity.max())
+        if peak <= 0:
+            continue
+        rows, cols = np.nonzero(opacity >= level * peak)
+        y0, x0 = int(rows.min()), int(cols.min())
+        boxes.append(
+            LesionBox(les.kind, x0, y0, int(cols.max()) - x0 + 1, int(rows.max()) - y0 + 1)
+        )
+    return boxes
 
 
 def reshape_anatomy(anat: Anatomy, lesions: tuple[Lesion, ...]) -> Anatomy:

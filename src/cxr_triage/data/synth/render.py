@@ -10,7 +10,7 @@ from cxr_triage.data.synth.cohort import ImageSpec
 from cxr_triage.data.synth.config import SynthConfig
 from cxr_triage.data.synth.sites import SiteProfile
 
-__all__ = ["render_density", "render_image"]
+__all__ = ["render_density", "render_image", "render_image_with_boxes"]
 
 
 def render_density(spec: ImageSpec, config: SynthConfig, rng: np.random.Generator) -> np.ndarray:
@@ -19,6 +19,13 @@ def render_density(spec: ImageSpec, config: SynthConfig, rng: np.random.Generato
     Returns:
         float32 array of shape ``(spec.rows, spec.cols)``.
     """
+    return _render(spec, config, rng)[0]
+
+
+def _render(
+    spec: ImageSpec, config: SynthConfig, rng: np.random.Generator
+) -> tuple[np.ndarray, anatomy.Frame, anatomy.Anatomy, anatomy.Lungs]:
+    """The density map and the geometry it was drawn in (for the findings' boxes)."""
     found = spec.lesions
     anat = lesions.reshape_anatomy(anatomy.draw_anatomy(spec, config, rng), found)
     frame = anatomy.pose_frame(spec, config, rng)
@@ -38,10 +45,20 @@ def render_density(spec: ImageSpec, config: SynthConfig, rng: np.random.Generato
         # Fluid also thickens the soft tissue a little (vascular redistribution, hazy outlines).
         density += 0.02 * lungs.lung
     density = density - air + air * np.minimum(opacity, 1.0) + markings
-    return lesions.add_hernia(found, frame, anat, density)
+    return lesions.add_hernia(found, frame, anat, density), frame, anat, lungs
 
 
 def render_image(spec: ImageSpec, site: SiteProfile, config: SynthConfig) -> np.ndarray:
     """Stored pixel values of one image (uint16, ``(spec.rows, spec.cols)``)."""
     rng = np.random.default_rng(list(spec.image_seed))
     return acquire(render_density(spec, config, rng), site, spec, rng)
+
+
+def render_image_with_boxes(
+    spec: ImageSpec, site: SiteProfile, config: SynthConfig
+) -> tuple[np.ndarray, list[lesions.LesionBox]]:
+    """:func:`render_image`'s pixels (the same values) and the box of each in-lung finding."""
+    rng = np.random.default_rng(list(spec.image_seed))
+    density, frame, anat, lungs = _render(spec, config, rng)
+    pixels = acquire(density, site, spec, rng)
+    return pixels, lesions.lesion_boxes(spec.lesions, frame, anat, lungs)

@@ -180,6 +180,7 @@ def dicom_meta(ds: Dataset) -> ImageMeta:
         body_part=_lenient_text(ds, "BodyPartExamined"),
         sex=sex if sex in ("M", "F") else "",
         age_years=parse_age(_lenient_text(ds, "PatientAge")),
+        burned_in_annotation=_lenient_text(ds, "BurnedInAnnotation"),
     )
 
 
