@@ -65,7 +65,7 @@ audit: setup ## pip-audit --strict on requirements.lock (exit 3, "not audited: w
 # headless Chromium with ChromeDriver, and the load generators hey and wrk. Orthanc's package
 # would start a system service on 4242/8042: no service starts during the install (a policy-rc.d
 # that says 101, unless one is there already, as in containers) and Orthanc's is disabled after.
-SYSTEM_PACKAGES := orthanc orthanc-dicomweb dcmtk dicom3tools chromium chromium-driver hey wrk
+SYSTEM_PACKAGES := orthanc orthanc-dicomweb dcmtk dicom3tools chromium chromium-driver hey wrk npm
 POLICY_RC := /usr/sbin/policy-rc.d
 
 system-deps: ## Install the Debian packages the tests need (as root, apt-get; Orthanc's service off)
@@ -93,7 +93,7 @@ test: setup ## Run the default test suite (unit + integration, minus slow tests)
 test-unit: setup ## Run the unit tests only (tests/unit: the quick edit-test loop)
 	pytest tests/unit -q
 
-test-slow: setup ## Run only the slow tests
+test-slow: setup axe ## Run only the slow tests (fetches axe-core with npm first)
 	pytest -m slow
 
 test-all: setup ## Run every test
