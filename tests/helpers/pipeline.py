@@ -49,7 +49,7 @@ def tiny_params_data(root: Path | None = None) -> dict:
     data["evaluate"].update(n_boot=50, min_slice_count=5)
     data["package"].update(register=False, build_bento=False)
     # Tests send small drawn DICOMs (make_dicom's 48x64 ramps), which are no chest films: the
-    # tiny package refuses only by header (lateral, children); tests/integration/test_qc.py
+    # tiny package refuses only by header (lateral, children); tests/integration/test_qc_gate.py
     # checks the content rules with refusing settings.
     data["qc"].update(min_size_px=32, benchmark_dir=None)
     data["qc"]["actions"].update(inverted="warn", rotated="warn")

@@ -1,6 +1,6 @@
 """The input quality gate (inference/qc.py): header rules, the content model, the verdict and
 its typed refusal, on images drawn here (the package-level and real-image tests are in
-tests/integration/test_qc.py)."""
+tests/integration/test_qc_gate.py)."""
 
 from __future__ import annotations
 
