@@ -9,18 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib
 import os
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 
 from cxr_triage.errors import ConfigError
 from cxr_triage.inference.predlog import PredictionLog
-from cxr_triage.inference.registry import register_package
 
 pytestmark = [
     pytest.mark.integration,
@@ -28,49 +25,7 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore::DeprecationWarning"),
 ]
 
-BUGS = Path(__file__).resolve().parents[3] / "shared" / "bugs"
 HANGUL_NAME = "흉" * 78 + "_chest-xray-1.dcm"  # 95 characters, 251 UTF-8 bytes (S2)
-
-
-@pytest.fixture(scope="module")
-def service_module(tiny_pipeline, tmp_path_factory) -> Iterator[ModuleType]:
-    """``cxr_triage.serving.service`` imported for the tiny package, logging to a temp file."""
-    tag = register_package(tiny_pipeline.package_dir)
-    with pytest.MonkeyPatch.context() as env:
-        env.setenv("CXR_TRIAGE_MODEL_TAG", tag)
-        env.setenv("CXR_TRIAGE_PREDICTION_LOG", str(tmp_path_factory.mktemp("log") / "p.sqlite"))
-        yield importlib.import_module("cxr_triage.serving.service")
-
-
-@pytest.fixture(scope="module")
-def svc(service_module):
-    return service_module.CxrTriage()  # the instance, dependencies resolved in-process
-
-
-@pytest.fixture(scope="module")
-def asgi_app(service_module):
-    # One app per process: BentoML registers its Prometheus metrics once per app.
-    return service_module.CxrTriage.to_asgi()
-
-
-@pytest.fixture
-def asgi(asgi_app):
-    """Starts a TestClient on the service's ASGI app: each start makes a fresh instance."""
-    from starlette.testclient import TestClient
-
-    @contextlib.contextmanager
-    def start() -> Iterator[TestClient]:
-        with TestClient(asgi_app) as client:
-            yield client
-
-    return start
-
-
-@pytest.fixture(scope="module")
-def bugs() -> Path:
-    if not BUGS.is_dir():
-        pytest.skip(f"../shared/bugs is absent: expected the bug inputs at {BUGS}")
-    return BUGS
 
 
 def _synth_dicom(tiny_pipeline) -> Path:
@@ -183,10 +138,10 @@ def test_service_asgi_openapi_is_the_products(asgi, service_module) -> None:
 # -- client metadata (../shared/bugs/s01_long_upload_filename) -----------------------------------
 
 
-def test_service_asgi_client_metadata_cases_s1_to_s10(asgi, tiny_pipeline, bugs) -> None:
+def test_service_asgi_client_metadata_cases_s1_to_s10(asgi, tiny_pipeline, shared_bugs) -> None:
     good = _synth_dicom(tiny_pipeline).read_bytes()
-    p01 = (bugs / "p01_png_chunk_valueerror" / "big_iccp.png").read_bytes()
-    d03 = (bugs / "d03_no_transfer_syntax" / "no_transfer_syntax.dcm").read_bytes()
+    p01 = (shared_bugs / "p01_png_chunk_valueerror" / "big_iccp.png").read_bytes()
+    d03 = (shared_bugs / "d03_no_transfer_syntax" / "no_transfer_syntax.dcm").read_bytes()
     single = {
         "S1 254-byte ASCII name": (("a" * 250 + ".dcm", good, "application/dicom"), {200}),
         "S2 251-byte Hangul name": ((HANGUL_NAME, good, "application/dicom"), {200}),
