@@ -6,9 +6,12 @@ import functools
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from helpers.dicom import write_dicom
+from helpers.embeddings import Data, embeddings
+from helpers.finetune import blob_images
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -61,3 +64,29 @@ def tiny_pipeline(tmp_path_factory):
     from helpers.pipeline import build_tiny_pipeline
 
     return build_tiny_pipeline(tmp_path_factory.mktemp("tiny_pipeline"))
+
+
+@pytest.fixture(scope="module")
+def blob_data() -> dict[str, np.ndarray]:
+    """64 training and 32 validation blob images (``helpers.finetune.blob_images``), labels."""
+    train_x, train_y = blob_images(64, seed=1)
+    val_x, val_y = blob_images(32, seed=2)
+    return {"train_x": train_x, "train_y": train_y, "val_x": val_x, "val_y": val_y}
+
+
+# Embedding rows for the classifier zoo (unit/test_transfer.py and
+# integration/test_transfer_processes.py).
+
+
+@pytest.fixture(scope="module")
+def embedding_data() -> Data:
+    """150 patients with 3 rows each, 16 dimensions (``helpers.embeddings.embeddings``)."""
+    return embeddings(n_patients=150, images=3, dim=16, seed=0)
+
+
+@pytest.fixture(scope="module")
+def embedding_train(embedding_data: Data) -> Data:
+    """The rows of patients 0-99 of ``embedding_data``."""
+    X, y, groups = embedding_data
+    keep = groups < 100
+    return X[keep], y[keep], groups[keep]

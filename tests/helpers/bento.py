@@ -25,6 +25,11 @@ from helpers.ports import free_port
 
 BENTOML = Path(sys.executable).with_name("bentoml")
 SERVICE = "cxr_triage.serving.service:CxrTriage"
+# The settings of the served test service (integration/conftest.py ``service_server``).
+API_KEY = "test-key-0123456789"
+AUTH = {"Authorization": f"Bearer {API_KEY}"}
+MAX_BODY_MB = 10
+SERVICE_SALT = "service-test-salt-0123456789"
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,9 @@ from pydicom.sequence import Sequence
 
 from cxr_triage.data.synth.dicom import image_dataset
 
+# A real SIIM-ACR DICOM in ../shared/data/dicom (see its README).
+SIIM = "txv_siim_1.2.276.0.7230010.3.1.4.8323329.6904.1517875201.850819.dcm"
+
 
 def ramp_pixels(rows: int = 48, cols: int = 64, bits: int = 12) -> np.ndarray:
     """A deterministic image that covers the whole stored range 0 .. 2**bits - 1."""

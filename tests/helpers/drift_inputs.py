@@ -16,6 +16,22 @@ from cxr_triage.inference.features import monitoring_columns
 from helpers.pipeline import tiny_params_data
 
 SCENARIOS = ("same_site", "shifted_new_site", "mixed_sites")
+STUB_TAG = "cxr-triage:stub"  # the tag helpers.pipeline.stub_package gives by default
+
+
+def logged_rows(n: int, *, seed: int = 0) -> list[dict]:
+    """Prediction log rows of the stub model: features, request ids ``r<i>``, threshold 0.5."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(n):
+        row = {c: float(rng.normal(0.5, 0.1)) for c in monitoring_columns(8)}
+        row.update(site="hospital_a", manufacturer="Northwind", view_position="PA", sex="F")
+        row.update(age_band="40-59", modality="DX", photometric="MONOCHROME2")
+        row["prob_abnormal"] = float(rng.uniform(0, 1))
+        row["label"] = "abnormal" if row["prob_abnormal"] >= 0.5 else "normal"
+        row.update(request_id=f"r{i}", model_tag=STUB_TAG, threshold=0.5)
+        rows.append(row)
+    return rows
 
 
 def feature_rows(

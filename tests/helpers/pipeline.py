@@ -15,8 +15,12 @@ import pandas as pd
 import yaml
 
 from cxr_triage.config import Params, parse_section
+from cxr_triage.data.synth import SynthConfig
 
 REPO = Path(__file__).resolve().parents[2]
+
+# 64 px synthetic images: enough for the generator's tests, seconds to write.
+SMALL_SYNTH = SynthConfig(image_size=64)
 
 
 def tiny_params_data(root: Path | None = None) -> dict:

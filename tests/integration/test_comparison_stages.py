@@ -26,14 +26,8 @@ pytestmark = pytest.mark.integration
 BEFORE_TEST = (backbone, embed, transfer, finetune, compare, threshold)
 
 
-@pytest.fixture(scope="module")
-def pipeline(tiny_pipeline) -> tuple[Path, Params]:
-    """The session's tiny pipeline (synth .. package), which these tests only read or copy."""
-    return tiny_pipeline.root, tiny_pipeline.params
-
-
-def test_comparison_stages_write_a_complete_evaluation(pipeline):
-    root, params = pipeline
+def test_comparison_stages_write_a_complete_evaluation(tiny_pipeline_read_only):
+    root, params = tiny_pipeline_read_only
     table = pd.read_csv(Path(params.paths.compare_dir) / "table.csv")
     assert set(table["candidate"]) == {
         "logreg",
@@ -92,9 +86,9 @@ def _fingerprint(params: Params) -> dict[str, bytes]:
 
 
 def test_test_split_never_influences_model_calibration_threshold_or_winner(
-    pipeline, tmp_path, tiny_params_data
+    tiny_pipeline_read_only, tmp_path, tiny_params_data
 ):
-    root, params = pipeline
+    root, params = tiny_pipeline_read_only
     copy = tmp_path / "copy"
     shutil.copytree(root, copy)
     altered = parse_section(Params, tiny_params_data(copy), "")

@@ -3,26 +3,19 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pandas as pd
 import pytest
 import yaml
 
 from cxr_triage.evaluation.headline import HEADLINE_KEYS
-from helpers.commands import init_pipeline_repo, run_command
+from helpers.commands import run_command
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]  # whole pipelines: minutes each
 
 
 _run = run_command
 JSON = {"include_stderr": False}
-
-
-@pytest.fixture(scope="module")
-def pipeline_repo(tmp_path_factory, tiny_params_data) -> Path:
-    """This repo's dvc.yaml, params.yaml and sources, with a tiny synthetic dataset."""
-    return init_pipeline_repo(tmp_path_factory.mktemp("repo"), tiny_params_data())
 
 
 def test_dvc_repro_runs_every_stage_then_nothing(pipeline_repo):

@@ -9,14 +9,12 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import yaml
 
 from cxr_triage.evaluation.plots import (
     PAGE_TITLE,
     VEGA_PACKAGES,
     build_offline_template,
     fetch_command,
-    operating_point_table,
 )
 from helpers.commands import run_command
 from helpers.pipeline import REPO
@@ -25,16 +23,6 @@ pytestmark = pytest.mark.integration
 
 CANDIDATES = ("logreg", "rbf_svm")
 
-PARAMS_YAML = """\
-paths:
-  compare_dir: reports/compare
-  threshold_dir: reports/threshold
-  evaluate_dir: reports/evaluate
-"""
-# The top-level `plots:` section of this repository's dvc.yaml, as it is.
-PLOTS_YAML = yaml.safe_dump(
-    {"plots": yaml.safe_load((REPO / "dvc.yaml").read_text())["plots"]}, sort_keys=False
-)
 PLOT_IDS = ("roc_validation", "calibration_validation", "roc_test")
 
 
@@ -47,47 +35,6 @@ def _fake_vega_dir(root: Path) -> Path:
         script.parent.mkdir(parents=True, exist_ok=True)
         script.write_text(f'window["fake-{name}"] = true;\n')
     return root
-
-
-@pytest.fixture(scope="module")
-def plots_repo(tmp_path_factory) -> Path:
-    """A Git + DVC repo with the plot definitions, the templates and small curves for 2 models."""
-    repo = tmp_path_factory.mktemp("plots_repo")
-    _run(["git", "init", "-q"], repo)
-    _run(["dvc", "init", "-q"], repo)
-    shutil.copytree(REPO / ".dvc" / "plots", repo / ".dvc" / "plots", dirs_exist_ok=True)
-    (repo / "params.yaml").write_text(PARAMS_YAML)
-    (repo / "dvc.yaml").write_text(PLOTS_YAML)
-    compare = repo / "reports" / "compare" / "plots"
-    evaluate = repo / "reports" / "evaluate" / "plots"
-    compare.mkdir(parents=True)
-    evaluate.mkdir(parents=True)
-    roc = pd.DataFrame(
-        {
-            "candidate": ["logreg"] * 4 + ["rbf_svm"] * 3,
-            "fpr": [0.0, 0.0, 0.5, 1.0, 0.0, 0.2, 1.0],
-            "tpr": [0.0, 0.5, 1.0, 1.0, 0.0, 0.7, 1.0],
-        }
-    )
-    roc.to_csv(compare / "roc.csv", index=False)
-    pd.DataFrame(
-        {
-            "candidate": ["logreg"] * 3 + ["rbf_svm"] * 3,
-            "mean_predicted": [0.1, 0.5, 0.9, 0.15, 0.45, 0.85],
-            "fraction_positive": [0.05, 0.55, 0.95, 0.2, 0.4, 0.9],
-            "count": [10, 12, 8, 9, 11, 10],
-        }
-    ).to_csv(compare / "calibration.csv", index=False)
-    roc[roc["candidate"] == "rbf_svm"].to_csv(evaluate / "roc.csv", index=False)
-    threshold = repo / "reports" / "threshold" / "plots"
-    threshold.mkdir(parents=True)
-    operating_point_table("rbf_svm", 0.3, 0.7, 0.8, "train+val CV").to_csv(
-        threshold / "operating_point.csv", index=False
-    )
-    operating_point_table("rbf_svm", 0.3, 0.65, 0.75, "test").to_csv(
-        evaluate / "operating_point.csv", index=False
-    )
-    return repo
 
 
 def _layer(content: dict, mark: str) -> tuple[dict, list[dict]]:

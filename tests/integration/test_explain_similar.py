@@ -17,7 +17,6 @@ from typer.testing import CliRunner
 
 from cxr_triage.cli import app
 from cxr_triage.inference.explain import Explainer, explain_source
-from cxr_triage.inference.predictor import Predictor
 from cxr_triage.inference.similar import similar_to_source
 from helpers.dicom import synth_dicoms, with_header
 
@@ -37,20 +36,17 @@ def _png(url: str) -> Image.Image:
     return Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1])))
 
 
-@pytest.fixture(scope="module")
-def predictor(tiny_pipeline) -> Predictor:
-    return Predictor(tiny_pipeline.package_dir)
-
-
 @pytest.mark.parametrize("method", ["occlusion", "gradcam"])
 def test_an_explanation_explains_the_predicted_probability_at_the_image_size(
-    tiny_pipeline, predictor, method
+    tiny_pipeline, tiny_predictor, method
 ) -> None:
-    if method == "gradcam" and predictor.info["explain"]["method"] != "gradcam":
-        pytest.skip(f"the tiny winner ({predictor.info['candidate']}) has no differentiable head")
+    if method == "gradcam" and tiny_predictor.info["explain"]["method"] != "gradcam":
+        pytest.skip(
+            f"the tiny winner ({tiny_predictor.info['candidate']}) has no differentiable head"
+        )
     path = _synth(tiny_pipeline, 1)[0]
-    result = explain_source(Explainer(predictor, method=method), path)
-    expected = predictor.predict([path])[0].prob_abnormal
+    result = explain_source(Explainer(tiny_predictor, method=method), path)
+    expected = tiny_predictor.predict([path])[0].prob_abnormal
     assert result.prediction.prob_abnormal == pytest.approx(expected, abs=1e-9)
     assert result.explanation.prob_abnormal == result.prediction.prob_abnormal
     saliency = result.saliency()
@@ -61,41 +57,41 @@ def test_an_explanation_explains_the_predicted_probability_at_the_image_size(
     assert overlay.mode == "RGB"
 
 
-def test_occlusion_map_is_where_hiding_the_image_lowers_the_probability(predictor) -> None:
+def test_occlusion_map_is_where_hiding_the_image_lowers_the_probability(tiny_predictor) -> None:
     """Hiding the hottest occlusion patch lowers the probability more than hiding the coldest
     (the map is the measured drop; this re-measures it through the Predictor)."""
     from cxr_triage.data.preprocess import to_model_input
 
-    explainer = Explainer(predictor, method="occlusion")
+    explainer = Explainer(tiny_predictor, method="occlusion")
     rng = np.random.default_rng(0)
-    side = predictor.image_size
+    side = tiny_predictor.image_size
     image = np.clip(rng.normal(128, 40, (side, side)), 0, 255).astype(np.uint8)
     saliency, scale = explainer.saliency(image[None])
     if scale[0] == 0:
         pytest.skip("no patch lowers the probability of this image")
     x = to_model_input(image[None])
-    base = predictor.score_model_input(x)[0]
+    base = tiny_predictor.score_model_input(x)[0]
     mask = max(2, round(explainer.occlusion_mask * side))
 
     def hidden_at(cy: int, cx: int) -> float:
         y0, x0 = max(0, cy - mask // 2), max(0, cx - mask // 2)
         occluded = x.copy()
         occluded[..., y0 : y0 + mask, x0 : x0 + mask] = x.mean()
-        return float(predictor.score_model_input(occluded)[0])
+        return float(tiny_predictor.score_model_input(occluded)[0])
 
     hot = np.unravel_index(np.argmax(saliency[0]), saliency[0].shape)
     cold = np.unravel_index(np.argmin(saliency[0]), saliency[0].shape)
     assert base - hidden_at(*hot) > base - hidden_at(*cold)
 
 
-def test_similar_cases_are_labelled_reference_images_nearest_first(tiny_pipeline, predictor):
+def test_similar_cases_are_labelled_reference_images_nearest_first(tiny_pipeline, tiny_predictor):
     from cxr_triage.data.dataset import load_dataset
 
     paths = tiny_pipeline.params.paths
     data = load_dataset(paths.ingest_dir, paths.split_dir)
     reference_ids = set(data.manifest.loc[data.development_rows(), "image_id"])
     test_ids = set(data.manifest.loc[data.rows("test"), "image_id"])
-    result = similar_to_source(predictor, _synth(tiny_pipeline, 1)[0], k=4)
+    result = similar_to_source(tiny_predictor, _synth(tiny_pipeline, 1)[0], k=4)
     assert [c.rank for c in result.cases] == [1, 2, 3, 4]
     distances = [c.distance for c in result.cases]
     assert distances == sorted(distances)
@@ -105,12 +101,12 @@ def test_similar_cases_are_labelled_reference_images_nearest_first(tiny_pipeline
     assert result.n_reference == len(reference_ids)
     # A reference image queried by its own embedding finds itself first, at distance ~0.
     row = data.development_rows()[0]
-    own = predictor.embed(np.asarray(data.pixels[[row]]))
-    first = predictor.similar_cases.search(own, 1)[0][0]
+    own = tiny_predictor.embed(np.asarray(data.pixels[[row]]))
+    first = tiny_predictor.similar_cases.search(own, 1)[0][0]
     assert first.image_id == data.manifest.loc[row, "image_id"]
     assert first.distance == pytest.approx(0, abs=1e-4)
     with pytest.raises(Exception, match="between 1 and 100"):
-        similar_to_source(predictor, _synth(tiny_pipeline, 1)[0], k=0)
+        similar_to_source(tiny_predictor, _synth(tiny_pipeline, 1)[0], k=0)
 
 
 def test_cli_explain_writes_an_overlay_and_the_map(tiny_pipeline, tmp_path) -> None:

@@ -8,28 +8,22 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import shutil
-import subprocess
 import sys
-import threading
 import time
-import urllib.request
-from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
 import yaml
 
-from cxr_triage.config import Params, PromoteParams
-from cxr_triage.data.synth import SynthConfig, generate_dataset
+from cxr_triage.config import PromoteParams
+from cxr_triage.data.synth import generate_dataset
 from cxr_triage.errors import LeakageError
 from cxr_triage.inference import registry
-from helpers.commands import init_pipeline_repo, run_command, runner
+from helpers.commands import run_command, runner
 from helpers.pipeline import REPO
-from helpers.ports import free_port
+from helpers.webhook import EVIDENTLY_UI, PREFECT_UI
 
 pytestmark = pytest.mark.integration
 
@@ -38,114 +32,7 @@ if str(REPO) not in sys.path:  # `flows/` is a top-level folder of the repositor
 SALT = "integration-test-salt-0123456789"
 
 
-class Receiver:
-    """A webhook endpoint on 127.0.0.1 that keeps every JSON body it receives."""
-
-    def __init__(self) -> None:
-        self.messages: list[dict] = []
-        received = self.messages
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - http.server's name
-                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                received.append(json.loads(body or b"{}"))
-                self.send_response(200)
-                self.end_headers()
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = HTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_port}/alert"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def wait_for(self, text: str, timeout: float = 45.0) -> dict:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for message in list(self.messages):
-                if text in json.dumps(message):
-                    return message
-            time.sleep(0.25)
-        raise AssertionError(f"no alert containing {text!r} in {timeout} s: {self.messages}")
-
-    def count(self, text: str) -> int:
-        return sum(text in json.dumps(m) for m in list(self.messages))
-
-
-@pytest.fixture(scope="module")
-def prefect_server(tmp_path_factory):
-    """A real `prefect server start` on a free loopback port, with its own PREFECT_HOME."""
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
-    home = tmp_path_factory.mktemp("prefect_home")
-    port = free_port()
-    env = {
-        **os.environ,
-        "PREFECT_HOME": str(home),
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "PREFECT_LOGGING_LEVEL": "WARNING",
-        "PREFECT_UI_ENABLED": "false",
-    }
-    env.pop("PREFECT_API_URL", None)
-    log = open(home / "server.log", "w")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
-         "--port", str(port)],
-        env=env, stdout=log, stderr=subprocess.STDOUT,
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}/api"
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
-                if r.status == 200:
-                    break
-        except OSError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            raise RuntimeError((home / "server.log").read_text()[-3000:])
-        time.sleep(0.5)
-    try:
-        with pytest.MonkeyPatch.context() as env:
-            env.setenv("PREFECT_API_URL", url)
-            env.setenv("PREFECT_HOME", str(home))
-            with temporary_settings(updates={PREFECT_API_URL: url}):
-                yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
-
-
-PREFECT_UI = "http://prefect.hospital.example:4200"
-EVIDENTLY_UI = "http://drift.hospital.example:8000"
-
-
-@pytest.fixture(scope="module")
-def receiver(prefect_server):
-    """The webhook receiver with the alert block and automations pointing at it.
-
-    Links point to made-up UI addresses (the settings), and repeats within an hour are folded.
-    """
-    from flows.alerts import setup_alerts
-
-    rec = Receiver()
-    with pytest.MonkeyPatch.context() as env:
-        env.setenv("CXR_TRIAGE_PREFECT_UI_URL", PREFECT_UI)
-        env.setenv("CXR_TRIAGE_EVIDENTLY_UI_URL", EVIDENTLY_UI)
-        env.setenv("CXR_TRIAGE_ALERT_COOLDOWN_MINUTES", "60")
-        setup_alerts(rec.url)
-        setup_alerts(rec.url)  # idempotent: replaces, never duplicates
-        time.sleep(2)  # the triggers service picks up new automations
-        yield rec
-    rec.server.shutdown()
-
-
-def test_alert_setup_is_idempotent(receiver):
+def test_alert_setup_is_idempotent(alert_receiver):
     from prefect.client.orchestration import get_client
 
     from cxr_triage.orchestration.events import ALERTS
@@ -155,7 +42,7 @@ def test_alert_setup_is_idempotent(receiver):
             assert len(client.read_automations_by_name(spec["name"])) == 1
 
 
-def test_failing_flow_run_alerts_once_with_the_first_line_and_the_run_link(receiver):
+def test_failing_flow_run_alerts_once_with_the_first_line_and_the_run_link(alert_receiver):
     from prefect import flow
     from prefect.events import emit_event
 
@@ -168,7 +55,7 @@ def test_failing_flow_run_alerts_once_with_the_first_line_and_the_run_link(recei
 
     state = always_fails(return_state=True)
     assert state.is_failed()
-    message = receiver.wait_for("cxr-test-always-fails")
+    message = alert_receiver.wait_for("cxr-test-always-fails")
     assert "flow run failed" in message["title"]
     first_line, link = message["text"].split("\n")
     assert "stage exploded on purpose" in first_line
@@ -176,11 +63,11 @@ def test_failing_flow_run_alerts_once_with_the_first_line_and_the_run_link(recei
 
     assert always_fails(return_state=True).is_failed()  # the same failure again: folded
     emit_event(**drift_event(drift_summary(site="after_failures")))  # then something else
-    receiver.wait_for("after_failures")
-    assert receiver.count("cxr-test-always-fails") == 1
+    alert_receiver.wait_for("after_failures")
+    assert alert_receiver.count("cxr-test-always-fails") == 1
 
 
-def test_repeated_drift_alert_within_the_cooldown_is_folded(receiver):
+def test_repeated_drift_alert_within_the_cooldown_is_folded(alert_receiver):
     from prefect.events import emit_event
 
     from cxr_triage.orchestration.events import drift_event
@@ -190,9 +77,9 @@ def test_repeated_drift_alert_within_the_cooldown_is_folded(receiver):
         emit_event(**drift_event(drift_summary(site="cool_site")))
     emit_event(**drift_event(drift_summary(site="cool_other")))
 
-    receiver.wait_for("cool_other")
-    assert receiver.count("cool_site") == 1
-    message = receiver.wait_for("cool_site")
+    alert_receiver.wait_for("cool_other")
+    assert alert_receiver.count("cool_site") == 1
+    message = alert_receiver.wait_for("cool_site")
     assert message["title"].startswith("[cxr-triage] drift detected at cool_site, model ")
     assert "share 0.905, limit 0.3" in message["text"]
     project, run = drift_summary()["reports"]["project_id"], drift_summary()["reports"]["run_id"]
@@ -200,12 +87,6 @@ def test_repeated_drift_alert_within_the_cooldown_is_folded(receiver):
 
 
 # -- training --------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def pipeline_repo(tmp_path_factory, tiny_params_data) -> Path:
-    """This repo's dvc.yaml and sources with tiny params, in a temporary Git + DVC repo."""
-    return init_pipeline_repo(tmp_path_factory.mktemp("flow_repo"), tiny_params_data())
 
 
 def test_training_flow_runs_stages_in_dvc_graph_order(prefect_server, pipeline_repo):
@@ -298,37 +179,6 @@ def test_ingestion_flow_versions_accepted_images_and_lists_rejects(
 # -- promotion gate --------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def worse_pipeline(tmp_path_factory):
-    """A tiny pipeline trained on inverted labels: a deliberately worse model."""
-    from helpers.pipeline import build_tiny_pipeline
-
-    def invert_labels(params: Params) -> None:
-        for table_path in Path(params.paths.synth_dir).glob("*/labels.csv"):
-            table = pd.read_csv(table_path)
-            normal = table["Finding Labels"] == "No Finding"
-            # Inverted labels: it learns that a visible lesion means "normal".
-            table["Finding Labels"] = np.where(normal, "Effusion", "No Finding")
-            table.to_csv(table_path, index=False)
-
-    return build_tiny_pipeline(tmp_path_factory.mktemp("worse_pipeline"), invert_labels)
-
-
-@pytest.fixture(scope="module")
-def frozen_set(tmp_path_factory, tiny_pipeline):
-    from cxr_triage.orchestration.gate import make_synthetic_frozen_set
-
-    out = tmp_path_factory.mktemp("frozen") / "frozen_test"
-    params = dataclasses.replace(
-        tiny_pipeline.params, promote=PromoteParams(frozen_test_per_site=60)
-    )
-    # Clearly visible findings: the tiny models (32 px, 2 epochs) are near chance on subtle ones.
-    easy = SynthConfig(
-        lesion_contrast=(1.5, 2.0), lesion_size=(1.2, 1.5), subtle_fraction=0.0, label_noise=0.0
-    )
-    return make_synthetic_frozen_set(params, out, config=easy)
-
-
 def _with_gate(pipeline, frozen: Path, margin: float) -> Path:
     """Write the pipeline's params.yaml (with the gate's rule) into its root; return the root."""
     data = yaml.safe_load(yaml.safe_dump(dataclasses.asdict(pipeline.params)))
@@ -364,7 +214,7 @@ def test_frozen_set_sharing_training_patients_is_refused(tiny_pipeline, tmp_path
 
 
 def test_gate_promotes_better_and_refuses_worse_with_notifications(
-    receiver, tiny_pipeline, worse_pipeline, frozen_set
+    alert_receiver, tiny_pipeline, worse_pipeline, frozen_set
 ):
     from flows.retraining import promotion_flow
 
@@ -384,13 +234,13 @@ def test_gate_promotes_better_and_refuses_worse_with_notifications(
     record = registry.serving_record()
     assert record["evidence"]["evidence"]["auroc_difference"]["low"] >= -0.3
     assert record["history"][-1]["tag"] == bad_tag
-    receiver.wait_for(f"PROMOTED {good_tag}")
+    alert_receiver.wait_for(f"PROMOTED {good_tag}")
 
     worse = promotion_flow(repo_dir=str(bad_root))
     assert worse["status"] == "rejected"
     assert "auroc_non_inferiority" in worse["reason"]
     assert registry.serving_tag() == good_tag  # the serving record did not change
-    message = receiver.wait_for(f"REJECTED {bad_tag}")
+    message = alert_receiver.wait_for(f"REJECTED {bad_tag}")
     assert "retraining: rejected" in message["title"]
     promotion = json.loads((Path(worse_pipeline.params.paths.package_report_dir) /
                             "promotion.json").read_text())  # fmt: skip
@@ -400,29 +250,8 @@ def test_gate_promotes_better_and_refuses_worse_with_notifications(
 # -- monitoring ------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def monitored_package(tiny_pipeline, tmp_path_factory) -> Path:
-    """The tiny package plus 120 scored hospital_a reference rows (its own ~22 are too few)."""
-    from cxr_triage.inference.layout import REFERENCE_FILE
-    from cxr_triage.inference.predictor import Predictor
-    from cxr_triage.monitoring import load_reference
-
-    root = tmp_path_factory.mktemp("monitored")
-    package_dir = root / "package"
-    shutil.copytree(tiny_pipeline.package_dir, package_dir)
-    generate_dataset(root / "reference_a", n=120, site="hospital_a", seed=101)
-    images = sorted((root / "reference_a" / "images").iterdir())
-    predictions = Predictor(package_dir).predict(images, {"site": "hospital_a"})
-    rows = pd.DataFrame([p.features for p in predictions])
-    rows.insert(0, "split", "val")
-    rows["y_true"] = (rows["label"] == "abnormal").astype(int)
-    reference = pd.concat([load_reference(package_dir), rows], ignore_index=True)
-    reference.to_parquet(package_dir / REFERENCE_FILE, index=False)
-    return package_dir
-
-
 def test_monitoring_alerts_on_a_shifted_site_only(
-    receiver, tiny_pipeline, monitored_package, tmp_path
+    alert_receiver, tiny_pipeline, monitored_package, tmp_path
 ):
     from flows.monitoring import monitoring_flow
 
@@ -446,7 +275,7 @@ def test_monitoring_alerts_on_a_shifted_site_only(
     )
     assert loud["drift"] and loud["event"], loud["one_line"]
     assert loud["retraining_run"] is None  # the deployment is missing: logged, not crashed
-    message = receiver.wait_for("drift detected at new_hospital")
+    message = alert_receiver.wait_for("drift detected at new_hospital")
     summary = loud["summary"]
     assert message["title"] == (
         f"[cxr-triage] drift detected at new_hospital, model {summary['model_tag']}"
@@ -458,7 +287,7 @@ def test_monitoring_alerts_on_a_shifted_site_only(
     assert any(line.startswith(f"Prefect run: {PREFECT_UI}/runs/flow-run/") for line in lines)
     assert "report.html" not in message["text"]  # a link, not a path on the server
     time.sleep(2)
-    assert receiver.count("drift detected at hospital_a") == 0
+    assert alert_receiver.count("drift detected at hospital_a") == 0
 
 
 def test_cli_and_flow_check_the_same_package_and_keep_the_whole_summary(
@@ -503,7 +332,7 @@ def test_cli_and_flow_check_the_same_package_and_keep_the_whole_summary(
 
 
 def test_first_day_and_empty_window_end_completed_without_alert(
-    receiver, tiny_pipeline, monitored_package, tmp_path, monkeypatch
+    alert_receiver, tiny_pipeline, monitored_package, tmp_path, monkeypatch
 ):
     """Issue 10: before the service has logged a prediction the daily run ended Failed."""
     from flows.monitoring import monitoring_flow
@@ -530,11 +359,11 @@ def test_first_day_and_empty_window_end_completed_without_alert(
     assert empty["status"] == "insufficient_data" and empty["summary"]["n_current"] == 0
     assert empty["summary"]["source"]["last"] == 100 and empty["summary"]["source"]["since"]
     time.sleep(2)
-    assert receiver.count("day_one") == 0  # neither a drift alert nor a failure alert
+    assert alert_receiver.count("day_one") == 0  # neither a drift alert nor a failure alert
 
 
 def test_fed_back_reads_with_missed_abnormals_alert_the_maintainers(
-    receiver, tiny_pipeline, monitored_package, tmp_path, monkeypatch
+    alert_receiver, tiny_pipeline, monitored_package, tmp_path, monkeypatch
 ):
     """Issue 10: ground truth closes the loop (feedback -> realised sensitivity -> alert)."""
     from flows.monitoring import monitoring_flow
@@ -577,7 +406,7 @@ def test_fed_back_reads_with_missed_abnormals_alert_the_maintainers(
     assert performance["status"] == "below_target" and report["performance_event"]
     assert performance["sensitivity"]["estimate"] == pytest.approx(8 / 20)
     assert performance["specificity"]["estimate"] == pytest.approx(8 / 20)
-    message = receiver.wait_for("sensitivity below target at hospital_a")
+    message = alert_receiver.wait_for("sensitivity below target at hospital_a")
     assert message["title"].endswith(f"model {rows[0]['model_tag']}")
     assert "realised sensitivity 0.4 (95% CI " in message["text"]
     assert f"Prefect run: {PREFECT_UI}/runs/flow-run/" in message["text"]

@@ -9,81 +9,23 @@ rows.
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
-import subprocess
-import sys
 import time
-import urllib.request
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
-import yaml
 
 from cxr_triage.cli import app
-from cxr_triage.config import Params, parse_section
-from cxr_triage.data.synth import generate_dataset
-from cxr_triage.inference.layout import REFERENCE_FILE
 from cxr_triage.inference.predictor import Predictor
 from cxr_triage.inference.predlog import PredictionLog
 from cxr_triage.monitoring import CurrentData, check_drift, current_from_images, load_reference
-from cxr_triage.state import state_layout
 from helpers.commands import runner
-from helpers.pipeline import tiny_params_data
-from helpers.ports import free_port
+from helpers.monitor_env import get_json, synth_images
 
 pytestmark = pytest.mark.integration
-
-
-@dataclass(frozen=True)
-class MonitorEnv:
-    root: Path
-    package_dir: Path
-    params: Params
-    params_file: Path
-    same_site: Path  # hospital_a images, not in the reference
-    new_site: Path  # new_hospital images: a shifted acquisition
-
-    @property
-    def monitor_dir(self) -> Path:
-        return state_layout().monitor_dir
-
-
-def _images(root: Path, name: str, n: int, site: str, seed: int) -> Path:
-    generate_dataset(root / name, n=n, site=site, seed=seed)
-    return root / name / "images"
-
-
-@pytest.fixture(scope="module")
-def monitor_env(tiny_pipeline, tmp_path_factory) -> MonitorEnv:
-    """A copy of the tiny package with 120 more hospital_a reference rows, and two batches."""
-    root = tmp_path_factory.mktemp("monitor")
-    package_dir = root / "package"
-    shutil.copytree(tiny_pipeline.package_dir, package_dir)
-    extra = _images(root, "reference_a", 120, "hospital_a", 101)
-    predictions = Predictor(package_dir).predict(sorted(extra.iterdir()), {"site": "hospital_a"})
-    rows = pd.DataFrame([p.features for p in predictions])
-    rows.insert(0, "split", "val")
-    rows["y_true"] = (rows["label"] == "abnormal").astype(int)  # unused by monitoring
-    reference = pd.concat([load_reference(package_dir), rows], ignore_index=True)
-    reference.to_parquet(package_dir / REFERENCE_FILE, index=False)
-
-    data = tiny_params_data(root)
-    data["paths"]["package_dir"] = str(package_dir)
-    params_file = root / "params.yaml"
-    params_file.write_text(yaml.safe_dump(data))
-    return MonitorEnv(
-        root=root,
-        package_dir=package_dir,
-        params=parse_section(Params, data, ""),
-        params_file=params_file,
-        same_site=_images(root, "batch_a", 40, "hospital_a", 102),
-        new_site=_images(root, "batch_new", 40, "new_hospital", 103),
-    )
 
 
 def _assert_self_contained_html(path: Path) -> None:
@@ -254,62 +196,7 @@ def test_monitor_cli_log_window_no_drift_then_insufficient_data(monitor_env, tmp
     assert set(insufficient) == set(summary)  # one schema for the flow to read
 
 
-def _get_json(url: str) -> object:
-    with urllib.request.urlopen(url, timeout=10) as response:  # noqa: S310 - loopback only
-        return json.loads(response.read())
-
-
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"  # git-ignored
-
-
-@pytest.fixture
-def evidently_ui():
-    """Start ``evidently ui`` on a workspace: a function giving its base URL (stopped after)."""
-    servers = []
-
-    def start(workspace: str) -> str:
-        port = free_port()
-        evidently = Path(sys.executable).with_name("evidently")
-        servers.append(
-            subprocess.Popen(
-                [str(evidently), "ui", "--workspace", workspace]
-                + ["--host", "127.0.0.1", "--port", str(port)],
-                env={**os.environ, "DO_NOT_TRACK": "1"},
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
-        )
-        base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                _get_json(f"{base}/api/projects")
-                return base
-            except OSError:
-                assert time.monotonic() < deadline, "evidently ui did not start within 60 s"
-                time.sleep(0.5)
-
-    yield start
-    for server in servers:
-        server.terminate()
-        server.wait(timeout=30)
-
-
-@pytest.fixture
-def browser():
-    """Headless Chromium (Debian's chromium + chromedriver) driven by Selenium."""
-    webdriver = pytest.importorskip("selenium.webdriver", reason="pip install selenium")
-    from selenium.webdriver.chrome.service import Service
-
-    if not (shutil.which("chromium") and shutil.which("chromedriver")):
-        pytest.skip("apt-get install -y chromium chromium-driver")
-    options = webdriver.ChromeOptions()
-    options.binary_location = shutil.which("chromium")
-    for argument in ("--headless=new", "--no-sandbox", "--window-size=1600,1800"):
-        options.add_argument(argument)
-    driver = webdriver.Chrome(options=options, service=Service(shutil.which("chromedriver")))
-    yield driver
-    driver.quit()
 
 
 def _wait_for_text(driver, texts: list[str], timeout: float = 60) -> str:
@@ -328,7 +215,7 @@ def test_evidently_ui_tells_the_story_of_three_checks(monitor_env, evidently_ui,
     from cxr_triage.monitoring.dashboard import panel_titles
 
     out = monitor_env.root / "story"
-    second = _images(monitor_env.root, "batch_a2", 40, "hospital_a", 106)
+    second = synth_images(monitor_env.root, "batch_a2", 40, "hospital_a", 106)
     batches = [monitor_env.same_site, second, monitor_env.new_site]  # the last: a new scanner
     runs = [
         check_drift(
@@ -344,12 +231,12 @@ def test_evidently_ui_tells_the_story_of_three_checks(monitor_env, evidently_ui,
     reports = runs[-1].reports
     base = evidently_ui(reports.workspace)
 
-    snapshots = _get_json(f"{base}/api/projects/{reports.project_id}/snapshots")
+    snapshots = get_json(f"{base}/api/projects/{reports.project_id}/snapshots")
     assert len(snapshots) == 3
     last = next(s for s in snapshots if s["id"] == reports.run_id)
     assert {"site:hospital_a", "verdict:drift", f"model:{runs[-1].model_tag}"} <= set(last["tags"])
     assert last["metadata"]["verdict"] == "drift" and "images in" in last["metadata"]["window"]
-    data = json.dumps(_get_json(f"{base}/api/projects/{reports.project_id}/{reports.run_id}/data"))
+    data = json.dumps(get_json(f"{base}/api/projects/{reports.project_id}/{reports.run_id}/data"))
     assert "Drift in embeddings" in data and "embedding drift" in data
 
     ARTIFACTS.mkdir(exist_ok=True)

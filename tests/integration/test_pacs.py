@@ -14,7 +14,6 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from cxr_triage.data.deid import Pseudonymiser
 from cxr_triage.inference.feedback import study_key
-from cxr_triage.inference.predictor import Predictor
 from cxr_triage.inference.predlog import PredictionLog
 from cxr_triage.pacs.outbox import Outbox
 from cxr_triage.pacs.report import read_sr_result
@@ -24,7 +23,7 @@ from cxr_triage.pacs.scp import (
     STATUS_SUCCESS,
     DicomReceiver,
 )
-from cxr_triage.pacs.settings import Destination, PacsSettings
+from cxr_triage.pacs.settings import PacsSettings
 from cxr_triage.pacs.spool import Spool
 from cxr_triage.pacs.triage import TriageWorker
 from helpers.pacs import (
@@ -43,34 +42,6 @@ pytestmark = pytest.mark.integration
 CT_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 
 
-@pytest.fixture
-def settings(tmp_path: Path) -> PacsSettings:
-    return PacsSettings(
-        port=free_port(),
-        calling_aes={CALLING_AE: SITE},
-        spool_dir=tmp_path / "spool",
-        quiet_seconds=0.0,
-        retry_initial_seconds=0.1,
-        retry_max_seconds=0.5,
-        destinations=(Destination("DEST", "127.0.0.1", free_port()),),
-    )
-
-
-@pytest.fixture
-def spool(settings: PacsSettings) -> Spool:
-    spool = Spool(settings.spool, Pseudonymiser(SALT))
-    yield spool
-    spool.close()
-
-
-@pytest.fixture
-def receiver(settings: PacsSettings, spool: Spool):
-    receiver = DicomReceiver(settings, spool)
-    receiver.start()
-    yield receiver
-    receiver.stop(timeout=5)
-
-
 def _echo(port: int) -> int:
     from pynetdicom.sop_class import Verification
 
@@ -79,17 +50,19 @@ def _echo(port: int) -> int:
         return int(assoc.send_c_echo().Status)
 
 
-def test_receiver_stores_acknowledges_and_refuses(receiver, settings, spool, make_dicom) -> None:
-    port = settings.port
+def test_receiver_stores_acknowledges_and_refuses(
+    dicom_receiver, pacs_settings, receiver_spool, make_dicom
+) -> None:
+    port = pacs_settings.port
     assert _echo(port) == STATUS_SUCCESS
     first, second = make_dicom(name="a.dcm"), make_dicom(name="b.dcm", modality="CR")
     assert store_over_dicom(port, [first, second, first]) == [STATUS_SUCCESS] * 3
-    rows = spool.instances()
+    rows = receiver_spool.instances()
     assert len(rows) == 2  # the repeated instance was acknowledged, not stored twice
     assert {r.site for r in rows} == {SITE} and {r.calling_ae for r in rows} == {CALLING_AE}
     for row in rows:
-        assert spool.incoming_path(row.key).is_file()
-    assert spool.counts()["events"] == {"duplicate": 1}
+        assert receiver_spool.incoming_path(row.key).is_file()
+    assert receiver_spool.counts()["events"] == {"duplicate": 1}
 
     # an unknown calling AE title: the association is rejected
     with association(port, [(CR_STORAGE, [ExplicitVRLittleEndian])], calling="STRANGER") as a:
@@ -106,19 +79,14 @@ def test_receiver_stores_acknowledges_and_refuses(receiver, settings, spool, mak
         except OSError:
             pass
     assert _echo(port) == STATUS_SUCCESS  # still serving
-    events = spool.counts()["events"]
+    events = receiver_spool.counts()["events"]
     assert events["association_rejected"] == 1 and events["contexts_refused"] == 1
 
     # a spool that cannot be written answers "out of resources", never Success
-    spool.incoming.rename(spool.root / "moved")
-    spool.incoming.write_text("not a folder")
+    receiver_spool.incoming.rename(receiver_spool.root / "moved")
+    receiver_spool.incoming.write_text("not a folder")
     assert store_over_dicom(port, [make_dicom(name="c.dcm")]) == [STATUS_OUT_OF_RESOURCES]
-    assert len(spool.instances()) == 2
-
-
-@pytest.fixture(scope="module")
-def predictor(tiny_pipeline) -> Predictor:
-    return Predictor(tiny_pipeline.package_dir, num_threads=1)
+    assert len(receiver_spool.instances()) == 2
 
 
 def _store_locally(spool: Spool, path: Path) -> str:
@@ -141,67 +109,70 @@ def _study(
 
 
 def test_worker_triages_a_study_and_supersedes_it(
-    settings, spool, predictor, make_dicom, tiny_pipeline, tmp_path
+    pacs_settings, receiver_spool, tiny_predictor, make_dicom, tiny_pipeline, tmp_path
 ) -> None:
     log = PredictionLog(tmp_path / "predictions.sqlite")
-    worker = TriageWorker(settings, spool, predictor, log)
+    worker = TriageWorker(pacs_settings, receiver_spool, tiny_predictor, log)
     study_uid = str(generate_uid())
     pa, ap, lateral = _study(make_dicom, tiny_pipeline, ["PA", "AP", "LL"], study_uid)
     (ct,) = _study(make_dicom, tiny_pipeline, ["PA"], study_uid, name="ct", modality="CT")
-    keys = [_store_locally(spool, p) for p in (pa, ap, lateral, ct)]
+    keys = [_store_locally(receiver_spool, p) for p in (pa, ap, lateral, ct)]
 
     summary = worker.run_once()
     assert summary.triaged == 2
     assert summary.refused == {"not_frontal": 1, "wrong_modality": 1}
     (result,) = summary.results
-    expected = [p.prob_abnormal for p in predictor.predict([pa, ap], {"site": SITE})]
+    expected = [p.prob_abnormal for p in tiny_predictor.predict([pa, ap], {"site": SITE})]
     assert result.prob == pytest.approx(max(expected))
-    assert result.label == predictor.label_of(max(expected))
-    sr = pydicom.dcmread(spool.outbox / result.files[0])
+    assert result.label == tiny_predictor.label_of(max(expected))
+    sr = pydicom.dcmread(receiver_spool.outbox / result.files[0])
     assert sr.StudyInstanceUID == study_uid and sr.PatientID == "SYN0001"
     content = read_sr_result(sr)
     assert content["referenced"] == [pydicom.dcmread(p).SOPInstanceUID for p in (pa, ap)]
     assert content["prob_abnormal"] == pytest.approx(max(expected), abs=1e-6)
-    assert content["model_tag"] == predictor.model_tag
+    assert content["model_tag"] == tiny_predictor.model_tag
 
     logged = log.read()
     assert sorted(logged["request_id"]) == sorted(f"dicom-{k}" for k in keys[:2])
     assert set(logged["site"]) == {SITE}
     assert set(logged["study_key"]) == {study_key(study_uid, SALT)}  # reads by study find them
-    row = predictor.predict([pa], {"site": SITE})[0].features
+    row = tiny_predictor.predict([pa], {"site": SITE})[0].features
     assert set(row) <= set(logged.columns)  # the same columns as the HTTP service's rows
-    assert spool.counts()["refused_by_reason"] == {"not_frontal": 1, "wrong_modality": 1}
+    assert receiver_spool.counts()["refused_by_reason"] == {"not_frontal": 1, "wrong_modality": 1}
     # received files are gone once triaged into a result (retention 0); headers are kept
-    assert list(spool.incoming.iterdir()) == []
-    assert spool.header_path(keys[0]).is_file()
+    assert list(receiver_spool.incoming.iterdir()) == []
+    assert receiver_spool.header_path(keys[0]).is_file()
 
     # the same instance again is not triaged again; a late one supersedes the result
-    assert _store_locally(spool, pa) == keys[0]
+    assert _store_locally(receiver_spool, pa) == keys[0]
     (late,) = _study(make_dicom, tiny_pipeline, ["PA"], study_uid, name="late")
-    _store_locally(spool, late)
+    _store_locally(receiver_spool, late)
     (second,) = worker.run_once().results
     assert (second.version, second.n_images) == (2, 3)
-    assert spool.result(result.id).superseded_by == second.id
-    sr2 = pydicom.dcmread(spool.outbox / second.files[0])
+    assert receiver_spool.result(result.id).superseded_by == second.id
+    sr2 = pydicom.dcmread(receiver_spool.outbox / second.files[0])
     assert sr2.SeriesInstanceUID == sr.SeriesInstanceUID and sr2.InstanceNumber == 2
     predecessor = sr2.PredecessorDocumentsSequence[0].ReferencedSeriesSequence[0]
     assert predecessor.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == sr.SOPInstanceUID
     assert len(log.read()) == 3
 
 
-def test_outbox_queues_while_the_destination_is_down(settings, spool, predictor, make_dicom,
-                                                     tiny_pipeline, tmp_path) -> None:  # fmt: skip
-    worker = TriageWorker(settings, spool, predictor, PredictionLog(tmp_path / "p.sqlite"))
+def test_outbox_queues_while_the_destination_is_down(
+    pacs_settings, receiver_spool, tiny_predictor, make_dicom, tiny_pipeline, tmp_path
+) -> None:
+    worker = TriageWorker(
+        pacs_settings, receiver_spool, tiny_predictor, PredictionLog(tmp_path / "p.sqlite")
+    )
     (pa,) = _study(make_dicom, tiny_pipeline, ["PA"], str(generate_uid()))
-    _store_locally(spool, pa)
+    _store_locally(receiver_spool, pa)
     (result,) = worker.run_once().results
-    outbox = Outbox(settings, spool)
+    outbox = Outbox(pacs_settings, receiver_spool)
     assert outbox.send_due() == {"sent": 0, "failed": 1}  # nobody listens yet
-    (pending,) = spool.deliveries(result.id)
+    (pending,) = receiver_spool.deliveries(result.id)
     assert (pending.state, pending.attempts) == ("pending", 1)
     assert outbox.send_due() == {"sent": 0, "failed": 0}  # waits for its retry time
 
-    destination = StorageDestination(settings.destinations[0].port).start()
+    destination = StorageDestination(pacs_settings.destinations[0].port).start()
     try:
         destination.status = STATUS_OUT_OF_RESOURCES  # up, but full: not delivered
         assert outbox.send_due(now=time.time() + 10) == {"sent": 0, "failed": 1}
@@ -212,8 +183,8 @@ def test_outbox_queues_while_the_destination_is_down(settings, spool, predictor,
         destination.stop()
     (received,) = destination.received
     assert received.SOPInstanceUID == result.sr_uid
-    assert [a["ok"] for a in spool.attempts()] == [0, 0, 1]
-    assert spool.deliveries(result.id)[0].state == "sent"
+    assert [a["ok"] for a in receiver_spool.attempts()] == [0, 0, 1]
+    assert receiver_spool.deliveries(result.id)[0].state == "sent"
 
 
 def test_dicom_tls_with_client_certificates(tmp_path, make_dicom) -> None:

@@ -11,14 +11,11 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -28,19 +25,20 @@ from pydicom.uid import generate_uid
 
 from cxr_triage.data.deid import Pseudonymiser
 from cxr_triage.pacs.report import read_sr_result
-from cxr_triage.pacs.spool import Spool
-from helpers.netns import NetNamespace, orthanc_config, stop
-from helpers.pacs import CALLING_AE, SALT, SITE
+from helpers.acceptance import (
+    ECHOSCU,
+    FINDSCU,
+    ORTHANC_DICOM,
+    ORTHANC_HTTP,
+    STORESCU,
+    Listener,
+)
+from helpers.netns import NetNamespace
+from helpers.pacs import CALLING_AE, SALT
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
-TOOLS = ("Orthanc", "storescu", "echoscu", "findscu", "dciodvfy", "curl")
-# pynetdicom installs its own storescu/echoscu/findscu into the venv: use the system's dcmtk.
-SYSTEM_PATH = "/usr/local/bin:/usr/bin:/bin:/usr/local/sbin:/usr/sbin:/sbin"
-STORESCU, ECHOSCU, FINDSCU = (shutil.which(t, path=SYSTEM_PATH) or t for t in TOOLS[1:4])
-ORTHANC_HTTP, ORTHANC_DICOM = 18042, 14242
 DICOMWEB = f"http://127.0.0.1:{ORTHANC_HTTP}/dicom-web"
-WEBHOOK_PORT = 18080
 SIIM = "txv_siim_1.2.276.0.7230010.3.1.4.8323329.6904.1517875201.850819.dcm"
 # Every file of ../shared/data/dicom, what the listener must do with it, and why.
 EXPECTED = {
@@ -60,112 +58,6 @@ EXPECTED = {
 # storescu proposes uncompressed syntaxes only unless told (STACK-wave2.md §2)
 _TS_FLAG = {"1.2.840.10008.1.2.4.50": ["-xy"], "1.2.840.10008.1.2.4.91": ["-xw"],
             "1.2.840.10008.1.2.5": ["-xr"]}  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def ns() -> Iterator[NetNamespace]:
-    reason = NetNamespace.unavailable()
-    if reason:
-        pytest.skip(f"{reason}; Orthanc would listen on every interface outside one")
-    missing = [t for t in TOOLS if shutil.which(t, path=SYSTEM_PATH) is None]
-    if missing:
-        pytest.skip(f"{', '.join(missing)} not installed: run `make system-deps`")
-    namespace = NetNamespace()
-    yield namespace
-    namespace.close()
-
-
-class Orthanc:
-    """Orthanc as a process in the namespace, with its REST API through curl."""
-
-    def __init__(self, ns: NetNamespace, root: Path) -> None:
-        self.ns, self.root = ns, root
-        self.config = orthanc_config(root, http_port=ORTHANC_HTTP, dicom_port=ORTHANC_DICOM)
-        self.process: subprocess.Popen[Any] | None = None
-
-    def start(self) -> None:
-        self.process = self.ns.popen(["Orthanc", self.config], log=open(self.root / "log", "a"))
-        self.ns.wait_for(["curl", "-sf", f"127.0.0.1:{ORTHANC_HTTP}/system"], what="Orthanc")
-
-    def stop(self) -> None:
-        if self.process is not None:
-            stop(self.process)
-            self.process = None
-
-    def rest(self, path: str, body: Any = None) -> Any:
-        cmd = ["curl", "-sf", f"127.0.0.1:{ORTHANC_HTTP}{path}"]
-        if body is not None:
-            cmd += ["-X", "POST", "-d", json.dumps(body)]
-        out = self.ns.run(cmd)
-        assert out.returncode == 0, f"Orthanc {path}: {out.stderr}"
-        return json.loads(out.stdout)
-
-    def file(self, instance_id: str, dest: Path) -> Path:
-        out = self.ns.run(["curl", "-sf", "-o", dest, f"127.0.0.1:{ORTHANC_HTTP}/instances/"
-                           f"{instance_id}/file"])  # fmt: skip
-        assert out.returncode == 0, out.stderr
-        return dest
-
-    def find(self, **query: str) -> list[str]:
-        return self.rest("/tools/find", {"Level": "Instance", "Query": query})
-
-
-@pytest.fixture(scope="module")
-def orthanc(ns, tmp_path_factory) -> Iterator[Orthanc]:
-    server = Orthanc(ns, tmp_path_factory.mktemp("orthanc"))
-    server.start()
-    yield server
-    server.stop()
-
-
-class Listener:
-    """``cxr-triage listen`` in the namespace, its spool read from the test."""
-
-    def __init__(self, ns: NetNamespace, root: Path, package: Path, port: int, **env: str):
-        self.ns, self.root, self.package, self.port = ns, root, package, port
-        self.env = {
-            **os.environ,
-            "PYTHONUNBUFFERED": "1",
-            "CXR_TRIAGE_SALT": SALT,
-            "CXR_TRIAGE_STATE_DIR": str(root / "state"),
-            "CXR_TRIAGE_LOG_LEVEL": "INFO",
-            "CXR_TRIAGE_PACS_CALLING_AES": f"{CALLING_AE}={SITE}",
-            "CXR_TRIAGE_PACS_PORT": str(port),
-            "CXR_TRIAGE_PACS_QUIET_SECONDS": "1",
-            "CXR_TRIAGE_PACS_DESTINATIONS": f"ORTHANC@127.0.0.1:{ORTHANC_DICOM}",
-            "CXR_TRIAGE_PACS_RETRY_INITIAL_SECONDS": "0.5",
-            "CXR_TRIAGE_PACS_RETRY_MAX_SECONDS": "2",
-            "CXR_TRIAGE_PACS_NETWORK_TIMEOUT": "10",
-            **env,
-        }
-        self.process: subprocess.Popen[Any] | None = None
-        self.log = root / "listen.log"
-
-    def start(self, *args: str) -> None:
-        cmd = [sys.executable, "-m", "cxr_triage.cli", "listen", "--package", self.package, *args]
-        self.process = self.ns.popen(cmd, log=open(self.log, "a"), env=self.env)
-        echo = [ECHOSCU, "-aet", CALLING_AE, "-aec", "CXRTRIAGE", "127.0.0.1", str(self.port)]
-        deadline = time.monotonic() + 240
-        while self.ns.run(echo, timeout=30).returncode != 0:
-            assert self.process.poll() is None, f"listener exited:\n{self.log.read_text()}"
-            assert time.monotonic() < deadline, "listener not ready after 240 s"
-            time.sleep(0.25)
-
-    @property
-    def spool(self) -> Spool:
-        return Spool(self.root / "state" / "spool")
-
-    def wait(self, condition: Callable[[Spool], bool], timeout: float = 180) -> Spool:
-        spool = self.spool
-        deadline = time.monotonic() + timeout
-        while not condition(spool):
-            assert self.process is None or self.process.poll() is None, self.log.read_text()
-            assert time.monotonic() < deadline, f"{spool.counts()}\n{self.log.read_text()}"
-            time.sleep(0.2)
-        return spool
-
-    def stop(self) -> int:
-        return stop(self.process) if self.process is not None else 0
 
 
 def storescu(ns: NetNamespace, files: list[Path], port: int, *, calling: str = CALLING_AE,
@@ -235,41 +127,8 @@ def predict(package: Path, files: list[Path], out: Path) -> dict[str, float]:
     }
 
 
-WEBHOOK = """
-import http.server, sys
-class H(http.server.BaseHTTPRequestHandler):
-    def do_POST(self):
-        body = self.rfile.read(int(self.headers["Content-Length"]))
-        with open(sys.argv[1], "ab") as f:
-            f.write(body + b"\\n")
-        self.send_response(204); self.end_headers()
-    def log_message(self, *a): pass
-http.server.HTTPServer(("127.0.0.1", int(sys.argv[2])), H).serve_forever()
-"""
-
-
-@pytest.fixture(scope="module")
-def worklist(ns, tmp_path_factory) -> Iterator[Path]:
-    path = tmp_path_factory.mktemp("worklist") / "entries.jsonl"
-    server = ns.popen([sys.executable, "-c", WEBHOOK, path, str(WEBHOOK_PORT)])
-    ns.wait_for(["curl", "-s", "-o", "/dev/null", f"127.0.0.1:{WEBHOOK_PORT}"], what="webhook")
-    yield path
-    stop(server)
-
-
-@pytest.fixture(scope="module")
-def listener(ns, orthanc, worklist, tiny_pipeline, tmp_path_factory) -> Iterator[Listener]:
-    webhook = f"http://127.0.0.1:{WEBHOOK_PORT}/w"
-    root = tmp_path_factory.mktemp("listener")
-    process = Listener(ns, root, tiny_pipeline.package_dir, 11112,
-                       CXR_TRIAGE_PACS_WORKLIST_WEBHOOK=webhook)  # fmt: skip
-    process.start()
-    yield process
-    assert process.stop() == 0, process.log.read_text()
-
-
 def test_every_shared_file_and_a_study_through_storescu(
-    ns, orthanc, listener, worklist, shared_data, tiny_pipeline, tmp_path
+    netns, orthanc, listener, worklist, shared_data, tiny_pipeline, tmp_path
 ) -> None:
     source = shared_data / "dicom"
     files = {name: source / name for name in EXPECTED}
@@ -277,12 +136,12 @@ def test_every_shared_file_and_a_study_through_storescu(
         "a file was added to ../shared/data/dicom: give it an expected outcome"
     )
     # the original study is in the PACS before the result arrives
-    assert "Success" in storescu(ns, [files["RG1_UNCR.dcm"]], ORTHANC_DICOM, called="ORTHANC")
+    assert "Success" in storescu(netns, [files["RG1_UNCR.dcm"]], ORTHANC_DICOM, called="ORTHANC")
     outcomes: dict[str, str] = {}
     seen: dict[str, str] = {}
     pseudonyms = Pseudonymiser(SALT)
     for name in sorted(EXPECTED):  # txv_Fake_MONOHR1 before txv_siim: the latter repeats it
-        sent = outcome_of(storescu(ns, [files[name]], listener.port))
+        sent = outcome_of(storescu(netns, [files[name]], listener.port))
         if sent == "acknowledged":
             uid = str(pydicom.dcmread(files[name], stop_before_pixels=True).SOPInstanceUID)
             key = pseudonyms.image(uid)
@@ -290,7 +149,7 @@ def test_every_shared_file_and_a_study_through_storescu(
             seen.setdefault(key, name)
         outcomes[name] = sent
     study = synthetic_study(tiny_pipeline, tmp_path / "study", ["PA", "AP", "LL"])
-    output = storescu(ns, study, listener.port)
+    output = storescu(netns, study, listener.port)
     assert output.count("Received Store Response (Success)") == 3, output
 
     # three studies with a result, each for Orthanc and the worklist webhook
@@ -322,7 +181,7 @@ def test_every_shared_file_and_a_study_through_storescu(
     for result in spool.results():
         (instance,) = orthanc.find(SOPInstanceUID=result.sr_uid)
         path = orthanc.file(instance, tmp_path / f"{result.id}.dcm")
-        check = ns.run(["dciodvfy", path])
+        check = netns.run(["dciodvfy", path])
         assert "Error" not in check.stdout + check.stderr and check.returncode == 0, check.stderr
         sr = pydicom.dcmread(path)
         refs = [str(pydicom.dcmread(p).SOPInstanceUID) for p in expected_refs[sr.StudyInstanceUID]]
@@ -330,7 +189,7 @@ def test_every_shared_file_and_a_study_through_storescu(
         assert content["referenced"] == refs
         assert content["prob_abnormal"] == pytest.approx(max(probs[r] for r in refs), abs=1e-6)
     rg1_study = str(pydicom.dcmread(files["RG1_UNCR.dcm"]).StudyInstanceUID)
-    found = ns.run([FINDSCU, "-S", "-aet", "FINDSCU", "-aec", "ORTHANC", "127.0.0.1",
+    found = netns.run([FINDSCU, "-S", "-aet", "FINDSCU", "-aec", "ORTHANC", "127.0.0.1",
                     str(ORTHANC_DICOM), "-k", "QueryRetrieveLevel=STUDY", "-k",
                     f"StudyInstanceUID={rg1_study}", "-k", "ModalitiesInStudy"])  # fmt: skip
     assert "CR\\SR" in found.stdout + found.stderr, found.stderr  # one study: image and result
@@ -355,20 +214,20 @@ def test_every_shared_file_and_a_study_through_storescu(
 
 
 def test_unknown_ae_unsupported_class_and_non_dicom_client_are_refused(
-    ns, listener, shared_data
+    netns, listener, shared_data
 ) -> None:
     rg1 = shared_data / "dicom" / "RG1_UNCR.dcm"
-    output = storescu(ns, [rg1], listener.port, calling="STRANGER")
+    output = storescu(netns, [rg1], listener.port, calling="STRANGER")
     assert "Association Rejected" in output and "Calling AE Title Not Recognized" in output
-    output = storescu(ns, [shared_data / "dicom" / "CT_small.dcm"], listener.port)
+    output = storescu(netns, [shared_data / "dicom" / "CT_small.dcm"], listener.port)
     assert outcome_of(output) == "refused_at_association", output
     garbage = (
         f"import socket; s = socket.create_connection(('127.0.0.1', {listener.port})); "
         "s.sendall(b'GET / HTTP/1.0\\r\\n\\r\\n' + bytes(range(256)) * 64); s.settimeout(10)\n"
         "try: s.recv(100)\nexcept OSError: pass"
     )
-    assert ns.run([sys.executable, "-c", garbage]).returncode == 0
-    echo = ns.run([ECHOSCU, "-v", "-aet", CALLING_AE, "-aec", "CXRTRIAGE", "127.0.0.1",
+    assert netns.run([sys.executable, "-c", garbage]).returncode == 0
+    echo = netns.run([ECHOSCU, "-v", "-aet", CALLING_AE, "-aec", "CXRTRIAGE", "127.0.0.1",
                    str(listener.port)])  # fmt: skip
     assert "Received Echo Response (Success)" in echo.stdout + echo.stderr
     assert listener.process.poll() is None
@@ -377,15 +236,15 @@ def test_unknown_ae_unsupported_class_and_non_dicom_client_are_refused(
 
 
 def test_results_queue_while_orthanc_is_down_and_arrive_once(
-    ns, orthanc, tiny_pipeline, tmp_path
+    netns, orthanc, tiny_pipeline, tmp_path
 ) -> None:
-    listener = Listener(ns, tmp_path, tiny_pipeline.package_dir, 11113)
+    listener = Listener(netns, tmp_path, tiny_pipeline.package_dir, 11113)
     listener.start()
     try:
         orthanc.stop()
         studies = [synthetic_study(tiny_pipeline, tmp_path / "in", ["PA"], seed=s) for s in (1, 2)]
         for files in studies:
-            assert "Success" in storescu(ns, files, listener.port)
+            assert "Success" in storescu(netns, files, listener.port)
         spool = listener.wait(
             lambda s: len(s.results()) == 2 and s.counts()["attempts"].get("failed", 0) >= 4
         )
@@ -408,13 +267,13 @@ def test_results_queue_while_orthanc_is_down_and_arrive_once(
         )
 
 
-def test_sigkill_between_receipt_and_triage_loses_nothing(ns, orthanc, tiny_pipeline,
+def test_sigkill_between_receipt_and_triage_loses_nothing(netns, orthanc, tiny_pipeline,
                                                           tmp_path) -> None:  # fmt: skip
-    listener = Listener(ns, tmp_path, tiny_pipeline.package_dir, 11114)
+    listener = Listener(netns, tmp_path, tiny_pipeline.package_dir, 11114)
     listener.start("--receive-only")
     files = synthetic_study(tiny_pipeline, tmp_path / "in", ["PA", "AP"], seed=3)
     files += synthetic_study(tiny_pipeline, tmp_path / "in", ["PA"], seed=4)
-    output = storescu(ns, files, listener.port)
+    output = storescu(netns, files, listener.port)
     assert output.count("Received Store Response (Success)") == 3, output
     acknowledged = {Pseudonymiser(SALT).image(str(pydicom.dcmread(f).SOPInstanceUID))
                     for f in files}  # fmt: skip
@@ -430,13 +289,13 @@ def test_sigkill_between_receipt_and_triage_loses_nothing(ns, orthanc, tiny_pipe
     ds.save_as(big, enforce_file_format=True)
     cmd = [STORESCU, "-v", "-R", "-aet", CALLING_AE, "-aec", "CXRTRIAGE", "127.0.0.1",
            str(listener.port), big]  # fmt: skip
-    sender = ns.popen(cmd, log=open(tmp_path / "big.log", "w"))
+    sender = netns.popen(cmd, log=open(tmp_path / "big.log", "w"))
     deadline = time.monotonic() + 60
-    while _bytes_received(ns, listener.port) < 2**20:
+    while _bytes_received(netns, listener.port) < 2**20:
         assert time.monotonic() < deadline and sender.poll() is None, "the transfer never began"
         time.sleep(0.002)
     os.kill(sender.pid, signal.SIGSTOP)
-    assert _bytes_received(ns, listener.port) < big.stat().st_size  # frozen half-way
+    assert _bytes_received(netns, listener.port) < big.stat().st_size  # frozen half-way
     listener.process.kill()
     listener.process.wait()
     sender.kill()
@@ -458,15 +317,15 @@ def _bytes_received(ns: NetNamespace, port: int) -> int:
     return sum(int(n) for n in re.findall(r"bytes_received:(\d+)", out))
 
 
-def test_pull_a_study_over_dicomweb_and_stow_the_result(ns, orthanc, shared_data, tiny_pipeline,
+def test_pull_a_study_over_dicomweb_and_stow_the_result(netns, orthanc, shared_data, tiny_pipeline,
                                                         tmp_path) -> None:  # fmt: skip
     rg1 = shared_data / "dicom" / "RG1_UNCR.dcm"
-    assert "Success" in storescu(ns, [rg1], ORTHANC_DICOM, called="ORTHANC")
+    assert "Success" in storescu(netns, [rg1], ORTHANC_DICOM, called="ORTHANC")
     study_uid = str(pydicom.dcmread(rg1, stop_before_pixels=True).StudyInstanceUID)
     env = {**os.environ, "CXR_TRIAGE_SALT": SALT, "CXR_TRIAGE_STATE_DIR": str(tmp_path / "state"),
            "CXR_TRIAGE_PACS_STOW_URL": DICOMWEB}  # fmt: skip
     before = len(orthanc.find(StudyInstanceUID=study_uid, Modality="SR"))
-    out = ns.run([sys.executable, "-m", "cxr_triage.cli", "pull", study_uid, "--from", DICOMWEB,
+    out = netns.run([sys.executable, "-m", "cxr_triage.cli", "pull", study_uid, "--from", DICOMWEB,
                   "--package", tiny_pipeline.package_dir], env=env, timeout=600)  # fmt: skip
     assert out.returncode == 0, out.stdout + out.stderr
     summary = json.loads(out.stdout)
@@ -482,7 +341,7 @@ def test_pull_a_study_over_dicomweb_and_stow_the_result(ns, orthanc, shared_data
     labels.write_text(f"study_instance_uid,label,site\n{study_uid},abnormal,hospital_a\n")
     script = ("import sys; from cxr_triage.pacs.dicomweb import fetch_labelled_studies as f; "
               "print(f(sys.argv[1], sys.argv[2], sys.argv[3]))")  # fmt: skip
-    out = ns.run([sys.executable, "-c", script, DICOMWEB, labels, tmp_path / "incoming"])
+    out = netns.run([sys.executable, "-c", script, DICOMWEB, labels, tmp_path / "incoming"])
     assert out.returncode == 0, out.stderr
     table = pd.read_csv(tmp_path / "incoming" / "labels.csv")
     assert list(table["image"]) == [f"{study_uid}/{pydicom.dcmread(rg1).SOPInstanceUID}.dcm"]
@@ -492,18 +351,20 @@ def test_pull_a_study_over_dicomweb_and_stow_the_result(ns, orthanc, shared_data
     assert len(batch.accepted) == 1 and batch.rejected == []
 
 
-def test_a_full_disk_answers_out_of_resources_never_success(ns, tiny_pipeline, tmp_path) -> None:
+def test_a_full_disk_answers_out_of_resources_never_success(
+    netns, tiny_pipeline, tmp_path
+) -> None:
     """The spool on a 20 MiB tmpfs (a mount namespace of the listener's own): once full, the
     listener refuses with 0xA700, keeps running, and takes what fits again."""
     spool = tmp_path / "state" / "spool"
     spool.mkdir(parents=True)
-    listener = Listener(ns, tmp_path, tiny_pipeline.package_dir, 11115)
+    listener = Listener(netns, tmp_path, tiny_pipeline.package_dir, 11115)
     python = f"{sys.executable} -m cxr_triage.cli listen --receive-only"
     mount = f"mount -t tmpfs -o size=20m tmpfs {spool} && exec {python}"
-    listener.process = ns.popen(["unshare", "-m", "sh", "-c", mount],
+    listener.process = netns.popen(["unshare", "-m", "sh", "-c", mount],
                                 log=open(listener.log, "a"), env=listener.env)  # fmt: skip
     echo = [ECHOSCU, "-aet", CALLING_AE, "-aec", "CXRTRIAGE", "127.0.0.1", str(listener.port)]
-    ns.wait_for(echo, what="listener on a tmpfs spool")
+    netns.wait_for(echo, what="listener on a tmpfs spool")
     big = []
     for n in range(3):  # 8 MB each: two fit, the third does not
         ds = pydicom.dcmread(
@@ -514,14 +375,14 @@ def test_a_full_disk_answers_out_of_resources_never_success(ns, tiny_pipeline, t
         ds.PixelData = np.full((2000, 2000), 1000, np.uint16).tobytes()
         big.append(tmp_path / f"big{n}.dcm")
         ds.save_as(big[-1], enforce_file_format=True)
-    answers = [storescu(ns, [path], listener.port) for path in big]
+    answers = [storescu(netns, [path], listener.port) for path in big]
     small = synthetic_study(tiny_pipeline, tmp_path / "in", ["PA"], seed=20)
-    answers.append(storescu(ns, small, listener.port))
+    answers.append(storescu(netns, small, listener.port))
     try:
         assert [outcome_of(a) for a in answers[:2]] == ["acknowledged"] * 2, answers
         assert "Success" not in answers[2] and "OutOfResources" in answers[2], answers[2]
         assert outcome_of(answers[3]) == "acknowledged", answers[3]  # what fits is taken again
-        assert ns.run(echo).returncode == 0
+        assert netns.run(echo).returncode == 0
     finally:
         assert listener.stop() == 0, listener.log.read_text()
     assert "out of resources (0xA700)" in listener.log.read_text()

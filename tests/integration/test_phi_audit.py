@@ -15,8 +15,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -164,49 +162,12 @@ def _scan(roots: list[Path], values: set[str], skip: list[Path]) -> list[str]:
     return found
 
 
-@pytest.fixture
-def prefect_server(tmp_path) -> Iterator[dict[str, str]]:
-    """A real `prefect server start` on a free port, its database in ``tmp_path/prefect``."""
-    port = free_port()
-    env = {
-        **os.environ,
-        "PREFECT_HOME": str(tmp_path / "prefect"),
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
-        "PREFECT_LOGGING_LEVEL": "INFO",
-    }
-    prefect = Path(sys.executable).with_name("prefect")
-    log = open(tmp_path / "prefect_server.log", "w")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen(
-        [str(prefect), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if httpx.get(f"{env['PREFECT_API_URL']}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline and proc.poll() is None, "prefect did not start"
-            time.sleep(0.5)
-        yield {k: env[k] for k in ("PREFECT_HOME", "PREFECT_API_URL", "PREFECT_LOGGING_LEVEL")}
-    finally:
-        os.killpg(proc.pid, 15)
-        proc.wait(timeout=30)
-        log.close()
-
-
-def test_no_phi_value_reaches_any_file_written(tmp_path, monkeypatch, prefect_server, caplog):
+def test_no_phi_value_reaches_any_file_written(tmp_path, monkeypatch, prefect_server_env, caplog):
     from cxr_triage.state import state_layout
 
     monkeypatch.setenv("CXR_TRIAGE_SALT", SALT)
     monkeypatch.setenv("CXR_TRIAGE_LOG_LEVEL", "DEBUG")
-    for name, value in prefect_server.items():
+    for name, value in prefect_server_env.items():
         monkeypatch.setenv(name, value)
     caplog.set_level("DEBUG")
     phi, values = _phi_dataset(tmp_path)
@@ -324,7 +285,7 @@ def test_no_phi_value_reaches_any_file_written(tmp_path, monkeypatch, prefect_se
         out,
         state_layout().root,
         Path(os.environ["BENTOML_HOME"]),
-        Path(prefect_server["PREFECT_HOME"]),
+        Path(prefect_server_env["PREFECT_HOME"]),
         repo / "data/raw",
         repo / "data/raw.dvc",
         tmp_path / "serve",

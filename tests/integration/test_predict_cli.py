@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -17,28 +16,11 @@ from helpers.commands import runner
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture(scope="module")
-def folder(tiny_pipeline, tmp_path_factory, shared_data) -> Path:
-    """Six synthetic DICOMs, one real CR, one CT, one unreadable file and a text note."""
-    root = tmp_path_factory.mktemp("to_score")
-    images = sorted(
-        (Path(tiny_pipeline.params.paths.synth_dir) / "hospital_c" / "images").iterdir()
-    )
-    nested = root / "nested"
-    nested.mkdir()
-    for path in images[:6]:
-        shutil.copy(path, nested / path.name)
-    shutil.copy(shared_data / "dicom" / "RG1_UNCR.dcm", root / "real_cr.dcm")
-    shutil.copy(shared_data / "dicom" / "CT_small.dcm", root / "ct.dcm")
-    (root / "notes.txt").write_text("not an image")
-    (root / "noise.dcm").write_bytes(bytes(range(256)) * 2)
-    (root / ".hidden").write_text("ignored: hidden files are not inputs")
-    return root
-
-
-def test_predict_scores_a_folder_and_lists_unreadable_files(tiny_pipeline, folder, tmp_path):
+def test_predict_scores_a_folder_and_lists_unreadable_files(
+    tiny_pipeline, predict_folder, tmp_path
+):
     out = tmp_path / "results.csv"
-    args = ["predict", str(folder), "--package", str(tiny_pipeline.package_dir)]
+    args = ["predict", str(predict_folder), "--package", str(tiny_pipeline.package_dir)]
     result = runner.invoke(app, [*args, "--out", str(out), "--site", "hospital_c"])
     assert result.exit_code == 2, result.output  # some files unreadable: the run still finished
     frame = pd.read_csv(out)
@@ -56,30 +38,32 @@ def test_predict_scores_a_folder_and_lists_unreadable_files(tiny_pipeline, folde
     assert [p.prob_abnormal for p in direct] == pytest.approx(list(ok["prob_abnormal"]))
 
 
-def test_predict_parquet_with_features_and_clean_errors(tiny_pipeline, folder, tmp_path):
+def test_predict_parquet_with_features_and_clean_errors(tiny_pipeline, predict_folder, tmp_path):
     package = ["--package", str(tiny_pipeline.package_dir)]
     out = tmp_path / "r.parquet"
     result = runner.invoke(
-        app, ["predict", str(folder / "nested"), *package, "--out", str(out), "--features"]
+        app, ["predict", str(predict_folder / "nested"), *package, "--out", str(out), "--features"]
     )
     assert result.exit_code == 0, result.output
     frame = pd.read_parquet(out)
     assert {"img_mean", "manufacturer", "emb_0", "emb_norm"} <= set(frame.columns)
     assert "patient_id" not in frame.columns
-    bad = runner.invoke(app, ["predict", str(folder), *package, "--out", str(tmp_path / "r.xlsx")])
+    bad = runner.invoke(
+        app, ["predict", str(predict_folder), *package, "--out", str(tmp_path / "r.xlsx")]
+    )
     assert bad.exit_code == 1 and "use a .csv or .parquet" in bad.output
     assert "Traceback" not in bad.output
     missing = runner.invoke(app, ["predict", str(tmp_path / "nope"), *package])
     assert missing.exit_code == 1 and "does not exist" in missing.output
 
 
-def test_register_then_predict_by_tag_and_promote(tiny_pipeline, folder, tmp_path):
+def test_register_then_predict_by_tag_and_promote(tiny_pipeline, predict_folder, tmp_path):
     result = runner.invoke(app, ["register", str(tiny_pipeline.package_dir)])
     assert result.exit_code == 0, result.output
     tag = result.output.strip()
     info = json.loads((tiny_pipeline.package_dir / "package.json").read_text())
     assert tag == info["model_tag"]
-    scored = runner.invoke(app, ["predict", str(folder / "nested"), "--model-tag", tag])
+    scored = runner.invoke(app, ["predict", str(predict_folder / "nested"), "--model-tag", tag])
     assert scored.exit_code == 0 and tag in scored.output
     promoted = runner.invoke(app, ["promote", tag, "--reason", "test"])
     assert promoted.exit_code == 0, promoted.output

@@ -16,7 +16,6 @@ from typer.testing import CliRunner
 from cxr_triage.cli import app
 from cxr_triage.data.dataset import load_dataset
 from cxr_triage.errors import QcFailedError
-from cxr_triage.inference.predictor import Predictor
 from cxr_triage.inference.predlog import PredictionLog
 from cxr_triage.inference.qc import CHECKS, QcSettings, QualityGate
 from helpers.dicom import synth_dicoms, with_header
@@ -32,30 +31,29 @@ def _synth(tiny_pipeline, n: int) -> list[Path]:
     return synth_dicoms(Path(tiny_pipeline.params.paths.synth_dir), n)
 
 
-@pytest.fixture(scope="module")
-def predictor(tiny_pipeline) -> Predictor:
-    return Predictor(tiny_pipeline.package_dir)
-
-
-def test_the_package_records_the_gate_and_passes_its_own_test_images(tiny_pipeline, predictor):
-    qc = predictor.info["qc"]
+def test_the_package_records_the_gate_and_passes_its_own_test_images(
+    tiny_pipeline, tiny_predictor
+):
+    qc = tiny_predictor.info["qc"]
     assert set(qc["settings"]["actions"]) == set(CHECKS)
     assert qc["limits"]["inverted"] <= 0 and qc["limits"]["out_of_distribution"] > 0
     paths = tiny_pipeline.params.paths
     data = load_dataset(paths.ingest_dir, paths.split_dir)
     test = data.rows("test")
     meta = data.manifest.loc[test, ["view_position", "age", "orig_rows", "orig_cols"]]
-    verdicts = predictor.quality_gate.check_many(
+    verdicts = tiny_predictor.quality_gate.check_many(
         np.asarray(data.pixels[test]), meta.to_dict(orient="records")
     )
     # The defaults accept every image of the synthetic source (README, Input quality gate).
     assert all(v.passed for v in verdicts), [v.to_dict()["failed"] for v in verdicts]
 
 
-def test_content_rules_with_refusing_settings_catch_inverted_and_rotated(tiny_pipeline, predictor):
+def test_content_rules_with_refusing_settings_catch_inverted_and_rotated(
+    tiny_pipeline, tiny_predictor
+):
     gate = QualityGate(
         QcSettings(actions={c: "refuse" for c in CHECKS} | {"out_of_distribution": "warn"}),
-        predictor.quality_gate.model,
+        tiny_predictor.quality_gate.model,
     )
     paths = tiny_pipeline.params.paths
     data = load_dataset(paths.ingest_dir, paths.split_dir)
@@ -70,18 +68,15 @@ def test_content_rules_with_refusing_settings_catch_inverted_and_rotated(tiny_pi
     assert np.mean(["rotated" in v.to_dict()["failed"] for v in rotated]) >= 0.8
 
 
-def test_predictor_prepare_refuses_a_lateral_only_when_asked(tiny_pipeline, predictor, tmp_path):
+def test_predictor_prepare_refuses_a_lateral_only_when_asked(
+    tiny_pipeline, tiny_predictor, tmp_path
+):
     lateral = with_header(_synth(tiny_pipeline, 1)[0], tmp_path / "lat.dcm", ViewPosition="LL")
-    verdict = predictor.prepare(lateral).qc
+    verdict = tiny_predictor.prepare(lateral).qc
     assert verdict.status == "refuse" and verdict.to_dict()["failed"] == ["view"]
     with pytest.raises(QcFailedError, match="lateral") as caught:
-        predictor.prepare(lateral, enforce_qc=True)
+        tiny_predictor.prepare(lateral, enforce_qc=True)
     assert caught.value.checks == ("view",) and caught.value.http_status == 422
-
-
-@pytest.fixture(scope="module")
-def svc(service_module) -> object:
-    return service_module.CxrTriage()
 
 
 def test_service_answers_qc_failed_for_a_child_and_the_verdict_with_every_prediction(

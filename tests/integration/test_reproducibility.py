@@ -12,16 +12,11 @@ failure message prints the new value) and say why in the commit.
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-import textwrap
-
 import numpy as np
 import pytest
 
-from cxr_triage.numerics import ISA_ENV, PINNED_ISA, pinned_environment
+from cxr_triage.numerics import ISA_ENV, pinned_environment
+from helpers.tiny_training import clean_env, train_in_subprocess
 
 pytestmark = pytest.mark.integration
 
@@ -29,67 +24,6 @@ pytestmark = pytest.mark.integration
 GOLDEN_WEIGHTS = "23899f0568b22f43"
 # Bound between the native and the pinned instruction set (measured 2.5e-4 on predictions).
 MAX_SCORE_DIFFERENCE = 1e-3
-
-_SCRIPT = textwrap.dedent(
-    """
-    import hashlib, json, sys, tempfile
-    from pathlib import Path
-    import numpy as np, torch
-    from cxr_triage.config import FinetuneOptions
-    from cxr_triage.models.finetune import predict_scores, train_classifier
-    from cxr_triage.models.networks import Classifier, build_backbone
-
-    def blobs(n, seed, size=32):
-        rng = np.random.default_rng(seed)
-        y = (np.arange(n) % 2).astype(np.int64)
-        yy, xx = np.mgrid[:size, :size]
-        x = rng.normal(90, 20, size=(n, size, size))
-        for i in np.flatnonzero(y):
-            cy, cx = rng.uniform(10, size - 10, size=2)
-            x[i] += 110 * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / 12.5)
-        return np.clip(x, 0, 255).astype(np.uint8), y
-
-    x, y = blobs(48, 1)
-    vx, vy = blobs(16, 2)
-    torch.manual_seed(0)
-    model = Classifier(build_backbone("small_cnn"), 1)
-    options = FinetuneOptions(epochs=2, batch_size=16, lr=3e-3, patience=None, augment=True,
-                              seed=7, num_threads=int(sys.argv[1]))
-    with tempfile.TemporaryDirectory() as tmp:
-        train_classifier(model, x, y, vx, vy, options=options, checkpoint_dir=Path(tmp),
-                         device="cpu")
-    digest = hashlib.sha256()
-    state = model.state_dict()
-    for key in sorted(state):
-        digest.update(key.encode() + state[key].detach().contiguous().numpy().tobytes())
-    print(json.dumps({"sha": digest.hexdigest()[:16],
-                      "isa": torch.backends.cpu.get_cpu_capability(),
-                      "scores": predict_scores(model, vx).tolist()}))
-    """
-)
-
-
-def _train(threads: int, env: dict[str, str]) -> dict:
-    out = subprocess.run(
-        [sys.executable, "-c", _SCRIPT, str(threads)],
-        capture_output=True,
-        text=True,
-        env=env,
-        check=True,
-        timeout=600,
-    )
-    return json.loads(out.stdout.strip().splitlines()[-1])
-
-
-def _clean_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in PINNED_ISA}
-    env.pop(ISA_ENV, None)
-    return env
-
-
-@pytest.fixture(scope="module")
-def pinned_run() -> dict:
-    return _train(1, pinned_environment(_clean_env()))
 
 
 def test_tiny_training_run_reproduces_the_golden_weights(pinned_run) -> None:
@@ -102,15 +36,15 @@ def test_tiny_training_run_reproduces_the_golden_weights(pinned_run) -> None:
 
 def test_numpy_cpu_features_do_not_change_the_weights(pinned_run) -> None:
     # numpy only converts uint8 images to float here: exact whatever its SIMD level.
-    env = pinned_environment(_clean_env())
+    env = pinned_environment(clean_env())
     env["NPY_DISABLE_CPU_FEATURES"] = "AVX512F AVX512CD AVX512_SKX AVX512_CLX AVX512_CNL"
-    assert _train(1, env)["sha"] == pinned_run["sha"]
+    assert train_in_subprocess(1, env)["sha"] == pinned_run["sha"]
 
 
 def test_native_instruction_set_stays_within_the_documented_bound(pinned_run) -> None:
-    env = _clean_env()
+    env = clean_env()
     env[ISA_ENV] = "native"
-    native = _train(1, pinned_environment(env))
+    native = train_in_subprocess(1, pinned_environment(env))
     difference = np.max(np.abs(np.array(native["scores"]) - np.array(pinned_run["scores"])))
     assert difference <= MAX_SCORE_DIFFERENCE
 

@@ -25,33 +25,7 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore::DeprecationWarning"),
 ]
 
-BUGS = Path(__file__).resolve().parents[3] / "shared" / "bugs"
 HANGUL_NAME = "흉" * 78 + "_chest-xray-1.dcm"  # 95 characters, 251 UTF-8 bytes (S2)
-
-
-@pytest.fixture(scope="module")
-def svc(service_module):
-    return service_module.CxrTriage()  # the instance, dependencies resolved in-process
-
-
-@pytest.fixture
-def asgi(asgi_app):
-    """Starts a TestClient on the service's ASGI app: each start makes a fresh instance."""
-    from starlette.testclient import TestClient
-
-    @contextlib.contextmanager
-    def start() -> Iterator[TestClient]:
-        with TestClient(asgi_app) as client:
-            yield client
-
-    return start
-
-
-@pytest.fixture(scope="module")
-def bugs() -> Path:
-    if not BUGS.is_dir():
-        pytest.skip(f"../shared/bugs is absent: expected the bug inputs at {BUGS}")
-    return BUGS
 
 
 def _synth_dicom(tiny_pipeline) -> Path:
@@ -164,10 +138,10 @@ def test_service_asgi_openapi_is_the_products(asgi, service_module) -> None:
 # -- client metadata (../shared/bugs/s01_long_upload_filename) -----------------------------------
 
 
-def test_service_asgi_client_metadata_cases_s1_to_s10(asgi, tiny_pipeline, bugs) -> None:
+def test_service_asgi_client_metadata_cases_s1_to_s10(asgi, tiny_pipeline, shared_bugs) -> None:
     good = _synth_dicom(tiny_pipeline).read_bytes()
-    p01 = (bugs / "p01_png_chunk_valueerror" / "big_iccp.png").read_bytes()
-    d03 = (bugs / "d03_no_transfer_syntax" / "no_transfer_syntax.dcm").read_bytes()
+    p01 = (shared_bugs / "p01_png_chunk_valueerror" / "big_iccp.png").read_bytes()
+    d03 = (shared_bugs / "d03_no_transfer_syntax" / "no_transfer_syntax.dcm").read_bytes()
     single = {
         "S1 254-byte ASCII name": (("a" * 250 + ".dcm", good, "application/dicom"), {200}),
         "S2 251-byte Hangul name": ((HANGUL_NAME, good, "application/dicom"), {200}),

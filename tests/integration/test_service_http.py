@@ -14,7 +14,6 @@ import os
 import re
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -26,15 +25,10 @@ from pydicom.encaps import encapsulate
 from pydicom.uid import MPEG2MPML
 
 from cxr_triage.inference.predlog import PredictionLog
-from cxr_triage.inference.registry import register_package
-from helpers.bento import Server, serve
+from helpers.bento import API_KEY, AUTH, MAX_BODY_MB
 
 pytestmark = pytest.mark.integration
 
-API_KEY = "test-key-0123456789"
-AUTH = {"Authorization": f"Bearer {API_KEY}"}
-MAX_BODY_MB = 10
-SALT = "service-test-salt-0123456789"
 JPEG_XL = "1.2.840.10008.1.2.4.110"  # no decoder exists in pydicom 3.0
 
 # ../shared/data/dicom: (status, reason); the readable chest radiographs get 200.
@@ -52,30 +46,6 @@ SHARED_OUTCOME = {
     "derived/cxr_RG1half_no_pixeldata.dcm": (422, "no_pixel_data"),
     "derived/not_dicom_random_bytes.dcm": (415, "not_an_image"),
 }
-
-
-@pytest.fixture(scope="module")
-def server(tiny_pipeline, tmp_path_factory) -> Iterator[Server]:
-    """`bentoml serve` from source: 2 workers, an API key, a 10 MB body limit.
-
-    No CXR_TRIAGE_MODEL_TAG: the service resolves the promoted model when it starts (the
-    serving record of its own state folder), and its prediction log is the state folder's.
-    """
-    tag = register_package(tiny_pipeline.package_dir)
-    env = {
-        "CXR_TRIAGE_WORKERS": "2",
-        "CXR_TRIAGE_API_KEY": API_KEY,
-        "CXR_TRIAGE_MAX_BODY_MB": str(MAX_BODY_MB),
-        "CXR_TRIAGE_SALT": SALT,  # study UIDs are logged as keyed digests (feedback by study)
-    }
-    with serve(tmp_path_factory.mktemp("serve"), tag=tag, promote_tag=True, env=env) as running:
-        yield running
-
-
-@pytest.fixture(scope="module")
-def client(server) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=server.url, headers=AUTH, timeout=60) as c:
-        yield c
 
 
 def _assert_error(response: httpx.Response, status: int, reason: str) -> dict:
@@ -112,12 +82,12 @@ def _codec_unavailable(make_dicom, tmp_path: Path) -> Path:
 
 @pytest.mark.shared_data
 def test_service_http_shared_dicom_files_get_200_or_the_right_4xx(
-    server, client, shared_data
+    service_server, service_client, shared_data
 ) -> None:
     folder = shared_data / "dicom"
     assert {p.relative_to(folder).as_posix() for p in folder.rglob("*.dcm")} == set(SHARED_OUTCOME)
     for name, (status, reason) in SHARED_OUTCOME.items():
-        response = client.post(
+        response = service_client.post(
             "/predict", files={"image": (Path(name).name, (folder / name).read_bytes())}
         )
         if status == 200:
@@ -126,14 +96,14 @@ def test_service_http_shared_dicom_files_get_200_or_the_right_4xx(
             assert body["label"] == (
                 "abnormal" if body["prob_abnormal"] >= body["threshold"] else "normal"
             )
-            assert body["model_tag"] == server.model_tag
+            assert body["model_tag"] == service_server.model_tag
             assert "not for clinical use" in body["disclaimer"].lower()
             assert body["request_id"] == response.headers["x-request-id"]
         else:
             _assert_error(response, status, reason)
 
 
-def test_service_http_bad_input_matrix(client, make_dicom, tmp_path) -> None:
+def test_service_http_bad_input_matrix(service_client, make_dicom, tmp_path) -> None:
     big_header = make_dicom(
         np.zeros((720, 720), np.uint16), name="big.dcm", extra={"Rows": 7000, "Columns": 7000}
     )
@@ -227,18 +197,20 @@ def test_service_http_bad_input_matrix(client, make_dicom, tmp_path) -> None:
         ),
     }
     for label, (request, status, reason) in cases.items():
-        response = client.post("/predict", **request)
+        response = service_client.post("/predict", **request)
         assert response.status_code == status, (label, response.text)
         _assert_error(response, status, reason)
-    empty_batch = client.post("/predict_batch", files={"site": (None, "hospital_a")})
+    empty_batch = service_client.post("/predict_batch", files={"site": (None, "hospital_a")})
     assert "no images" in _assert_error(empty_batch, 400, "bad_request")["error"]
-    validation = client.post(
+    validation = service_client.post(
         "/predict", files={"image": ("a.png", _png(colour[..., 0])), "site": (None, "x" * 500)}
     )
     assert "site" in _assert_error(validation, 400, "bad_request")["error"]
 
 
-def test_service_http_batch_gives_each_image_its_result(server, client, shared_data) -> None:
+def test_service_http_batch_gives_each_image_its_result(
+    service_server, service_client, shared_data
+) -> None:
     folder = shared_data / "dicom"
     names = [
         "RG1_UNCR.dcm",
@@ -247,14 +219,16 @@ def test_service_http_batch_gives_each_image_its_result(server, client, shared_d
         "txv_Fake_MONOHR1.dcm",
     ]
     files = [("images", (Path(n).name, (folder / n).read_bytes())) for n in names]
-    response = client.post("/predict_batch", files=[*files, ("site", (None, "hospital_b"))])
+    response = service_client.post(
+        "/predict_batch", files=[*files, ("site", (None, "hospital_b"))]
+    )
     assert response.status_code == 200, response.text
     body = response.json()
     assert [r["status"] for r in body["results"]] == [200, 422, 415, 200]
     assert (body["n_ok"], body["n_failed"]) == (2, 2)
     assert body["results"][1]["error"]["reason"] == "wrong_modality"
     ids = [r["prediction"]["request_id"] for r in body["results"] if r["prediction"]]
-    logged = PredictionLog(server.log_path).read()
+    logged = PredictionLog(service_server.log_path).read()
     rows = logged[logged["request_id"].isin(ids)]
     assert len(rows) == 2 and set(rows["site"]) == {"hospital_b"}
 
@@ -262,8 +236,8 @@ def test_service_http_batch_gives_each_image_its_result(server, client, shared_d
 # -- API key, probes, Python client -------------------------------------------------------------
 
 
-def test_service_http_api_key_guards_everything_but_probes_and_metrics(server) -> None:
-    with httpx.Client(base_url=server.url, timeout=30) as anonymous:
+def test_service_http_api_key_guards_everything_but_probes_and_metrics(service_server) -> None:
+    with httpx.Client(base_url=service_server.url, timeout=30) as anonymous:
         for path in ("/healthz", "/livez", "/readyz", "/metrics"):
             assert anonymous.get(path).status_code == 200, path
         for path in ("/", "/docs", "/docs.json", "/static_content/swagger-ui.css"):
@@ -277,7 +251,7 @@ def test_service_http_api_key_guards_everything_but_probes_and_metrics(server) -
         assert anonymous.post("/model_info", headers={"X-API-Key": API_KEY}).status_code == 200
         assert anonymous.post("/model_info", headers=AUTH).status_code == 200
         spec = anonymous.get("/docs.json", headers=AUTH).json()
-        assert spec["info"]["version"] == server.model_tag  # resolved when it started
+        assert spec["info"]["version"] == service_server.model_tag  # resolved when it started
 
 
 def _metric(metrics: str, name: str, **labels: str) -> float:
@@ -290,18 +264,18 @@ def _metric(metrics: str, name: str, **labels: str) -> float:
 
 
 def test_service_http_metrics_carry_the_model_and_domain_counters(
-    server, client, make_dicom
+    service_server, service_client, make_dicom
 ) -> None:
     image = {"image": ("a.dcm", make_dicom(name="a.dcm").read_bytes())}
-    before = httpx.get(f"{server.url}/metrics").text
-    answers = [client.post("/predict", files=image) for _ in range(3)]
+    before = httpx.get(f"{service_server.url}/metrics").text
+    answers = [service_client.post("/predict", files=image) for _ in range(3)]
     assert all(a.status_code == 200 for a in answers)
     _assert_error(
-        client.post("/predict", files={"image": ("x", b"junk" * 100)}), 415, "not_an_image"
+        service_client.post("/predict", files={"image": ("x", b"junk" * 100)}), 415, "not_an_image"
     )
-    _assert_error(httpx.post(f"{server.url}/model_info"), 401, "unauthorized")
-    after = httpx.get(f"{server.url}/metrics").text
-    tag = server.model_tag
+    _assert_error(httpx.post(f"{service_server.url}/model_info"), 401, "unauthorized")
+    after = httpx.get(f"{service_server.url}/metrics").text
+    tag = service_server.model_tag
     assert _metric(after, "cxr_triage_model_info", model_tag=tag) == 1
     label = answers[0].json()["label"]
     predicted = _metric(after, "cxr_triage_predictions_total", model_tag=tag, label=label)
@@ -316,12 +290,14 @@ def test_service_http_metrics_carry_the_model_and_domain_counters(
         assert counted - _metric(before, "cxr_triage_refusals_total", reason=reason) >= 1
 
 
-def test_service_http_one_request_id_header(client, make_dicom) -> None:
+def test_service_http_one_request_id_header(service_client, make_dicom) -> None:
     answers = [
-        client.post("/predict", files={"image": ("a.dcm", make_dicom(name="a.dcm").read_bytes())}),
-        client.post("/predict", files={"image": ("x", b"junk" * 100)}),
-        client.post("/model_info"),
-        client.get("/nowhere"),
+        service_client.post(
+            "/predict", files={"image": ("a.dcm", make_dicom(name="a.dcm").read_bytes())}
+        ),
+        service_client.post("/predict", files={"image": ("x", b"junk" * 100)}),
+        service_client.post("/model_info"),
+        service_client.get("/nowhere"),
     ]
     for answer in answers:
         assert [k for k in answer.headers if "request-id" in k or "trace-id" in k] == [
@@ -331,23 +307,26 @@ def test_service_http_one_request_id_header(client, make_dicom) -> None:
 
 
 def test_service_http_python_client_predicts_and_logs_before_answering(
-    server, tiny_pipeline, shared_data
+    service_server, tiny_pipeline, shared_data
 ) -> None:
     import bentoml
 
     dicom = shared_data / "dicom" / "RG1_UNCR.dcm"
     png = sorted((shared_data / "nih-cxr").rglob("*.png"))[0]
-    with bentoml.SyncHTTPClient(server.url, token=API_KEY, timeout=60) as c:
+    with bentoml.SyncHTTPClient(service_server.url, token=API_KEY, timeout=60) as c:
         info = c.model_info()
-        assert info["model_tag"] == server.model_tag
+        assert info["model_tag"] == service_server.model_tag
         package = json.loads((tiny_pipeline.package_dir / "package.json").read_text())
         assert info["threshold"] == package["threshold"]
         assert {"metrics", "versions", "operating_point"} <= set(info)
         for path in (dicom, png):
             result = c.predict(image=path, site="hospital_a")
-            assert 0 <= result["prob_abnormal"] <= 1 and result["model_tag"] == server.model_tag
+            assert (
+                0 <= result["prob_abnormal"] <= 1
+                and result["model_tag"] == service_server.model_tag
+            )
             # Appended (and committed) before the response was sent:
-            logged = PredictionLog(server.log_path).read()
+            logged = PredictionLog(service_server.log_path).read()
             row = logged[logged["request_id"] == result["request_id"]]
             assert len(row) == 1
             assert row["prob_abnormal"].iloc[0] == pytest.approx(result["prob_abnormal"])
@@ -377,17 +356,17 @@ def _batch_histogram(metrics: str) -> tuple[float, float]:
 
 
 def test_service_http_concurrent_clients_are_batched_and_each_logged_once(
-    server, shared_data
+    service_server, shared_data
 ) -> None:
     pngs = sorted((shared_data / "nih-cxr-64").rglob("*.png"))[:16]
     payloads = [p.read_bytes() for p in pngs]
     # Over 100: BentoML recycles its internal client session every 100 calls by default, which
     # broke requests in flight (bentoml/BentoML#5540; CxrScorer turns the recycling off).
     n_requests = 160
-    batches_before, _ = _batch_histogram(httpx.get(f"{server.url}/metrics").text)
+    batches_before, _ = _batch_histogram(httpx.get(f"{service_server.url}/metrics").text)
 
     def one(i: int) -> tuple[int, str]:
-        with httpx.Client(base_url=server.url, headers=AUTH, timeout=120) as c:
+        with httpx.Client(base_url=service_server.url, headers=AUTH, timeout=120) as c:
             r = c.post("/predict", files={"image": ("x.png", payloads[i % len(payloads)])})
             return r.status_code, r.headers["x-request-id"]
 
@@ -396,10 +375,10 @@ def test_service_http_concurrent_clients_are_batched_and_each_logged_once(
     acknowledged = [rid for status, rid in results if status == 200]
     assert len(acknowledged) == n_requests  # nothing refused under this load
     assert len(set(acknowledged)) == n_requests
-    logged = PredictionLog(server.log_path).read()
+    logged = PredictionLog(service_server.log_path).read()
     assert logged["request_id"].is_unique
     assert logged["request_id"].isin(acknowledged).sum() == n_requests
-    batches, ones = _batch_histogram(httpx.get(f"{server.url}/metrics").text)
+    batches, ones = _batch_histogram(httpx.get(f"{service_server.url}/metrics").text)
     new_batches = batches - batches_before
     # Adaptive batching merged requests: fewer network calls than requests, some with > 1 image.
     assert 0 < new_batches < n_requests
@@ -409,13 +388,13 @@ def test_service_http_concurrent_clients_are_batched_and_each_logged_once(
 # -- OpenAPI fuzzing ----------------------------------------------------------------------------
 
 
-def test_service_http_schemathesis_finds_no_server_error(server, tmp_path) -> None:
+def test_service_http_schemathesis_finds_no_server_error(service_server, tmp_path) -> None:
     schemathesis = Path(sys.executable).with_name("schemathesis")
     result = subprocess.run(
         [
             str(schemathesis),
             "run",
-            f"{server.url}/docs.json",
+            f"{service_server.url}/docs.json",
             "--checks",
             "not_a_server_error",
             "--max-examples",
@@ -446,28 +425,30 @@ def test_service_http_schemathesis_finds_no_server_error(server, tmp_path) -> No
 
 
 def test_service_http_feedback_matches_reads_by_request_id_and_by_study(
-    server, client, make_dicom
+    service_server, service_client, make_dicom
 ) -> None:
     first, second = make_dicom(name="a.dcm"), make_dicom(name="b.dcm")
     study = pydicom.dcmread(second).StudyInstanceUID
-    by_id = client.post("/predict", files={"image": ("a.dcm", first.read_bytes())})
-    by_study = client.post("/predict", files={"image": ("b.dcm", second.read_bytes())})
+    by_id = service_client.post("/predict", files={"image": ("a.dcm", first.read_bytes())})
+    by_study = service_client.post("/predict", files={"image": ("b.dcm", second.read_bytes())})
     assert by_id.status_code == by_study.status_code == 200
     reads = [
         {"request_id": by_id.json()["request_id"], "label": "abnormal", "findings": "Effusion"},
         {"study_uid": study, "label": "normal"},
         {"request_id": "never-answered", "label": "normal"},
     ]
-    receipt = client.post("/feedback", json={"reads": reads})
+    receipt = service_client.post("/feedback", json={"reads": reads})
     assert receipt.status_code == 200, receipt.text
     body = receipt.json()
     assert (body["n_received"], body["n_stored"], body["n_matched"]) == (3, 3, 2)
     assert body["unmatched"] == ["request_id=never-answered"]
-    logged = PredictionLog(server.log_path).read(with_feedback=True).set_index("request_id")
+    logged = (
+        PredictionLog(service_server.log_path).read(with_feedback=True).set_index("request_id")
+    )
     assert logged.loc[by_id.json()["request_id"], "true_label"] == "abnormal"
     assert logged.loc[by_study.json()["request_id"], "true_label"] == "normal"
-    assert study not in server.log_path.read_bytes().decode("latin-1")  # only its digest
+    assert study not in service_server.log_path.read_bytes().decode("latin-1")  # only its digest
 
-    bad = client.post("/feedback", json={"reads": [{"label": "abnormal"}]})
+    bad = service_client.post("/feedback", json={"reads": [{"label": "abnormal"}]})
     _assert_error(bad, 400, "bad_request")
     assert "request_id" in bad.json()["error"]

@@ -137,15 +137,7 @@ def test_comparison_markdown_formats_and_marks_the_winner() -> None:
 
 # --- the whole selection on constructed out-of-fold scores -----------------------------------
 
-N_PATIENTS, REPEATS = 300, 2
-
-
-@pytest.fixture(scope="module")
-def labels() -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(0)
-    y = np.repeat(rng.integers(0, 2, N_PATIENTS), 2)  # two images per patient
-    groups = np.repeat(np.arange(N_PATIENTS).astype(str), 2)
-    return y, groups
+REPEATS = 2
 
 
 def _scores(y: np.ndarray, signal: float, seed: int, shared: np.ndarray | None = None):

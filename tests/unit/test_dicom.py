@@ -26,8 +26,8 @@ from cxr_triage.errors import (
 from cxr_triage.io.dicom import parse_age, read_dicom
 from cxr_triage.io.images import read_image
 from cxr_triage.io.records import ImageLimits
+from helpers.dicom import SIIM
 
-SIIM = "txv_siim_1.2.276.0.7230010.3.1.4.8323329.6904.1517875201.850819.dcm"
 JPEG_XL = "1.2.840.10008.1.2.4.110"  # JPEG XL Lossless: no pydicom 3.0 decoder exists
 
 # Every file of ../shared/data/dicom and what reading it must give (None = a usable image).
@@ -50,13 +50,6 @@ SHARED_EXPECTED: dict[str, tuple[type[InvalidImageError], str] | None] = {
 def linear_window(x: np.ndarray, center: float, width: float) -> np.ndarray:
     """DICOM PS3.3 C.11.2.1.2.1 LINEAR window, output in [0, 1]."""
     return np.clip((np.asarray(x, np.float64) - (center - 0.5)) / (width - 1) + 0.5, 0.0, 1.0)
-
-
-@pytest.fixture(scope="module")
-def shared_dicom_reads(request: pytest.FixtureRequest) -> dict[str, np.ndarray]:
-    """Decoded pixels of the three usable shared files, read once per module."""
-    shared = request.getfixturevalue("shared_data") / "dicom"
-    return {name: read_image(shared / name).pixels for name in ("RG1_UNCR.dcm", SIIM)}
 
 
 # --- real files from ../shared/data/dicom ------------------------------------------------------

@@ -24,21 +24,7 @@ from cxr_triage.monitoring import (
 )
 from helpers.commands import runner
 from helpers.drift_inputs import feature_rows
-from helpers.pipeline import REPO, stub_package, tiny_params_data
-
-
-@pytest.fixture
-def params(tmp_path) -> Params:
-    return parse_section(Params, tiny_params_data(tmp_path), "")
-
-
-@pytest.fixture
-def package_dir(tmp_path) -> Path:
-    """A package with just a monitoring reference: 80 hospital_a and 10 hospital_b rows."""
-    reference = pd.concat(
-        [feature_rows(80), feature_rows(10, site="hospital_b", seed=1)], ignore_index=True
-    )
-    return stub_package(tmp_path / "package", reference)
+from helpers.pipeline import REPO
 
 
 def run_monitoring(
@@ -76,11 +62,13 @@ def test_load_reference_of_a_folder_without_one_says_how_to_build_it(tmp_path):
         load_reference(tmp_path)
 
 
-def test_run_monitoring_too_small_window_is_insufficient_data(params, package_dir, tmp_path):
+def test_run_monitoring_too_small_window_is_insufficient_data(
+    drift_params, drift_package_dir, tmp_path
+):
     out = tmp_path / "monitor"
 
     result = run_monitoring(
-        params, current=feature_rows(5, seed=7), package_dir=package_dir, out_dir=out
+        drift_params, current=feature_rows(5, seed=7), package_dir=drift_package_dir, out_dir=out
     )
 
     assert result.status == "insufficient_data" and result.drift is False
@@ -96,9 +84,11 @@ def test_run_monitoring_too_small_window_is_insufficient_data(params, package_di
     assert not (out / "workspace").exists()  # nothing to show in Evidently UI
 
 
-def test_run_monitoring_empty_window_is_insufficient_data(params, package_dir, tmp_path):
+def test_run_monitoring_empty_window_is_insufficient_data(
+    drift_params, drift_package_dir, tmp_path
+):
     result = run_monitoring(
-        params, current=pd.DataFrame(), package_dir=package_dir, out_dir=tmp_path / "m"
+        drift_params, current=pd.DataFrame(), package_dir=drift_package_dir, out_dir=tmp_path / "m"
     )
 
     assert result.status == "insufficient_data" and result.to_json()["n_current"] == 0
@@ -106,12 +96,12 @@ def test_run_monitoring_empty_window_is_insufficient_data(params, package_dir, t
 
 
 def test_run_monitoring_small_site_reference_falls_back_to_whole_reference(
-    params, package_dir, tmp_path
+    drift_params, drift_package_dir, tmp_path
 ):
     result = run_monitoring(
-        params,
+        drift_params,
         current=feature_rows(3, site="hospital_b"),
-        package_dir=package_dir,
+        package_dir=drift_package_dir,
         out_dir=tmp_path / "m",
     )
 
@@ -120,32 +110,43 @@ def test_run_monitoring_small_site_reference_falls_back_to_whole_reference(
     assert "only 10 reference rows < monitor.min_reference_rows (50)" in s["scope_reason"]
 
 
-def test_run_monitoring_site_keeps_only_its_rows(params, package_dir, tmp_path):
+def test_run_monitoring_site_keeps_only_its_rows(drift_params, drift_package_dir, tmp_path):
     current = pd.concat([feature_rows(4), feature_rows(6, site="hospital_b")], ignore_index=True)
 
     result = run_monitoring(
-        params, current=current, package_dir=package_dir, site="hospital_b", out_dir=tmp_path
+        drift_params,
+        current=current,
+        package_dir=drift_package_dir,
+        site="hospital_b",
+        out_dir=tmp_path,
     )
 
     s = result.to_json()
     assert s["n_current"] == 6 and s["n_current_other_sites"] == 4
 
 
-def test_run_monitoring_refuses_a_site_the_current_data_lacks(params, package_dir, tmp_path):
+def test_run_monitoring_refuses_a_site_the_current_data_lacks(
+    drift_params, drift_package_dir, tmp_path
+):
     with pytest.raises(DataError, match="no rows of site 'hospital_c'.*hospital_a"):
         run_monitoring(
-            params,
+            drift_params,
             current=feature_rows(40),
-            package_dir=package_dir,
+            package_dir=drift_package_dir,
             site="hospital_c",
             out_dir=tmp_path,
         )
 
 
-def test_run_monitoring_refuses_rows_of_another_summary_layout(params, package_dir, tmp_path):
+def test_run_monitoring_refuses_rows_of_another_summary_layout(
+    drift_params, drift_package_dir, tmp_path
+):
     with pytest.raises(DataError, match="lacks monitoring columns emb_4.*summary_components"):
         run_monitoring(
-            params, current=feature_rows(40, k=4), package_dir=package_dir, out_dir=tmp_path
+            drift_params,
+            current=feature_rows(40, k=4),
+            package_dir=drift_package_dir,
+            out_dir=tmp_path,
         )
 
 
@@ -210,9 +211,9 @@ def test_cli_monitor_refuses_images_with_a_log_window(tmp_path):
     assert "give --images or --log/--since/--until/--last/--hours, not both" in result.stderr
 
 
-def test_cli_monitor_missing_log_is_insufficient_data_and_says_why(package_dir, tmp_path):
+def test_cli_monitor_missing_log_is_insufficient_data_and_says_why(drift_package_dir, tmp_path):
     missing = tmp_path / "none.sqlite"
-    base = ["monitor", "--log", str(missing), "--package", str(package_dir)]
+    base = ["monitor", "--log", str(missing), "--package", str(drift_package_dir)]
     base += ["--params", str(REPO / "params.yaml"), "--out", str(tmp_path / "monitor")]
 
     result = runner.invoke(app, base)
@@ -240,12 +241,14 @@ def test_log_window_options_are_the_clis(tmp_path):
 
 
 def test_run_monitoring_unknown_stat_test_is_a_config_error_and_leaves_nothing(
-    params, package_dir, tmp_path
+    drift_params, drift_package_dir, tmp_path
 ):
-    params = dataclasses.replace(params, monitor=MonitorParams(num_method="nope"))
+    drift_params = dataclasses.replace(drift_params, monitor=MonitorParams(num_method="nope"))
     out = tmp_path / "monitor"
 
     with pytest.raises(ConfigError, match="monitor.num_method: 'nope' is not an Evidently"):
-        run_monitoring(params, current=feature_rows(40), package_dir=package_dir, out_dir=out)
+        run_monitoring(
+            drift_params, current=feature_rows(40), package_dir=drift_package_dir, out_dir=out
+        )
 
     assert list((out / "runs").iterdir()) == []  # no half-written run, no temporary folder

@@ -9,23 +9,8 @@ import torch
 from cxr_triage.data.preprocess import iter_model_input, to_model_input
 from cxr_triage.errors import ConfigError
 from cxr_triage.models.embed import embed_images
-from cxr_triage.models.networks import Backbone, build_backbone
+from cxr_triage.models.networks import Backbone
 from cxr_triage.models.weights import OnnxEmbedder, export_onnx
-
-
-@pytest.fixture(scope="module")
-def backbone() -> Backbone:
-    torch.manual_seed(0)
-    model = build_backbone("small_cnn")
-    # A few training steps' worth of BatchNorm statistics, so eval mode differs from train mode.
-    with torch.no_grad():
-        model(torch.randn(8, 1, 32, 32) * 2 + 1)
-    return model
-
-
-@pytest.fixture(scope="module")
-def images() -> np.ndarray:
-    return np.random.default_rng(0).integers(0, 256, size=(37, 32, 32), dtype=np.uint8)
 
 
 def _bare_forward(model: Backbone, images: np.ndarray) -> np.ndarray:

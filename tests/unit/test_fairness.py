@@ -33,28 +33,6 @@ def test_age_band(age: object, band: str) -> None:
     assert age_band(age) == band
 
 
-@pytest.fixture()
-def studies() -> pd.DataFrame:
-    """Site A scores separate classes well, site B poorly; sex is balanced and uninformative."""
-    rng = np.random.default_rng(0)
-    n = 800
-    site = np.where(np.arange(n) < n // 2, "A", "B")
-    label = rng.integers(0, 2, size=n)
-    noise = np.where(site == "A", 0.1, 0.35)
-    score = np.clip(0.3 + 0.4 * label + rng.normal(0, 1, n) * noise, 0, 1)
-    return pd.DataFrame(
-        {
-            "patient_id": np.arange(n) // 2,
-            "label": label,
-            "score": score,
-            "sex": rng.choice(["F", "M"], size=n),
-            "age": rng.choice([25, 50, 70, 85, np.nan], size=n),
-            "view_position": rng.choice(["PA", "AP"], size=n),
-            "site": site,
-        }
-    )
-
-
 def test_slice_metrics_rows_and_values(studies: pd.DataFrame) -> None:
     table = slice_metrics(studies, "label", "score", threshold=0.5, min_count=20)
     assert table.iloc[0][["slice", "value"]].tolist() == ["overall", "all"]

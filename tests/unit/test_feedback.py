@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
 
 from cxr_triage.cli import EXIT_SENSITIVITY, app
-from cxr_triage.config import MonitorParams, Params, parse_section
+from cxr_triage.config import Params, parse_section
 from cxr_triage.data.ingest import ingest_source
 from cxr_triage.errors import ConfigError, DataError
-from cxr_triage.inference.features import monitoring_columns
 from cxr_triage.inference.feedback import (
     parse_reads,
     read_feedback_csv,
@@ -27,50 +24,10 @@ from cxr_triage.monitoring import LogWindow, check_drift
 from cxr_triage.orchestration.alerts import AlertSettings
 from cxr_triage.orchestration.events import PERFORMANCE_EVENT, performance_event
 from helpers.commands import runner
-from helpers.pipeline import REPO, stub_package, tiny_params_data
+from helpers.drift_inputs import STUB_TAG, logged_rows
+from helpers.pipeline import REPO, tiny_params_data
 
 SALT = "unit-test-salt-0123456789abcdef"
-TAG = "cxr-triage:stub"
-
-
-def logged_rows(n: int, *, seed: int = 0) -> list[dict]:
-    """Prediction log rows of the stub model: features, request ids ``r<i>``, threshold 0.5."""
-    rng = np.random.default_rng(seed)
-    rows = []
-    for i in range(n):
-        row = {c: float(rng.normal(0.5, 0.1)) for c in monitoring_columns(8)}
-        row.update(site="hospital_a", manufacturer="Northwind", view_position="PA", sex="F")
-        row.update(age_band="40-59", modality="DX", photometric="MONOCHROME2")
-        row["prob_abnormal"] = float(rng.uniform(0, 1))
-        row["label"] = "abnormal" if row["prob_abnormal"] >= 0.5 else "normal"
-        row.update(request_id=f"r{i}", model_tag=TAG, threshold=0.5)
-        rows.append(row)
-    return rows
-
-
-@pytest.fixture
-def log_path(tmp_path) -> Path:
-    path = tmp_path / "predictions.sqlite"
-    log = PredictionLog(path)
-    log.append(logged_rows(120))
-    log.close()
-    return path
-
-
-@pytest.fixture
-def package_dir(tmp_path) -> Path:
-    reference = pd.DataFrame(logged_rows(80, seed=1)).drop(
-        columns=["request_id", "model_tag", "threshold"]
-    )
-    return stub_package(tmp_path / "package", reference, tag=TAG)
-
-
-@pytest.fixture
-def params(tmp_path) -> Params:
-    """No drift verdict (too few rows for it on purpose): the reads are graded regardless."""
-    params = parse_section(Params, tiny_params_data(tmp_path), "")
-    monitor = MonitorParams(min_current_rows=10_000, max_rows=10_000, feedback_n_boot=200)
-    return dataclasses.replace(params, monitor=monitor)
 
 
 def reads_csv(path: Path, rows: list[dict]) -> Path:
@@ -164,12 +121,14 @@ def test_reads_by_study_match_predictions_that_logged_the_study_key(tmp_path):
 
 
 def test_fed_back_reads_become_realised_sensitivity_and_an_alert_when_it_falls(
-    log_path, package_dir, params, tmp_path
+    log_path, feedback_package_dir, feedback_params, tmp_path
 ):
     rows = logged_rows(120)
     record_feedback(parse_reads(truthful_reads(rows)), log_path=log_path)
 
-    good = check_drift(params, LogWindow(log_path), package=package_dir, out_dir=tmp_path / "m")
+    good = check_drift(
+        feedback_params, LogWindow(log_path), package=feedback_package_dir, out_dir=tmp_path / "m"
+    )
 
     perf = good.performance
     assert good.status == "insufficient_data"  # the drift check needs more rows; reads graded
@@ -180,7 +139,9 @@ def test_fed_back_reads_become_realised_sensitivity_and_an_alert_when_it_falls(
 
     # Radiologists find 15 abnormal studies among those the model called normal.
     record_feedback(parse_reads(truthful_reads(rows, missed=15)), log_path=log_path)
-    bad = check_drift(params, LogWindow(log_path), package=package_dir, out_dir=tmp_path / "m")
+    bad = check_drift(
+        feedback_params, LogWindow(log_path), package=feedback_package_dir, out_dir=tmp_path / "m"
+    )
 
     perf = bad.performance
     n_abnormal = sum(r["label"] == "abnormal" for r in rows) + 15
@@ -196,23 +157,29 @@ def test_fed_back_reads_become_realised_sensitivity_and_an_alert_when_it_falls(
     event = performance_event(summary, settings=AlertSettings(), flow_run_id="run-1")
     assert event["event"] == PERFORMANCE_EVENT
     assert event["payload"]["title"] == (
-        f"[cxr-triage] sensitivity below target at hospital_a, model {TAG}"
+        f"[cxr-triage] sensitivity below target at hospital_a, model {STUB_TAG}"
     )
     assert "against the target 0.95 (package operating point)" in event["payload"]["text"]
 
 
-def test_few_reads_are_insufficient_feedback_not_an_alert(log_path, package_dir, params, tmp_path):
+def test_few_reads_are_insufficient_feedback_not_an_alert(
+    log_path, feedback_package_dir, feedback_params, tmp_path
+):
     rows = logged_rows(120)[:10]
     record_feedback(parse_reads(truthful_reads(rows, missed=5)), log_path=log_path)
 
-    summary = check_drift(params, LogWindow(log_path), package=package_dir, out_dir=tmp_path)
+    summary = check_drift(
+        feedback_params, LogWindow(log_path), package=feedback_package_dir, out_dir=tmp_path
+    )
 
     assert summary.performance.status == "insufficient_feedback"
     assert "monitor.feedback_min_reads (20)" in summary.performance.reason
     assert not summary.performance_alert
 
 
-def test_cli_feedback_then_monitor_exits_4_when_sensitivity_falls(log_path, package_dir, tmp_path):
+def test_cli_feedback_then_monitor_exits_4_when_sensitivity_falls(
+    log_path, feedback_package_dir, tmp_path
+):
     rows = logged_rows(120)
     path = reads_csv(tmp_path / "reads.csv", truthful_reads(rows, missed=15))
     data = tiny_params_data(tmp_path)
@@ -222,7 +189,7 @@ def test_cli_feedback_then_monitor_exits_4_when_sensitivity_falls(log_path, pack
     stored = runner.invoke(app, ["feedback", str(path), "--log", str(log_path)])
     monitored = runner.invoke(
         app,
-        ["monitor", "--log", str(log_path), "--package", str(package_dir),
+        ["monitor", "--log", str(log_path), "--package", str(feedback_package_dir),
          "--params", str(tmp_path / "params.yaml"), "--out", str(tmp_path / "m")],
     )  # fmt: skip
 

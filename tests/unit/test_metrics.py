@@ -23,18 +23,6 @@ from cxr_triage.evaluation.metrics import (
 )
 
 
-@pytest.fixture()
-def scored() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Noisy, tied scores for 300 patients with 1-4 images each."""
-    rng = np.random.default_rng(0)
-    images = rng.integers(1, 5, size=300)
-    groups = np.repeat(np.arange(300), images)
-    patient_label = rng.integers(0, 2, size=300)
-    y_true = patient_label[groups]
-    y_score = np.round(np.clip(0.35 + 0.3 * y_true + rng.normal(0, 0.2, groups.size), 0, 1), 2)
-    return y_true, y_score, groups
-
-
 def test_auroc_perfect_ranking_is_one_and_reversed_is_zero() -> None:
     y_true = np.array([0, 0, 0, 1, 1])
     y_score = np.array([0.1, 0.2, 0.3, 0.8, 0.9])

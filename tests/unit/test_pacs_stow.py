@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pydicom
 import pytest
@@ -14,8 +13,8 @@ from cxr_triage.data.deid import Pseudonymiser
 from cxr_triage.pacs.settings import PacsSettings
 from cxr_triage.pacs.spool import Spool
 from cxr_triage.pacs.stow import parse_multipart_related, store_instances
+from helpers.pacs import SALT
 
-SALT = "unit-test-salt-0123456789"
 BASE = "http://stow.test/dicom-web"
 
 
@@ -42,13 +41,6 @@ class _Server(BaseAdapter):
         pass
 
 
-@pytest.fixture
-def spool(tmp_path: Path) -> Spool:
-    spool = Spool(tmp_path / "spool", Pseudonymiser(SALT))
-    yield spool
-    spool.close()
-
-
 def _client(spool: Spool):
     from dicomweb_client import DICOMwebClient
 
@@ -57,26 +49,26 @@ def _client(spool: Spool):
     return DICOMwebClient(BASE, session=session)
 
 
-def test_dicomweb_client_stores_into_the_spool(spool, make_dicom) -> None:
+def test_dicomweb_client_stores_into_the_spool(pacs_spool, make_dicom) -> None:
     datasets = [pydicom.dcmread(make_dicom(name=f"{n}.dcm")) for n in range(2)]
-    response = _client(spool).store_instances(datasets)
+    response = _client(pacs_spool).store_instances(datasets)
     assert len(response.ReferencedSOPSequence) == 2
     assert "FailedSOPSequence" not in response
-    rows = spool.instances()
+    rows = pacs_spool.instances()
     assert {r.key for r in rows} == {Pseudonymiser(SALT).image(d.SOPInstanceUID) for d in datasets}
     assert {(r.source, r.site, r.state) for r in rows} == {("stow", "web", "received")}
 
 
-def test_partial_and_total_failures(spool, make_dicom, shared_data) -> None:
+def test_partial_and_total_failures(pacs_spool, make_dicom, shared_data) -> None:
     good = pydicom.dcmread(make_dicom())
     ct = pydicom.dcmread(shared_data / "dicom" / "CT_small.dcm")
-    response = _client(spool).store_instances([good, ct])  # 202: stored in part
+    response = _client(pacs_spool).store_instances([good, ct])  # 202: stored in part
     (failure,) = response.FailedSOPSequence
     assert (failure.ReferencedSOPInstanceUID, failure.FailureReason) == (ct.SOPInstanceUID, 0x0122)
     assert len(response.ReferencedSOPSequence) == 1
 
     with pytest.raises(requests.HTTPError) as none:
-        _client(spool).store_instances([ct])
+        _client(pacs_spool).store_instances([ct])
     assert none.value.response.status_code == 409
 
 
@@ -91,28 +83,30 @@ def _multipart(parts: list[bytes], boundary: str = "b0undary") -> tuple[str, byt
     )
 
 
-def test_request_level_errors_and_instance_reasons(spool, make_dicom) -> None:
+def test_request_level_errors_and_instance_reasons(pacs_spool, make_dicom) -> None:
     settings = PacsSettings()
     data = make_dicom().read_bytes()
-    assert store_instances("application/json", b"{}", spool, settings).status == 415
+    assert store_instances("application/json", b"{}", pacs_spool, settings).status == 415
     content_type, body = _multipart([data])
-    assert store_instances(content_type, body[:-8], spool, settings).status == 400  # cut off
-    answer = store_instances(content_type, body, spool, settings, study_instance_uid="1.2.3")
+    assert store_instances(content_type, body[:-8], pacs_spool, settings).status == 400  # cut off
+    answer = store_instances(content_type, body, pacs_spool, settings, study_instance_uid="1.2.3")
     assert answer.status == 409  # another study than the URL's
     assert answer.body["00081198"]["Value"][0]["00081197"]["Value"] == [0xA900]
     content_type, body = _multipart([b"not dicom at all" * 20, data])
-    answer = store_instances(content_type, body, spool, settings)
+    answer = store_instances(content_type, body, pacs_spool, settings)
     assert (answer.status, answer.stored, answer.failed) == (202, 1, 1)
     assert answer.body["00081198"]["Value"][0] == {"00081197": {"vr": "US", "Value": [0xC000]}}
-    assert store_instances(content_type, body, spool, settings).stored == 1  # duplicate: stored
-    assert len(spool.instances()) == 1
+    assert (
+        store_instances(content_type, body, pacs_spool, settings).stored == 1
+    )  # duplicate: stored
+    assert len(pacs_spool.instances()) == 1
 
 
-def test_a_spool_that_cannot_take_it_answers_out_of_resources(spool, make_dicom) -> None:
-    spool.incoming.rename(spool.root / "moved")
-    spool.incoming.write_text("not a folder")
+def test_a_spool_that_cannot_take_it_answers_out_of_resources(pacs_spool, make_dicom) -> None:
+    pacs_spool.incoming.rename(pacs_spool.root / "moved")
+    pacs_spool.incoming.write_text("not a folder")
     content_type, body = _multipart([make_dicom().read_bytes()])
-    answer = store_instances(content_type, body, spool, PacsSettings())
+    answer = store_instances(content_type, body, pacs_spool, PacsSettings())
     assert answer.status == 409
     assert answer.body["00081198"]["Value"][0]["00081197"]["Value"] == [0xA700]
 

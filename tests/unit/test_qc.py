@@ -18,28 +18,7 @@ from cxr_triage.inference.qc import (
     fit_qc_model,
     layout,
 )
-
-SIDE = 64
-
-
-def _chest_like(n: int, seed: int) -> np.ndarray:
-    """Bright mediastinum and diaphragm, two dark lung fields above, a brighter bottom band:
-    an upright frontal layout with a top/bottom and a left/right structure, plus noise."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:SIDE, 0:SIDE] / SIDE
-    out = np.empty((n, SIDE, SIDE), dtype=np.uint8)
-    for i in range(n):
-        cy, dx = 0.42 + rng.normal(0, 0.03), 0.22 + rng.normal(0, 0.02)
-        lungs = np.exp(-(((yy - cy) / 0.22) ** 2 + ((np.abs(xx - 0.5) - dx) / 0.12) ** 2))
-        image = 0.75 - 0.55 * lungs + 0.2 * (yy > 0.8 + rng.normal(0, 0.02))
-        image += rng.normal(0, 0.04, image.shape)
-        out[i] = np.clip(image * 255, 0, 255).astype(np.uint8)
-    return out
-
-
-@pytest.fixture(scope="module")
-def model() -> QcModel:
-    return fit_qc_model(_chest_like(60, 0), _chest_like(30, 1), grid=8, augment_copies=2)
+from helpers.qc import SIDE, chest_like
 
 
 def _gate(model: QcModel, **actions: str) -> QualityGate:
@@ -47,7 +26,7 @@ def _gate(model: QcModel, **actions: str) -> QualityGate:
 
 
 def test_layout_is_standardised_per_image_and_handles_any_side() -> None:
-    images = _chest_like(3, 2)
+    images = chest_like(3, 2)
     rows = layout(images, 8)
     assert rows.shape == (3, 64)
     assert np.allclose(rows.mean(axis=1), 0, atol=1e-9)
@@ -55,9 +34,9 @@ def test_layout_is_standardised_per_image_and_handles_any_side() -> None:
     assert layout(images[:, :60, :60], 8).shape == (3, 64)  # 60 is no multiple of 8
 
 
-def test_upright_images_pass_and_their_inverted_and_rotated_copies_are_caught(model) -> None:
-    gate = _gate(model, out_of_distribution="warn")
-    held_out = _chest_like(20, 3)
+def test_upright_images_pass_and_their_inverted_and_rotated_copies_are_caught(qc_model) -> None:
+    gate = _gate(qc_model, out_of_distribution="warn")
+    held_out = chest_like(20, 3)
     upright = gate.check_many(held_out, [{}] * 20)
     assert all(v.passed for v in upright), [v.to_dict()["failed"] for v in upright]
     inverted = gate.check_many(255 - held_out, [{}] * 20)
@@ -67,17 +46,17 @@ def test_upright_images_pass_and_their_inverted_and_rotated_copies_are_caught(mo
     assert all(not v.passed for v in inverted + rotated)
 
 
-def test_something_unlike_the_training_images_is_out_of_distribution(model) -> None:
+def test_something_unlike_the_training_images_is_out_of_distribution(qc_model) -> None:
     rng = np.random.default_rng(4)
     noise = rng.integers(0, 256, (5, SIDE, SIDE), dtype=np.uint8)
-    verdicts = _gate(model, out_of_distribution="warn").check_many(noise, [{}] * 5)
+    verdicts = _gate(qc_model, out_of_distribution="warn").check_many(noise, [{}] * 5)
     assert all("out_of_distribution" in v.to_dict()["failed"] for v in verdicts)
     assert all(v.status in ("warn", "refuse") for v in verdicts)
 
 
-def test_header_rules_name_the_check_and_follow_their_action(model) -> None:
-    image = _chest_like(1, 5)[0]
-    gate = _gate(model, burned_in_annotation="warn", out_of_distribution="off")
+def test_header_rules_name_the_check_and_follow_their_action(qc_model) -> None:
+    image = chest_like(1, 5)[0]
+    gate = _gate(qc_model, burned_in_annotation="warn", out_of_distribution="off")
     cases = {
         "view": {"view_position": "ll"},
         "min_size": {"orig_rows": 200, "orig_cols": 1024},
@@ -95,34 +74,34 @@ def test_header_rules_name_the_check_and_follow_their_action(model) -> None:
     assert "out_of_distribution" not in [c["name"] for c in verdict.to_dict()["checks"]]
 
 
-def test_a_refusal_is_a_typed_422_naming_the_checks(model) -> None:
-    verdict = _gate(model).check(_chest_like(1, 6)[0], {"view_position": "LATERAL", "age": 12})
+def test_a_refusal_is_a_typed_422_naming_the_checks(qc_model) -> None:
+    verdict = _gate(qc_model).check(chest_like(1, 6)[0], {"view_position": "LATERAL", "age": 12})
     error = verdict.error()
     assert isinstance(error, QcFailedError) and isinstance(error, InvalidImageError)
     assert error.reason == "qc_failed" and error.http_status == 422
     assert error.checks == ("view", "pediatric")
     assert "view" in str(error) and "frontal" in str(error)
-    assert _gate(model).check(_chest_like(1, 6)[0], {}).error() is None
+    assert _gate(qc_model).check(chest_like(1, 6)[0], {}).error() is None
 
 
-def test_settings_and_model_round_trip(model, tmp_path) -> None:
+def test_settings_and_model_round_trip(qc_model, tmp_path) -> None:
     settings = QcSettings(actions={"view": "warn"}, min_size_px=128, lateral_views=("LL",))
     assert QcSettings.from_dict(settings.to_dict()) == settings
     with pytest.raises(Exception, match="invalid QC actions"):
         QcSettings.from_dict({"actions": {"view": "explode"}})
     path = tmp_path / "qc.npz"
-    path.write_bytes(model.to_bytes())
+    path.write_bytes(qc_model.to_bytes())
     loaded = QcModel.load(path)
-    images = _chest_like(4, 7)
-    for key, values in model.margins(images).items():
+    images = chest_like(4, 7)
+    for key, values in qc_model.margins(images).items():
         assert np.allclose(loaded.margins(images)[key], values), key
     (tmp_path / "bad.npz").write_bytes(b"not npz")
     with pytest.raises(Exception, match="not a readable QC model"):
         QcModel.load(tmp_path / "bad.npz")
-    assert io.BytesIO(model.to_bytes()).read(2) == b"PK"  # a plain npz, no pickle
+    assert io.BytesIO(qc_model.to_bytes()).read(2) == b"PK"  # a plain npz, no pickle
 
 
 def test_same_inputs_and_seed_give_the_same_model() -> None:
-    a = fit_qc_model(_chest_like(20, 0), _chest_like(10, 1), grid=8, augment_copies=1, seed=3)
-    b = fit_qc_model(_chest_like(20, 0), _chest_like(10, 1), grid=8, augment_copies=1, seed=3)
+    a = fit_qc_model(chest_like(20, 0), chest_like(10, 1), grid=8, augment_copies=1, seed=3)
+    b = fit_qc_model(chest_like(20, 0), chest_like(10, 1), grid=8, augment_copies=1, seed=3)
     assert np.array_equal(a.coef, b.coef) and a.ood_limit == b.ood_limit

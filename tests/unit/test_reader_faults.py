@@ -13,7 +13,6 @@ import numpy as np
 import pydicom
 import pytest
 from PIL import Image
-from pydicom import config as pydicom_config
 from pydicom.dataelem import DataElement
 from pydicom.encaps import encapsulate
 from pydicom.uid import JPEGBaseline8Bit
@@ -33,15 +32,6 @@ from cxr_triage.errors import (
 from cxr_triage.io.images import inspect_image, read_image
 
 BUGS = "bugs"
-
-
-@pytest.fixture
-def unvalidated_writes():
-    """Let pydicom write invalid values (it refuses them by default), as broken devices do."""
-    saved = pydicom_config.settings.writing_validation_mode
-    pydicom_config.settings.writing_validation_mode = pydicom_config.IGNORE
-    yield
-    pydicom_config.settings.writing_validation_mode = saved
 
 
 def rewrite(path: Path, *elements: tuple) -> Path:

@@ -32,9 +32,8 @@ from cxr_triage.data.synth.cohort import (
 from cxr_triage.data.synth.lesions import DRAWN_BY, NOMINAL_CONTRAST
 from cxr_triage.errors import ConfigError
 from cxr_triage.vocabulary import FINDINGS
-from helpers.pipeline import REPO
+from helpers.pipeline import REPO, SMALL_SYNTH
 
-SMALL = SynthConfig(image_size=64)
 CHESTXRAY14_HEADER = (
     "Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,View Position,"
     "OriginalImage[Width,Height],OriginalImagePixelSpacing[x,y],Site"
@@ -65,15 +64,11 @@ def _display(path: Path) -> np.ndarray:
     return np.clip((arr - lo) / (hi - lo + 1e-6), 0, 1)
 
 
-@pytest.fixture(scope="module")
-def hospital_c(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, pd.DataFrame]:
-    out = tmp_path_factory.mktemp("synth") / "hospital_c"
-    return out, generate_dataset(out, 24, "hospital_c", seed=3, config=SMALL)
-
-
 def test_generate_dataset_is_byte_identical_for_same_arguments(tmp_path: Path) -> None:
-    first = generate_dataset(tmp_path / "one", 12, "hospital_a", seed=7, config=SMALL)
-    second = generate_dataset(tmp_path / "two", 12, "hospital_a", seed=7, config=SMALL, workers=2)
+    first = generate_dataset(tmp_path / "one", 12, "hospital_a", seed=7, config=SMALL_SYNTH)
+    second = generate_dataset(
+        tmp_path / "two", 12, "hospital_a", seed=7, config=SMALL_SYNTH, workers=2
+    )
     one, two = _files(tmp_path / "one"), _files(tmp_path / "two")
     assert len(one) == 14  # 12 images, labels.csv, lesion_boxes.csv
     assert one == two
@@ -81,8 +76,8 @@ def test_generate_dataset_is_byte_identical_for_same_arguments(tmp_path: Path) -
 
 
 def test_generate_dataset_differs_for_another_seed(tmp_path: Path) -> None:
-    generate_dataset(tmp_path / "one", 4, "hospital_a", seed=1, config=SMALL)
-    generate_dataset(tmp_path / "two", 4, "hospital_a", seed=2, config=SMALL)
+    generate_dataset(tmp_path / "one", 4, "hospital_a", seed=1, config=SMALL_SYNTH)
+    generate_dataset(tmp_path / "two", 4, "hospital_a", seed=2, config=SMALL_SYNTH)
     assert _files(tmp_path / "one")["labels.csv"] != _files(tmp_path / "two")["labels.csv"]
 
 
@@ -161,7 +156,7 @@ def test_generate_dataset_monochrome1_stores_lungs_high(
 
 
 def test_generate_dataset_monochrome2_stores_lungs_low(tmp_path: Path) -> None:
-    generate_dataset(tmp_path / "a", 4, "hospital_a", seed=0, config=SMALL)
+    generate_dataset(tmp_path / "a", 4, "hospital_a", seed=0, config=SMALL_SYNTH)
     for path in sorted((tmp_path / "a" / "images").iterdir()):
         ds = dcmread(path)
         assert ds.PhotometricInterpretation == "MONOCHROME2"
@@ -279,9 +274,9 @@ def test_generate_dataset_existing_out_dir_raises_config_error(tmp_path: Path) -
     out.mkdir()
     (out / "keep.txt").write_text("mine")
     with pytest.raises(ConfigError, match="already exists"):
-        generate_dataset(out, 2, "hospital_a", seed=0, config=SMALL)
+        generate_dataset(out, 2, "hospital_a", seed=0, config=SMALL_SYNTH)
     assert (out / "keep.txt").read_text() == "mine"
-    generate_dataset(out, 2, "hospital_a", seed=0, config=SMALL, overwrite=True)
+    generate_dataset(out, 2, "hospital_a", seed=0, config=SMALL_SYNTH, overwrite=True)
     assert not (out / "keep.txt").exists()
 
 
@@ -299,7 +294,7 @@ def test_generate_dataset_failed_run_leaves_no_out_dir(
 
     monkeypatch.setattr(render, "_render", failing_render)
     with pytest.raises(RuntimeError, match="worker died"):
-        generate_dataset(tmp_path / "out", 6, "hospital_a", seed=0, config=SMALL)
+        generate_dataset(tmp_path / "out", 6, "hospital_a", seed=0, config=SMALL_SYNTH)
     assert list(tmp_path.iterdir()) == []  # neither out_dir nor its temporary sibling
 
 

@@ -14,16 +14,6 @@ from cxr_triage.evaluation.threshold import auto_clear_share, select_threshold
 Data = tuple[np.ndarray, np.ndarray, np.ndarray]
 
 
-@pytest.fixture()
-def val() -> Data:
-    """Validation scores of 400 patients with 2 images each, overlapping classes."""
-    rng = np.random.default_rng(0)
-    groups = np.repeat(np.arange(400), 2)
-    y_true = np.repeat(rng.integers(0, 2, size=400), 2)
-    y_score = 1 / (1 + np.exp(-(1.6 * (y_true - 0.5) * 2 + rng.normal(0, 1.2, groups.size))))
-    return y_true, y_score, groups
-
-
 def _sensitivity(y_true: np.ndarray, y_score: np.ndarray, threshold: float) -> float:
     return binary_metrics_at_threshold(y_true, y_score, threshold)["sensitivity"]
 

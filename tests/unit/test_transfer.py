@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import skops.io as sio
 from sklearn.base import BaseEstimator, TransformerMixin, clone
-from sklearn.datasets import make_classification
 from sklearn.model_selection import KFold, cross_val_score
 from sklearn.pipeline import Pipeline
 
@@ -26,57 +25,15 @@ from cxr_triage.models.transfer import (
     predict_scores,
     save_candidate,
 )
-
-Data = tuple[np.ndarray, np.ndarray, np.ndarray]
-
-
-def _embeddings(n_patients: int, images: int, dim: int, seed: int) -> Data:
-    """Separable embeddings; every patient has ``images`` rows sharing one label."""
-    X, y = make_classification(
-        n_samples=n_patients,
-        n_features=dim,
-        n_informative=6,
-        n_redundant=2,
-        class_sep=1.5,
-        random_state=seed,
-    )
-    rng = np.random.default_rng(seed)
-    rows = np.repeat(np.arange(n_patients), images)
-    X_rows = X[rows] + rng.normal(0, 0.3, size=(rows.size, dim))
-    return X_rows.astype(np.float32), y[rows], rows
-
-
-@pytest.fixture(scope="module")
-def data() -> Data:
-    return _embeddings(n_patients=150, images=3, dim=16, seed=0)
-
-
-@pytest.fixture(scope="module")
-def train(data: Data) -> Data:
-    X, y, groups = data
-    keep = groups < 100
-    return X[keep], y[keep], groups[keep]
-
-
-@pytest.fixture(scope="module")
-def held_out(data: Data) -> Data:
-    X, y, groups = data
-    keep = groups >= 100
-    return X[keep], y[keep], groups[keep]
-
-
-@pytest.fixture(scope="module")
-def zoo(train: Data) -> dict[str, FittedCandidate]:
-    X, y, groups = train
-    return fit_zoo(X, y, groups, cv_folds=3, seed=0, n_jobs=1, n_threads=1)
+from helpers.embeddings import Data
 
 
 def test_every_candidate_beats_chance_with_probabilities(
-    zoo: dict[str, FittedCandidate], held_out: Data
+    fitted_zoo: dict[str, FittedCandidate], embedding_held_out: Data
 ) -> None:
-    X_test, y_test, _ = held_out
-    assert list(zoo) == list(ZOO_NAMES)
-    for name, candidate in zoo.items():
+    X_test, y_test, _ = embedding_held_out
+    assert list(fitted_zoo) == list(ZOO_NAMES)
+    for name, candidate in fitted_zoo.items():
         scores = predict_scores(candidate, X_test)
         assert scores.shape == (len(y_test),)
         assert np.all((scores >= 0) & (scores <= 1)), name
@@ -120,10 +77,10 @@ def test_cv_auroc_does_not_leak_within_patient_similarity() -> None:
 
 
 def test_save_load_round_trip_gives_identical_predictions(
-    zoo: dict[str, FittedCandidate], train: Data, tmp_path: Path
+    fitted_zoo: dict[str, FittedCandidate], embedding_train: Data, tmp_path: Path
 ) -> None:
-    X, _, _ = train
-    for name, candidate in zoo.items():
+    X, _, _ = embedding_train
+    for name, candidate in fitted_zoo.items():
         path = save_candidate(candidate, tmp_path / f"{name}.skops")
         loaded = load_candidate(path)
         assert loaded.name == name
@@ -133,12 +90,12 @@ def test_save_load_round_trip_gives_identical_predictions(
 
 
 def test_the_same_model_saves_to_the_same_bytes(
-    zoo: dict[str, FittedCandidate], train: Data, tmp_path: Path
+    fitted_zoo: dict[str, FittedCandidate], embedding_train: Data, tmp_path: Path
 ) -> None:
     """skops names objects by id() and stamps the time: a rerun (other objects, later) must
     still write the same file, or every DVC hash and package tag after it changes."""
-    X, _, _ = train
-    for name, candidate in zoo.items():
+    X, _, _ = embedding_train
+    for name, candidate in fitted_zoo.items():
         first = save_candidate(candidate, tmp_path / f"{name}-1.skops").read_bytes()
         rerun = save_candidate(copy.deepcopy(candidate), tmp_path / f"{name}-2.skops")
         assert rerun.read_bytes() == first, name
@@ -160,10 +117,10 @@ class _Untrusted(TransformerMixin, BaseEstimator):
 
 
 def test_load_candidate_refuses_untrusted_types(
-    zoo: dict[str, FittedCandidate], train: Data, tmp_path: Path
+    fitted_zoo: dict[str, FittedCandidate], embedding_train: Data, tmp_path: Path
 ) -> None:
-    X, y, _ = train
-    logreg = zoo["logreg"]
+    X, y, _ = embedding_train
+    logreg = fitted_zoo["logreg"]
     tampered = Pipeline([("evil", _Untrusted()), ("model", logreg.estimator)])
     payload = {
         "format": "cxr_triage.transfer.candidate/1",
@@ -194,8 +151,8 @@ def test_load_candidate_refuses_other_files(tmp_path: Path) -> None:
         load_candidate(tmp_path / "missing.skops")
 
 
-def test_fit_zoo_rejects_bad_arguments(train: Data) -> None:
-    X, y, groups = train
+def test_fit_zoo_rejects_bad_arguments(embedding_train: Data) -> None:
+    X, y, groups = embedding_train
     with pytest.raises(ConfigError, match="names"):
         fit_zoo(X, y, groups, names=("logreg", "xgboost"))
     with pytest.raises(ConfigError, match="one label and one patient_id per row"):
@@ -204,33 +161,15 @@ def test_fit_zoo_rejects_bad_arguments(train: Data) -> None:
         fit_zoo(X, y, groups % 2, names=("logreg",), cv_folds=3)
 
 
-def test_predict_scores_checks_embedding_width(zoo: dict[str, FittedCandidate]) -> None:
+def test_predict_scores_checks_embedding_width(fitted_zoo: dict[str, FittedCandidate]) -> None:
     with pytest.raises(ConfigError, match="same backbone"):
-        predict_scores(zoo["logreg"], np.zeros((2, 5)))
+        predict_scores(fitted_zoo["logreg"], np.zeros((2, 5)))
 
 
 # --- the comparison protocol: configurations scored out of fold ------------------------------
 
 
-def test_out_of_fold_scores_do_not_depend_on_the_process_count(train: Data) -> None:
-    from cxr_triage.data.folds import dev_folds
-    from cxr_triage.models.transfer import cross_validate_configs, zoo_configs
-
-    X, y, groups = train
-    folds = dev_folds(y, groups, n_folds=3, repeats=2, seed=1)
-    configs = zoo_configs(["logreg", "random_forest"], X.shape[1], 150, seed=0)
-    assert len({c.name for c in configs}) == len(configs) == 3 + 2
-    one = cross_validate_configs(configs, X, y, groups, folds, seed=0, n_jobs=1)
-    two = cross_validate_configs(configs, X, y, groups, folds, seed=0, n_jobs=2)
-    assert one.scores.shape == (2, y.size, len(configs))
-    assert np.array_equal(one.scores, two.scores)  # bit for bit
-    assert np.isfinite(one.scores).all()
-    frame = one.frame(np.arange(y.size).astype(str))
-    assert len(frame) == 2 * y.size and set(frame["fold"]) == {0, 1, 2}
-    assert auroc(y, one.scores[0, :, 0]) > 0.8
-
-
-def test_metadata_baseline_and_leave_one_site_out(train: Data) -> None:
+def test_metadata_baseline_and_leave_one_site_out(embedding_train: Data) -> None:
     import pandas as pd
 
     from cxr_triage.data.folds import dev_folds
@@ -240,7 +179,7 @@ def test_metadata_baseline_and_leave_one_site_out(train: Data) -> None:
         zoo_configs,
     )
 
-    X, y, groups = train
+    X, y, groups = embedding_train
     folds = dev_folds(y, groups, n_folds=3, repeats=1, seed=0)
     # A view that tracks the label (a shortcut) is what the baseline must find.
     rng = np.random.default_rng(0)

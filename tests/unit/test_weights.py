@@ -1,106 +1,24 @@
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import save_file
 
 from cxr_triage.errors import ConfigError
-from cxr_triage.models.networks import Backbone, Classifier, build_backbone
+from cxr_triage.models.networks import Classifier, build_backbone
 from cxr_triage.models.weights import (
     OnnxEmbedder,
     export_onnx,
     load_backbone_weights,
     load_classifier_weights,
 )
-
-_MONAI_DENSE = re.compile(r"^(.*denselayer\d+)\.layers\.(.+)$")
+from helpers.weights import split_rgb
 
 
 class _NotATensor:
     """Any class: unpickling it needs code execution, which weights_only refuses."""
-
-
-def _split_rgb(weight: torch.Tensor) -> torch.Tensor:
-    """Three RGB slices that sum back to ``weight`` exactly (w/3 alone is not exact in float)."""
-    third = weight / 3
-    return torch.cat([third, third, weight - 2 * third], dim=1)
-
-
-def _to_torchvision(state: dict[str, torch.Tensor], old_style: bool) -> dict[str, torch.Tensor]:
-    out: dict[str, torch.Tensor] = {}
-    for key, value in state.items():
-        key = _MONAI_DENSE.sub(r"\1.\2", key)
-        if old_style:
-            key = re.sub(r"\.(norm|relu|conv)([12])\.", r".\1.\2.", key)
-        if key == "features.conv0.weight":
-            value = _split_rgb(value)
-        out[key] = value.clone()
-    return out
-
-
-@pytest.fixture(scope="module")
-def densenet_reference() -> tuple[Backbone, torch.Tensor, torch.Tensor]:
-    torch.manual_seed(1)
-    backbone = build_backbone("densenet121").eval()
-    # Non-trivial BatchNorm statistics so a wrongly mapped running mean would show.
-    with torch.no_grad():
-        for module in backbone.modules():
-            if isinstance(module, torch.nn.BatchNorm2d):
-                module.running_mean.uniform_(-0.1, 0.1)
-                module.running_var.uniform_(0.5, 1.5)
-    x = torch.randn(2, 1, 32, 32, generator=torch.Generator().manual_seed(2))
-    with torch.inference_mode():
-        expected = backbone(x)
-    return backbone, x, expected
-
-
-def _assert_loads_to_same_outputs(path: Path, reference: tuple) -> None:
-    source, x, expected = reference
-    torch.manual_seed(99)
-    fresh = build_backbone("densenet121").eval()
-    report = load_backbone_weights(fresh, path)
-    with torch.inference_mode():
-        got = fresh(x)
-    assert torch.equal(got, expected)
-    assert report.reduced_first_conv == ("features.conv0.weight",)
-    assert not report.head_loaded
-    assert report.dropped == ("bias", "weight")
-
-
-def test_load_torchvision_densenet_pt(tmp_path: Path, densenet_reference: tuple) -> None:
-    state = _to_torchvision(densenet_reference[0].net.state_dict(), old_style=False)
-    assert "features.denseblock1.denselayer1.norm1.weight" in state
-    state["classifier.weight"] = torch.randn(1000, 1024)
-    state["classifier.bias"] = torch.randn(1000)
-    torch.save(state, tmp_path / "densenet121.pth")
-    _assert_loads_to_same_outputs(tmp_path / "densenet121.pth", densenet_reference)
-
-
-def test_load_torchvision_densenet_safetensors(tmp_path: Path, densenet_reference: tuple) -> None:
-    state = _to_torchvision(densenet_reference[0].net.state_dict(), old_style=False)
-    state["classifier.weight"] = torch.randn(1000, 1024)
-    state["classifier.bias"] = torch.randn(1000)
-    save_file({k: v.contiguous() for k, v in state.items()}, tmp_path / "densenet.safetensors")
-    _assert_loads_to_same_outputs(tmp_path / "densenet.safetensors", densenet_reference)
-
-
-def test_load_chexnet_style_checkpoint(tmp_path: Path, densenet_reference: tuple) -> None:
-    state = _to_torchvision(densenet_reference[0].net.state_dict(), old_style=True)
-    assert "features.denseblock1.denselayer1.norm.1.weight" in state
-    # CheXNet: DataParallel around a wrapper whose torchvision model is `.densenet121`, old
-    # (pre-0.4.1) BatchNorm without counters, a 14-finding head in a Sequential, trainer fields.
-    wrapped = {
-        f"module.densenet121.{k}": v for k, v in state.items() if "num_batches_tracked" not in k
-    }
-    wrapped["module.densenet121.classifier.0.weight"] = torch.randn(14, 1024)
-    wrapped["module.densenet121.classifier.0.bias"] = torch.randn(14)
-    checkpoint = {"epoch": 7, "arch": "densenet121", "state_dict": wrapped, "best_loss": 0.1}
-    torch.save(checkpoint, tmp_path / "model.pth.tar")
-    _assert_loads_to_same_outputs(tmp_path / "model.pth.tar", densenet_reference)
 
 
 def test_load_refuses_missing_and_unexpected_keys(tmp_path: Path) -> None:
@@ -137,7 +55,7 @@ def test_load_torchvision_style_resnet18_with_rgb_stem(tmp_path: Path) -> None:
     torch.manual_seed(3)
     source = build_backbone("resnet18").eval()
     state = {k: v.clone() for k, v in source.net.state_dict().items()}
-    state["conv1.weight"] = _split_rgb(state["conv1.weight"])
+    state["conv1.weight"] = split_rgb(state["conv1.weight"])
     state["fc.weight"], state["fc.bias"] = torch.randn(1000, 512), torch.randn(1000)
     torch.save({"state_dict": {f"module.{k}": v for k, v in state.items()}}, tmp_path / "r.pth")
     fresh = build_backbone("resnet18").eval()
