@@ -187,7 +187,7 @@ def test_no_phi_value_reaches_any_file_written(tmp_path, monkeypatch, prefect_se
             "--workers",
             "1",
             "--image-size",
-            "32",  # the tiny pipeline's size (pipeline_fixture.tiny_params_data)
+            "32",  # the tiny pipeline's size (helpers.pipeline.tiny_params_data)
         ],
     )
     assert ingested.exit_code == 0, ingested.output
