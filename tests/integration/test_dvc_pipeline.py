@@ -19,7 +19,9 @@ JSON = {"include_stderr": False}
 
 
 def test_dvc_repro_runs_every_stage_then_nothing(pipeline_repo):
-    out = _run(["dvc", "repro"], pipeline_repo)
+    # The whole tiny pipeline: about 3 minutes on 2 idle cores, over 10 when they are shared; the
+    # timeout only guards against a hang.
+    out = _run(["dvc", "repro"], pipeline_repo, timeout=1800)
     stages = (
         "synth",
         "ingest",
