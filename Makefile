@@ -65,7 +65,10 @@ audit: setup ## pip-audit --strict on requirements.lock (exit 3, "not audited: w
 # headless Chromium with ChromeDriver, and the load generators hey and wrk. Orthanc's package
 # would start a system service on 4242/8042: no service starts during the install (a policy-rc.d
 # that says 101, unless one is there already, as in containers) and Orthanc's is disabled after.
-SYSTEM_PACKAGES := orthanc orthanc-dicomweb dcmtk dicom3tools chromium chromium-driver hey wrk npm
+SYSTEM_PACKAGES := orthanc orthanc-dicomweb dcmtk dicom3tools chromium chromium-driver hey wrk
+# npm (vega for the plots page, axe-core for the web page's test) only where none is installed:
+# Debian's npm conflicts with a nodejs from NodeSource, which ships its own npm.
+NPM_PACKAGE := $(if $(shell command -v npm),,npm)
 POLICY_RC := /usr/sbin/policy-rc.d
 
 system-deps: ## Install the Debian packages the tests need (as root, apt-get; Orthanc's service off)
@@ -75,7 +78,7 @@ system-deps: ## Install the Debian packages the tests need (as root, apt-get; Or
 	  trap 'rm -f $(POLICY_RC)' EXIT; \
 	fi; \
 	export DEBIAN_FRONTEND=noninteractive; \
-	apt-get update -qq && apt-get install -y -qq $(SYSTEM_PACKAGES) >/dev/null
+	apt-get update -qq && apt-get install -y -qq $(SYSTEM_PACKAGES) $(NPM_PACKAGE) >/dev/null
 	if [ -d /run/systemd/system ]; then systemctl disable --now orthanc.service; \
 	else update-rc.d orthanc disable >/dev/null 2>&1; service orthanc stop >/dev/null 2>&1; true; fi
 	@$(PYTHON) -c 'import socket, sys; busy = [p for p in (4242, 8042) \
