@@ -57,6 +57,43 @@ def test_an_explanation_explains_the_predicted_probability_at_the_image_size(
     assert overlay.mode == "RGB"
 
 
+def test_gradcam_map_is_hottest_where_the_class_activation_is_highest(
+    tiny_pipeline, tiny_predictor
+) -> None:
+    """The Grad-CAM map is Selvaraju et al.'s map, computed here by hand with hooks: activations
+    of the target layer weighted by their mean gradient of the logit, ReLU. (MONAI's default
+    postprocessing flips a map's magnitudes; a flipped map correlates negatively with this.)"""
+    import torch
+
+    from cxr_triage.data.preprocess import to_model_input
+
+    explainer = Explainer(tiny_predictor, method="auto")
+    if explainer.method != "gradcam":
+        pytest.skip(f"the tiny winner ({tiny_predictor.info['candidate']}) uses occlusion")
+    images = np.stack([tiny_predictor.prepare(p).pixels for p in _synth(tiny_pipeline, 4)])
+    maps, _ = explainer.saliency(images)
+    network = explainer.network
+    layer = dict(network.logit.named_modules())[network.target_layer]
+    seen: dict[str, torch.Tensor] = {}
+    handle = layer.register_forward_hook(lambda _m, _i, out: seen.update(a=out))
+    try:
+        x = torch.from_numpy(to_model_input(images))
+        with torch.enable_grad():
+            logit = network.logit(x)
+            (grads,) = torch.autograd.grad(logit.sum(), seen["a"])
+    finally:
+        handle.remove()
+    cam = torch.relu((grads.mean(dim=(2, 3), keepdim=True) * seen["a"]).sum(1)).detach().numpy()
+    cells = cam.shape[-1]
+    side = images.shape[-1]
+    for saliency, by_hand in zip(maps, cam, strict=True):
+        if by_hand.max() <= 0:
+            continue
+        pooled = saliency.reshape(cells, side // cells, cells, side // cells).mean(axis=(1, 3))
+        assert np.corrcoef(pooled.ravel(), by_hand.ravel())[0, 1] > 0.8
+        assert saliency.max() == pytest.approx(1.0)
+
+
 def test_occlusion_map_is_where_hiding_the_image_lowers_the_probability(tiny_predictor) -> None:
     """Hiding the hottest occlusion patch lowers the probability more than hiding the coldest
     (the map is the measured drop; this re-measures it through the Predictor)."""

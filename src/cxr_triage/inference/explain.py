@@ -333,6 +333,13 @@ class Explanation:
 ScoreFn = Callable[[np.ndarray], np.ndarray]
 
 
+def _scale_to_max(maps: Any) -> Any:
+    """Grad-CAM maps ``(B, 1, S, S)`` (non-negative after Grad-CAM's ReLU) scaled so that each
+    image's maximum is 1; an all-zero map stays 0 (no evidence for *abnormal* anywhere)."""
+    peak = maps.flatten(1).amax(dim=1).clamp_min(1e-12)
+    return maps / peak[:, None, None, None]
+
+
 class Explainer:
     """Explanations for a :class:`Predictor`'s package.
 
@@ -433,7 +440,12 @@ class Explainer:
         if own and self._gradcam is not None:
             cam = self._gradcam
         else:
-            cam = GradCAM(nn_module=net.logit, target_layers=net.target_layer)
+            # MONAI's default postprocessing maps (min, max) to (1, 0): it *flips* the map
+            # (documented on monai.visualize.class_activation_maps.default_normalizer), so
+            # the hottest region would come out coldest. Scale by the maximum instead.
+            cam = GradCAM(
+                nn_module=net.logit, target_layers=net.target_layer, postprocessing=_scale_to_max
+            )
             if own:
                 self._gradcam = cam
         x = torch.from_numpy(to_model_input(images))
