@@ -13,6 +13,7 @@ import pytest
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from cxr_triage.data.deid import Pseudonymiser
+from cxr_triage.errors import QcFailedError
 from cxr_triage.inference.feedback import study_key
 from cxr_triage.inference.predlog import PredictionLog
 from cxr_triage.pacs.outbox import Outbox
@@ -94,18 +95,55 @@ def _store_locally(spool: Spool, path: Path) -> str:
 
 
 def _study(
-    make_dicom, tiny_pipeline, views: list[str], study_uid: str, name: str = "i", **kwargs
+    make_dicom,
+    tiny_pipeline,
+    views: list[str],
+    study_uid: str,
+    name: str = "i",
+    extra: dict | None = None,
+    **kwargs,
 ) -> list[Path]:
     """DICOMs of one study from the synthetic images of the tiny pipeline, one per view."""
     sources = sorted((Path(tiny_pipeline.params.paths.synth_dir) / "hospital_a").rglob("*.dcm"))
     paths = []
     for n, view in enumerate(views):
         pixels = pydicom.dcmread(sources[n]).pixel_array.astype(np.uint16)
-        extra = {"StudyInstanceUID": study_uid, "ViewPosition": view}
+        extra = {**(extra or {}), "StudyInstanceUID": study_uid, "ViewPosition": view}
         paths.append(
             make_dicom(pixels, name=f"{name}-{n}.dcm", bits_stored=16, extra=extra, **kwargs)
         )
     return paths
+
+
+def test_worker_applies_the_quality_gate_as_predict_does(
+    pacs_settings, receiver_spool, tiny_predictor, make_dicom, tiny_pipeline, tmp_path, caplog
+) -> None:
+    # The tiny package's gate refuses children by header (PatientAge below qc.adult_min_age):
+    # a child's frontal film gets qc_failed and no probability, not a score in the result.
+    study_uid = str(generate_uid())
+    (adult,) = _study(make_dicom, tiny_pipeline, ["PA"], study_uid, extra={"PatientAge": "045Y"})
+    (child,) = _study(
+        make_dicom, tiny_pipeline, ["PA"], study_uid, name="child", extra={"PatientAge": "008Y"}
+    )
+    with pytest.raises(QcFailedError, match="pediatric"):  # what /predict answers
+        tiny_predictor.prepare(child, {"site": SITE}, enforce_qc=True)
+    keys = [_store_locally(receiver_spool, p) for p in (adult, child)]
+    worker = TriageWorker(
+        pacs_settings, receiver_spool, tiny_predictor, PredictionLog(tmp_path / "log.sqlite")
+    )
+    with caplog.at_level("WARNING", logger="cxr_triage.pacs.triage"):
+        summary = worker.run_once()
+    assert summary.triaged == 1 and summary.refused == {"qc_failed": 1}
+    assert "pediatric" in caplog.text and "008Y" not in caplog.text  # the check, not the header
+    rows = {row.key: row for row in receiver_spool.instances()}
+    assert (rows[keys[1]].state, rows[keys[1]].reason, rows[keys[1]].prob) == (
+        "refused",
+        "qc_failed",
+        None,
+    )
+    (result,) = summary.results
+    content = read_sr_result(pydicom.dcmread(receiver_spool.outbox / result.files[0]))
+    assert content["referenced"] == [pydicom.dcmread(adult).SOPInstanceUID]
 
 
 def test_worker_triages_a_study_and_supersedes_it(

@@ -5,12 +5,16 @@ Per instance (in batches, oldest first):
 1. The header is parsed with the reader's guards. The **frontal rule**: an image is scored
    when its View Position is ``PA`` or ``AP``, or empty (many CR/DX devices never fill it);
    any other view (``LL``, ``RL``, decubitus, oblique...) is refused as ``not_frontal``: the
-   model was trained on frontal films. (A quality gate that also judges the pixels can join
-   this rule once it exists.)
+   model was trained on frontal films.
 2. Frontal images are scored through :func:`cxr_triage.inference.batch.iter_scored`, the one
-   scoring loop (decoding threads, batched network calls, the :class:`Predictor`). An image
-   the reader refuses gets the reader's typed reason (``wrong_modality``, ``no_pixel_data``,
-   ``unsupported_image_type``...).
+   scoring loop (decoding threads, batched network calls, the :class:`Predictor`), with the
+   package's input quality gate enforced as ``/predict`` enforces it
+   (:mod:`cxr_triage.inference.qc`: header rules such as a child's age or a small image, and
+   the content checks that do not trust headers: inverted, rotated, out of distribution). An
+   image the reader refuses gets the reader's typed reason (``wrong_modality``,
+   ``no_pixel_data``, ``unsupported_image_type``...); one the gate refuses gets ``qc_failed``,
+   its message naming the failed checks. Checks set to ``warn`` only travel with the
+   prediction.
 3. Each prediction is appended to the prediction log with the same row the HTTP service
    writes (the PHI-free monitoring features, ``request_id`` = ``<source>-<instance key>``,
    ``model_tag``, ``threshold``) plus ``study_key`` (the keyed digest of the Study Instance
@@ -174,6 +178,7 @@ class TriageWorker:
                 metadata={"site": site} if site else None,
                 batch_size=self.settings.batch_size,
                 workers=self.settings.decode_threads,
+                enforce_qc=True,  # the same gate as /predict: no probability for a refused image
             )
             for (row, header), (_, outcome) in zip(items, scored, strict=True):
                 if isinstance(outcome, InvalidImageError):
