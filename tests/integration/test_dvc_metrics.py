@@ -15,6 +15,8 @@ import yaml
 from cxr_triage.evaluation.compare import COMPLEXITY
 from cxr_triage.evaluation.headline import HEADLINE_KEYS
 from cxr_triage.evaluation.selection import ENSEMBLE_PREFIX
+from cxr_triage.inference.explain_report import HEADLINE_FIGURES
+from cxr_triage.stages.explain import BASELINES_FILE, MAPS_FILE
 from helpers.commands import run_command
 from helpers.pipeline import REPO
 
@@ -32,10 +34,14 @@ def _declared(stages: dict, kind: str) -> list[str]:
     return paths
 
 
-def test_dvc_yaml_declares_only_the_headline_file_as_metrics():
+def test_dvc_yaml_declares_the_headline_and_the_explanation_rows_as_metrics():
     pipeline = yaml.safe_load((REPO / "dvc.yaml").read_text())
     assert "metrics" not in pipeline  # no top-level metrics either
-    assert _declared(pipeline["stages"], "metrics") == ["${paths.metrics_file}"]
+    assert _declared(pipeline["stages"], "metrics") == [
+        "${paths.metrics_file}",
+        f"${{paths.explain_dir}}/{MAPS_FILE}",
+        f"${{paths.explain_dir}}/{BASELINES_FILE}",
+    ]
     assert "metrics" in pipeline["stages"]["evaluate"]  # written by the stage that has them all
     # The detailed files are still outputs (git-tracked, not cached), read by code and tests.
     outs = _declared(pipeline["stages"], "outs")
@@ -82,26 +88,50 @@ def test_headline_file_copies_the_detailed_files(tiny_pipeline):
     assert "(test)" in test_point["operating_point"].iloc[0]
 
 
-def _metrics_repo(root: Path, headline: dict) -> Path:
-    """A Git + DVC repo with this repository's dvc.yaml and params.yaml and a headline file."""
+def _metrics_repo(root: Path, headline: dict, explained: tuple[dict, dict]) -> Path:
+    """A Git + DVC repo with this repository's dvc.yaml and params.yaml and the declared
+    metrics files: the headline and the explain stage's two rows."""
     for name in ("dvc.yaml", "params.yaml"):
         shutil.copy(REPO / name, root / name)
     run_command(["git", "init", "-q"], root)
     run_command(["dvc", "init", "-q"], root)
-    params = yaml.safe_load((root / "params.yaml").read_text())
-    (root / params["paths"]["metrics_file"]).write_text(json.dumps(headline, indent=2))
+    paths = yaml.safe_load((root / "params.yaml").read_text())["paths"]
+    (root / paths["metrics_file"]).write_text(json.dumps(headline, indent=2))
+    explain_dir = root / paths["explain_dir"]
+    explain_dir.mkdir(parents=True)
+    for name, figures in zip((MAPS_FILE, BASELINES_FILE), explained, strict=True):
+        (explain_dir / name).write_text(json.dumps(figures, indent=2))
     return root
 
 
-def test_dvc_metrics_show_and_diff_list_the_headline_within_100_columns(tiny_pipeline, tmp_path):
+def test_dvc_metrics_show_and_diff_fit_a_terminal(tiny_pipeline, tmp_path):
+    """The headline row within 100 columns; with the explanation rows (the maps' figures above
+    their baselines, same keys) within 170."""
     headline = json.loads(Path(tiny_pipeline.params.paths.metrics_file).read_text())
-    repo = _metrics_repo(tmp_path, {**headline, "winner": LONGEST_WINNER})
+    # Every explanation figure, at its widest (negative rank correlations, 5 digits).
+    explained = (
+        {k: -0.123456 for k in HEADLINE_FIGURES},
+        {k: -0.654321 for k in HEADLINE_FIGURES},
+    )
+    repo = _metrics_repo(tmp_path, {**headline, "winner": LONGEST_WINNER}, explained)
     shown = json.loads(run_command(["dvc", "metrics", "show", "--json"], repo, include_stderr=0))
-    (found,) = shown[""]["data"].values()
-    assert found["data"] == {**headline, "winner": LONGEST_WINNER}
+    found = {Path(path).name: entry["data"] for path, entry in shown[""]["data"].items()}
+    assert found["metrics.json"] == {**headline, "winner": LONGEST_WINNER}
+    assert (found[MAPS_FILE], found[BASELINES_FILE]) == explained
     table = run_command(["dvc", "metrics", "show"], repo, include_stderr=False).splitlines()
-    assert len(table) == 2 and all(len(line) <= 100 for line in table), table
-    assert table[0].split()[1:] == sorted(HEADLINE_KEYS)
+    assert len(table) == 4 and all(len(line) <= 170 for line in table), table
+    assert table[0].split()[1:] == sorted([*HEADLINE_KEYS, *HEADLINE_FIGURES])
+    # in dvc.yaml's order: the maps' row, then their baselines' row below it
+    assert [line.split()[0] for line in table[1:]] == [
+        "metrics.json",
+        f"reports/explain/{MAPS_FILE}",
+        f"reports/explain/{BASELINES_FILE}",
+    ]
+    just_headline = run_command(
+        ["dvc", "metrics", "show", "metrics.json"], repo, include_stderr=False
+    ).splitlines()
+    assert len(just_headline) == 2 and all(len(line) <= 100 for line in just_headline)
+    assert just_headline[0].split()[1:] == sorted(HEADLINE_KEYS)
     run_command(["git", "add", "-A"], repo)
     run_command(["git", "commit", "-qm", "headline"], repo)
     changed = {**headline, "winner": LONGEST_WINNER, "auroc": headline["auroc"] / 2}

@@ -36,8 +36,10 @@ from cxr_triage.evaluation.saliency import (
 from cxr_triage.inference.explain import Explainer, randomised
 
 __all__ = [
+    "HEADLINE_FIGURES",
     "box_region",
     "faithfulness",
+    "headline_pair",
     "localisation",
     "nih_box_images",
     "retrieval",
@@ -245,6 +247,42 @@ def retrieval(
     return out
 
 
+#: headline key -> (figure in ``metrics.json``, its baseline there); ``{box}`` is the run's own
+#: boxes: ``synthetic`` on the synthetic default, ``nih`` (radiologists' boxes) on real data.
+HEADLINE_FIGURES: dict[str, tuple[str, str]] = {
+    "hit": ("{box}_hit_rate", "{box}_hit_rate_baseline"),
+    "miou": ("{box}_miou", "{box}_miou_baseline"),
+    "del": ("deletion_auc", "deletion_auc_random"),
+    "ins": ("insertion_auc", "insertion_auc_random"),
+    "rand_r": ("sanity_rank_corr", "sanity_rank_corr_other_images"),
+}
+
+
+def headline_pair(
+    metrics: Mapping[str, Any], *, box: str
+) -> tuple[dict[str, float], dict[str, float]]:
+    """The explanation figures ``dvc metrics show`` lists: the package's maps and their
+    baselines, as two files with the same short keys, so the baseline is the row below.
+
+    Keys (:data:`HEADLINE_FIGURES`): ``hit`` and ``miou`` (localisation on the run's own boxes;
+    baseline: the centre-of-lung map), ``del`` and ``ins`` (deletion and insertion AUC;
+    baseline: a random order), ``rand_r`` (rank correlation with the map of the fully
+    randomised network; baseline: maps of different images). A figure the run could not
+    measure (no boxes, no torch network) is left out of both.
+
+    Args:
+        metrics: the explain stage's ``metrics.json``.
+        box: ``synthetic`` or ``nih``.
+    """
+    maps: dict[str, float] = {}
+    baselines: dict[str, float] = {}
+    for key, (figure, baseline) in HEADLINE_FIGURES.items():
+        figure, baseline = figure.format(box=box), baseline.format(box=box)
+        if figure in metrics and baseline in metrics:
+            maps[key], baselines[key] = float(metrics[figure]), float(metrics[baseline])
+    return maps, baselines
+
+
 def summary_lines(metrics: Mapping[str, Any]) -> list[str]:
     """One log line per figure family."""
     lines = []
@@ -311,26 +349,40 @@ def synthetic_regions(synth_dir: Any, manifest: Any, size: int) -> dict[str, np.
 
 
 def nih_box_images(
-    nih_dir: Any, bbox_csv: Any, predictor: Any
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    nih_dir: Any, bbox_csv: Any, predictor: Any, *, seen_patient: Any = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
     """The shared NIH images that carry a radiologist's box (``BBox_List_2017.csv``, in the
     original 1024x1024 pixels), prepared as the package prepares them, with their regions on
-    the model's input and their patients: ``(images uint8 (N, S, S), regions bool (N, S, S),
-    groups)``. None of them is in a synthetic-trained package's data.
+    the model's input and their patients.
+
+    Args:
+        nih_dir: the folder with ``labels.csv`` and ``images/``.
+        bbox_csv: the boxes.
+        predictor: the package (its preparation and input size).
+        seen_patient: ``raw patient id -> bool``: the package was trained (or chosen) on this
+            patient; that patient's images are left out and counted. None of them is in a
+            synthetic-trained package's data, so None there.
+
+    Returns:
+        ``(images uint8 (N, S, S), regions bool (N, S, S), groups, n_left_out)``.
     """
     from pathlib import Path
 
     import pandas as pd
 
     nih_dir, size = Path(nih_dir), predictor.image_size
-    labels = pd.read_csv(nih_dir / "labels.csv")
+    labels = pd.read_csv(nih_dir / "labels.csv", dtype={"patient_id": str})
     boxes = pd.read_csv(bbox_csv)
     boxes.columns = ["Image Index", "Finding Label", "x", "y", "w", "h", *boxes.columns[6:]]
     images, regions, groups = [], [], []
+    left_out = 0
     for row in labels.itertuples():
         name = str(row.image).removeprefix("nih_")
         found = boxes[boxes["Image Index"] == name]
         if found.empty:
+            continue
+        if seen_patient is not None and seen_patient(str(row.patient_id)):
+            left_out += 1
             continue
         prepared = predictor.prepare(nih_dir / "images" / row.image)
         rows, cols = int(prepared.metadata["orig_rows"]), int(prepared.metadata["orig_cols"])
@@ -341,5 +393,5 @@ def nih_box_images(
         groups.append(str(row.patient_id))
     if not images:
         empty = np.zeros((0, size, size))
-        return empty.astype(np.uint8), empty.astype(bool), np.zeros(0, dtype=str)
-    return np.stack(images), np.stack(regions), np.asarray(groups)
+        return empty.astype(np.uint8), empty.astype(bool), np.zeros(0, dtype=str), left_out
+    return np.stack(images), np.stack(regions), np.asarray(groups), left_out

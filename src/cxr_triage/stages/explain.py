@@ -7,9 +7,14 @@ method (:func:`~cxr_triage.inference.explain.choose_method`) and writes
 - ``metrics.json`` (a DVC metrics file), each figure beside its baseline, with
   patient-bootstrap 95% CIs (:mod:`cxr_triage.inference.explain_report`):
   localisation on the synthetic test images with a generator box (``synthetic_*``) and on the
-  shared NIH images with a radiologist's box (``nih_*``), against the centre-of-lung map;
+  shared NIH images with a radiologist's box (``nih_*``; on a real-data run, only those of
+  patients outside train and val: ``nih_left_out_development_patients`` counts the others),
+  against the centre-of-lung map;
   deletion and insertion AUC against a random order; the rank correlation after cascading
   weight randomisation against that of different images' maps;
+- ``maps.json`` and ``baselines.json`` (the DVC metrics files of this stage): five figures
+  with the same short keys (:func:`~cxr_triage.inference.explain_report.headline_pair`), so
+  ``dvc metrics show`` lists the maps' row with the baselines' row below it;
 - ``sanity.csv``: the randomisation curve, one row per randomised layer;
 - ``model_card_section.md``: the same figures as the model card's section (the ``package``
   stage adds it to the package's card).
@@ -19,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,9 +34,11 @@ import pandas as pd
 from cxr_triage.atomic import write_json_atomically
 from cxr_triage.config import Params
 from cxr_triage.data.dataset import load_dataset
+from cxr_triage.data.deid import Pseudonymiser, salt_from_env
 from cxr_triage.inference.explain import Explainer
 from cxr_triage.inference.explain_report import (
     faithfulness,
+    headline_pair,
     localisation,
     nih_box_images,
     sanity,
@@ -43,6 +51,7 @@ from cxr_triage.stages._entry import run_stage
 
 log = logging.getLogger(__name__)
 SECTION_FILE = "model_card_section.md"
+MAPS_FILE, BASELINES_FILE = "maps.json", "baselines.json"
 
 
 def _pick(rows: np.ndarray, n: int, seed: int) -> np.ndarray:
@@ -50,6 +59,17 @@ def _pick(rows: np.ndarray, n: int, seed: int) -> np.ndarray:
     if len(rows) <= n:
         return rows
     return np.sort(np.random.default_rng(seed).choice(rows, n, replace=False))
+
+
+def _development_patient(params: Params, data: Any) -> Callable[[str], bool] | None:
+    """``raw patient id -> bool``: the patient is in train or val, so the package was fitted or
+    chosen on their images (real data only: a synthetic run has no NIH patient, and its
+    pseudonyms use the public salt)."""
+    if params.ingest.source == "synthetic":
+        return None
+    pseudonymiser = Pseudonymiser(salt_from_env(synthetic=False))
+    development = set(data.patients(data.development_rows()).astype(str))
+    return lambda raw: pseudonymiser.patient(raw) in development
 
 
 def run(params: Params) -> dict[str, Any]:
@@ -77,7 +97,13 @@ def run(params: Params) -> dict[str, Any]:
                 groups = data.patients(boxed)
                 metrics.update(localisation(maps, truth, groups, prefix="synthetic_", **kw))
         if e.bbox_csv and Path(e.bbox_csv).is_file():
-            images, truth, groups = nih_box_images(Path(e.bbox_csv).parent, e.bbox_csv, predictor)
+            images, truth, groups, left_out = nih_box_images(
+                Path(e.bbox_csv).parent,
+                e.bbox_csv,
+                predictor,
+                seen_patient=_development_patient(params, data),
+            )
+            metrics["nih_left_out_development_patients"] = left_out
             if len(images):
                 maps, _ = explainer.saliency(images)
                 metrics.update(localisation(maps, truth, groups, prefix="nih_", **kw))
@@ -104,6 +130,10 @@ def run(params: Params) -> dict[str, Any]:
             out / "sanity.csv", index=False
         )
     write_json_atomically(out / "metrics.json", metrics)
+    box = "synthetic" if params.ingest.source == "synthetic" else "nih"
+    maps, baselines = headline_pair(metrics, box=box)
+    write_json_atomically(out / MAPS_FILE, maps)
+    write_json_atomically(out / BASELINES_FILE, baselines)
     (out / SECTION_FILE).write_text(card_section(metrics), encoding="utf-8")
     for line in summary_lines(metrics):
         log.info("explain: %s", line)
