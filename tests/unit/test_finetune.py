@@ -195,31 +195,25 @@ def test_cross_validate_network_scores_each_row_once_and_resumes(
     groups = np.arange(len(y)) // 2  # two images per patient
     folds = dev_folds(y, groups, n_folds=3, repeats=1, seed=0)
     options = replace(OPTIONS, epochs=2)
-    first = cross_validate_network(
-        small_classifier,
-        images,
-        y,
-        groups,
-        folds,
-        options=options,
-        checkpoint_root=tmp_path,
-        inner_val_frac=0.2,
-        device="cpu",
-    )
+
+    def cross_validate():
+        return cross_validate_network(
+            small_classifier,
+            images,
+            y,
+            groups,
+            folds,
+            options=options,
+            checkpoint_root=tmp_path,
+            inner_val_frac=0.2,
+            device="cpu",
+        )
+
+    first = cross_validate()
     assert first.scores.shape == (1, len(y)) and np.isfinite(first.scores).all()
     assert sorted(set(first.fold[0])) == [0, 1, 2]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r0-f0", "r0-f1", "r0-f2"]
     # A second call finds every fold finished: nothing retrains, the scores are identical.
-    again = cross_validate_network(
-        small_classifier,
-        images,
-        y,
-        groups,
-        folds,
-        options=options,
-        checkpoint_root=tmp_path,
-        inner_val_frac=0.2,
-        device="cpu",
-    )
+    again = cross_validate()
     assert [r.resumed_from_epoch for r in again.results] == [2, 2, 2]
     assert np.array_equal(first.scores, again.scores)
