@@ -33,6 +33,7 @@ def test_dvc_repro_runs_every_stage_then_nothing(pipeline_repo):
         "compare",
         "threshold",
         "evaluate",
+        "explain",
         "package",
     )
     for stage in stages:
@@ -43,12 +44,25 @@ def test_dvc_repro_runs_every_stage_then_nothing(pipeline_repo):
     assert splits.groupby("patient_id")["split"].nunique().max() == 1
     counts = json.loads((pipeline_repo / "data/split/counts.json").read_text())
     assert sum(c["n_images"] for c in counts.values()) == 72
-    # The headline file is the only metrics file; the detail stays in the report files.
+    # The declared metrics: the headline, and the explanations' figures above their baselines;
+    # the detail stays in the report files.
     metrics = json.loads(_run(["dvc", "metrics", "show", "--json"], pipeline_repo, **JSON))
-    (shown,) = metrics[""]["data"].values()
-    assert set(shown["data"]) == set(HEADLINE_KEYS)
+    shown = {path: entry["data"] for path, entry in metrics[""]["data"].items()}
+    assert list(shown) == [
+        "metrics.json",
+        "reports/explain/maps.json",
+        "reports/explain/baselines.json",
+    ]
+    assert set(shown["metrics.json"]) == set(HEADLINE_KEYS)
     evaluated = json.loads((pipeline_repo / "reports/evaluate/metrics.json").read_text())
-    assert shown["data"]["auroc"] == evaluated["test_auroc"]
+    assert shown["metrics.json"]["auroc"] == evaluated["test_auroc"]
+    explained = json.loads((pipeline_repo / "reports/explain/metrics.json").read_text())
+    maps, baselines = shown["reports/explain/maps.json"], shown["reports/explain/baselines.json"]
+    assert set(maps) == set(baselines) and {"hit", "miou", "del", "ins"} <= set(maps)
+    assert (maps["del"], baselines["del"]) == (
+        explained["deletion_auc"],
+        explained["deletion_auc_random"],
+    )
 
     again = _run(["dvc", "repro"], pipeline_repo)
     assert "Running stage" not in again
