@@ -193,7 +193,13 @@ def sanity(
         ]
     )
     valid = np.isfinite(last)
-    out: dict[str, float] = {"sanity_n": len(images), "sanity_layers": steps}
+    # A map that randomisation made constant (Grad-CAM's ReLU can zero it everywhere) has no
+    # rank correlation: it is left out of the mean and counted; every one of them changed.
+    out: dict[str, float] = {
+        "sanity_n": len(images),
+        "sanity_layers": steps,
+        "sanity_constant_maps": int((~valid).sum()),
+    }
     out.update(_ci("sanity_rank_corr", last[valid], groups[valid], n_boot, seed))
     ok = np.isfinite(others)
     out.update(_ci("sanity_rank_corr_other_images", others[ok], groups[ok], n_boot, seed))
@@ -268,7 +274,7 @@ def headline_pair(
     baseline: the centre-of-lung map), ``del`` and ``ins`` (deletion and insertion AUC;
     baseline: a random order), ``rand_r`` (rank correlation with the map of the fully
     randomised network; baseline: maps of different images). A figure the run could not
-    measure (no boxes, no torch network) is left out of both.
+    measure (no boxes, no torch network, every randomised map constant) is left out of both.
 
     Args:
         metrics: the explain stage's ``metrics.json``.
@@ -279,7 +285,9 @@ def headline_pair(
     for key, (figure, baseline) in HEADLINE_FIGURES.items():
         figure, baseline = figure.format(box=box), baseline.format(box=box)
         if figure in metrics and baseline in metrics:
-            maps[key], baselines[key] = float(metrics[figure]), float(metrics[baseline])
+            pair = float(metrics[figure]), float(metrics[baseline])
+            if all(np.isfinite(pair)):  # e.g. every randomised map constant: no correlation
+                maps[key], baselines[key] = pair
     return maps, baselines
 
 

@@ -181,6 +181,12 @@ def card_section(m: dict[str, Any]) -> str:
                 f"| {name} | {_fmt(m, key)} | {base_name} | {_fmt(m, base_key)} "
                 f"| {m.get(n_key, '')} |"
             )
+    if m.get("sanity_constant_maps"):
+        lines += [
+            "",
+            f"{m['sanity_constant_maps']} of the {m['sanity_n']} maps became constant once every "
+            "layer was randomised (no rank correlation: left out of its mean, and changed).",
+        ]
     return "\n".join(lines) + "\n"
 
 
