@@ -108,9 +108,9 @@ def _study(
     paths = []
     for n, view in enumerate(views):
         pixels = pydicom.dcmread(sources[n]).pixel_array.astype(np.uint16)
-        extra = {**(extra or {}), "StudyInstanceUID": study_uid, "ViewPosition": view}
+        attributes = {**(extra or {}), "StudyInstanceUID": study_uid, "ViewPosition": view}
         paths.append(
-            make_dicom(pixels, name=f"{name}-{n}.dcm", bits_stored=16, extra=extra, **kwargs)
+            make_dicom(pixels, name=f"{name}-{n}.dcm", bits_stored=16, extra=attributes, **kwargs)
         )
     return paths
 
