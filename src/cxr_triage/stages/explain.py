@@ -8,7 +8,7 @@ method (:func:`~cxr_triage.inference.explain.choose_method`) and writes
   patient-bootstrap 95% CIs (:mod:`cxr_triage.inference.explain_report`):
   localisation on the synthetic test images with a generator box (``synthetic_*``) and on the
   shared NIH images with a radiologist's box (``nih_*``; on a real-data run, only those of
-  patients outside train and val: ``nih_left_out_development_patients`` counts the others),
+  patients outside train and val: ``nih_left_out_development_images`` counts the others),
   against the centre-of-lung map;
   deletion and insertion AUC against a random order; the rank correlation after cascading
   weight randomisation against that of different images' maps;
@@ -73,7 +73,8 @@ def _development_patient(params: Params, data: Any) -> Callable[[str], bool] | N
 
 
 def run(params: Params) -> dict[str, Any]:
-    """Write ``paths.explain_dir``: metrics.json, sanity.csv, model_card_section.md."""
+    """Write ``paths.explain_dir``: metrics.json, maps.json, baselines.json, sanity.csv,
+    model_card_section.md."""
     e, paths = params.explain, params.paths
     data = load_dataset(paths.ingest_dir, paths.split_dir)
     test = data.rows("test")
@@ -103,7 +104,7 @@ def run(params: Params) -> dict[str, Any]:
                 predictor,
                 seen_patient=_development_patient(params, data),
             )
-            metrics["nih_left_out_development_patients"] = left_out
+            metrics["nih_left_out_development_images"] = left_out
             if len(images):
                 maps, _ = explainer.saliency(images)
                 metrics.update(localisation(maps, truth, groups, prefix="nih_", **kw))
