@@ -35,7 +35,8 @@ def test_environment_with_another_sqlalchemy_fails_and_says_why_and_what_to_do(t
     lock = _lock(tmp_path, sqlalchemy=other, pyyaml=importlib.metadata.version("pyyaml"))
     (finding,) = check_environment(lock)
     assert not finding.ok
-    assert finding.message.count("sqlalchemy: ") == 1 and f"the lock says {other}" in finding.message
+    assert finding.message.count("sqlalchemy: ") == 1
+    assert f"the lock says {other}" in finding.message
     assert "scheduler creates no runs" in finding.message
     assert "make setup" in finding.fix
 
