@@ -45,6 +45,22 @@ def test_comparison_stages_write_a_complete_evaluation(tiny_pipeline_read_only):
         assert part in report
     optimism = json.loads((Path(params.paths.compare_dir) / "optimism.json").read_text())
     assert optimism["bbc_cv"]["n"] > 0 and len(optimism["nested_folds"]) == 3
+    # The label leak: the zoo re-scored on the first repeat with one backbone per fold.
+    assert "**Backbone label leak, measured**" in report
+    leak = optimism["label_leak"]
+    assert leak["repeats"] == params.compare.fold_pretraining_repeats == 1
+    assert {r["candidate"] for r in leak["rows"]} == {"logreg", "knn"}
+    for r in leak["rows"]:
+        assert r["label_leak"] == pytest.approx(
+            r["cv_auroc_shared"] - r["cv_auroc_fold_pretrained"]
+        )
+    compared = json.loads((Path(params.paths.compare_dir) / "metrics.json").read_text())
+    assert "cv_auroc_label_leak" in compared
+    assert ("cv_auroc_fold_pretrained" in compared) == (winner["candidate"] in {"logreg", "knn"})
+    fold_pretrained = pd.read_csv(
+        Path(params.paths.transfer_dir) / "oof_scores_fold_pretrained.csv"
+    )
+    assert set(fold_pretrained["repeat"]) == {0}
     # Every development image is scored out of fold once per repeat; no test image is.
     oof = pd.read_csv(Path(params.paths.transfer_dir) / "oof_scores.csv")
     splits = pd.read_csv(Path(params.paths.split_dir) / "split.csv").set_index("image_id")
@@ -61,6 +77,7 @@ def test_comparison_stages_write_a_complete_evaluation(tiny_pipeline_read_only):
     card = (Path(params.paths.evaluate_dir) / "model_card.md").read_text()
     assert "NOT FOR CLINICAL USE" in card and winner["candidate"] in card
     assert "synthetic stand-in" in card
+    assert "| backbone label leak (CV AUROC) |" in card
     slices = pd.read_csv(Path(params.paths.evaluate_dir) / "slices.csv")
     assert {"sex", "age_band", "view_position", "site"} <= set(slices["slice"])
     for png in ("compare/roc.png", "compare/calibration.png", "evaluate/roc.png"):
@@ -80,6 +97,7 @@ def _fingerprint(params: Params) -> dict[str, bytes]:
         Path(params.paths.compare_dir) / "optimism.json",
         Path(params.paths.threshold_dir) / "threshold.json",
         Path(params.paths.transfer_dir) / "oof_scores.csv",
+        Path(params.paths.transfer_dir) / "oof_scores_fold_pretrained.csv",
         Path(params.paths.finetune_dir) / "oof_scores.csv",
     ]
     return {f.name: f.read_bytes() for f in files}

@@ -71,6 +71,27 @@ def test_load_params_fractions_leaving_no_training_data_are_refused(tmp_path):
         load_params(_write(tmp_path, data))
 
 
+@pytest.mark.parametrize(
+    ("section", "values", "expected"),
+    [
+        (
+            "backbone",
+            {"finding_labels": False, "ssl": {"enabled": False}},
+            r"random initialisation.*backbone\.weights",
+        ),
+        ("compare", {"fold_pretraining_repeats": 3}, r"between 0 \(off\) and compare\.cv_repeats"),
+        ("compare", {"fold_pretraining_repeats": -1}, r"fold_pretraining_repeats"),
+    ],
+)
+def test_load_params_backbone_pretraining_settings_that_cannot_work_are_refused(
+    tmp_path, section, values, expected
+):
+    data = _repo_params()
+    data[section].update(values)
+    with pytest.raises(ConfigError, match=expected):
+        load_params(_write(tmp_path, data))
+
+
 def test_load_params_missing_required_key(tmp_path):
     data = _repo_params()
     del data["seed"]

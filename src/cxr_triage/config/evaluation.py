@@ -84,6 +84,10 @@ class CompareParams:
             selection repeated inside each outer fold) beside BBC-CV.
         nested_inner_folds: inner folds of the nested CV.
         metadata_baseline: score the metadata-only shortcut baseline (never a winner).
+        fold_pretraining_repeats: for this many of the first CV repeats, re-run the backbone's
+            finding-label pretraining inside each outer fold and re-score the zoo on those
+            features: the CV estimate without the backbone's label leak (0 = off; needs a
+            backbone pretrained here, ``backbone.weights: null``).
         winner: the rule.
         ensemble: the ensembles.
     """
@@ -98,6 +102,7 @@ class CompareParams:
     nested: bool = True
     nested_inner_folds: int = 4
     metadata_baseline: bool = True
+    fold_pretraining_repeats: int = 1
     winner: WinnerRule = field(default_factory=WinnerRule)
     ensemble: EnsembleParams = field(default_factory=EnsembleParams)
 
@@ -106,6 +111,11 @@ class CompareParams:
             raise ConfigError("compare.cv_folds and compare.nested_inner_folds must be >= 2")
         if self.cv_repeats < 1:
             raise ConfigError(f"compare.cv_repeats must be >= 1, got {self.cv_repeats}")
+        if not 0 <= self.fold_pretraining_repeats <= self.cv_repeats:
+            raise ConfigError(
+                "compare.fold_pretraining_repeats must be between 0 (off) and compare.cv_repeats"
+                f" ({self.cv_repeats}), got {self.fold_pretraining_repeats}"
+            )
         if any(k < 2 for k in self.ensemble.sizes):
             raise ConfigError("compare.ensemble.sizes: an ensemble needs >= 2 members")
         if self.winner.se_multiplier < 0 or self.winner.tie_tolerance < 0:

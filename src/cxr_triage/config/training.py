@@ -209,10 +209,21 @@ class BackboneParams:
     # .pt/.pth/.safetensors (CheXNet/torchvision DenseNet121 keys are mapped) or .onnx (frozen
     # use only); null = pretrain on the train split's 14 findings with `pretrain`.
     weights: str | None = None
+    # after SSL, also learn the train split's 14 finding labels (false needs ssl.enabled: the
+    # frozen-feature CV then cannot leak labels through the backbone; README, issue 12)
+    finding_labels: bool = True
     pretrain: FinetuneOptions = field(
         default_factory=lambda: FinetuneOptions(loss="bce", epochs=8, patience=3)
     )
     ssl: SslParams = field(default_factory=SslParams)
+
+    def __post_init__(self) -> None:
+        if self.weights is None and not (self.finding_labels or self.ssl.enabled):
+            raise ConfigError(
+                "backbone.finding_labels is false and backbone.ssl.enabled is false: the "
+                "backbone would keep its random initialisation; enable one of them, or set "
+                "backbone.weights to a pretrained weights file"
+            )
 
 
 @dataclass(frozen=True)

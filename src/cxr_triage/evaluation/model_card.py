@@ -49,8 +49,18 @@ def _headline_rows(m: dict[str, Any]) -> str:
             "bbc_optimism_ci_high",
         ),
         ("bias-corrected CV (BBC-CV)", "bbc_auroc", None, None),
+        # compare.fold_pretraining_repeats: measured when the backbone learnt this run's labels
+        (
+            "CV, backbone re-pretrained per fold (no label leak)",
+            "cv_auroc_fold_pretrained",
+            None,
+            None,
+        ),
+        ("backbone label leak (CV AUROC)", "cv_auroc_label_leak", None, None),
         ("held-out test", "test_auroc", "test_auroc_ci_low", "test_auroc_ci_high"),
     )
+    measured_only = {"cv_auroc_fold_pretrained", "cv_auroc_label_leak"}  # rows shown when run
+    rows = tuple(r for r in rows if r[1] in m or r[1] not in measured_only)
     return "\n".join(
         f"| {name} | {_num(m.get(key))} | "
         + (f"{_num(m.get(low))} - {_num(m.get(high))}" if low else "")

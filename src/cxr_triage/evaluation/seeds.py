@@ -17,13 +17,16 @@ import numpy as np
 __all__ = ["SEED_METRICS", "seeds_markdown", "summarise_seeds"]
 
 # (key in a run's record, label): the winner's held-out test figures at its operating point,
-# the cross-validated headline and the selection's optimism.
+# the cross-validated headline, the backbone's measured label leak (compare.
+# fold_pretraining_repeats) and the selection's optimism.
 SEED_METRICS: tuple[tuple[str, str], ...] = (
     ("test_auroc", "test AUROC"),
     ("test_ece", "test ECE"),
     ("test_sensitivity", "test sensitivity"),
     ("test_specificity", "test specificity"),
     ("cv_auroc", "CV AUROC (train+val)"),
+    ("cv_auroc_fold_pretrained", "CV AUROC, backbone re-pretrained per fold"),
+    ("cv_auroc_label_leak", "backbone label leak (CV AUROC)"),
     ("bbc_auroc", "BBC-CV AUROC"),
     ("bbc_optimism", "optimism (BBC-CV)"),
     ("nested_auroc", "nested-CV AUROC (zoo)"),

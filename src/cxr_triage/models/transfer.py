@@ -761,12 +761,46 @@ def cross_validate_configs(
         ConfigError: unusable inputs, or folds that do not cover every row once per repeat.
     """
     X_arr, y_arr, groups_arr = _check_training_data(X, y, groups)
-    repeats = 1 + max(f.repeat for f in folds)
     results = Parallel(n_jobs=_n_workers(n_jobs))(
         delayed(_fold_predictions)(configs, X_arr, y_arr, groups_arr, fold, seed) for fold in folds
     )
-    scores = np.full((repeats, y_arr.size, len(configs)), np.nan)
-    fold_of = np.full((repeats, y_arr.size), -1, dtype=np.int64)
+    return _out_of_fold(configs, folds, results, y_arr.size)
+
+
+def cross_validate_fold_features(
+    configs: Sequence[ZooConfig],
+    features: Sequence[Any],
+    y: Any,
+    groups: Any,
+    folds: Sequence[Fold],
+    *,
+    seed: int,
+) -> OutOfFold:
+    """As :func:`cross_validate_configs`, with a feature matrix of its own for each fold.
+
+    Used with one backbone per outer fold (``cxr_triage.stages.backbone.
+    fold_pretrained_embeddings``): fold ``i``'s models are fitted and scored on
+    ``features[i]`` ``(n, D)``, embeddings of every development row.
+
+    Raises:
+        ConfigError: as :func:`cross_validate_configs`, or not one matrix per fold.
+    """
+    if len(features) != len(folds):
+        raise ConfigError(f"{len(features)} feature matrices for {len(folds)} folds")
+    results, n = [], 0
+    for X, fold in zip(features, folds, strict=True):
+        X_arr, y_arr, groups_arr = _check_training_data(X, y, groups)
+        results.append(_fold_predictions(configs, X_arr, y_arr, groups_arr, fold, seed))
+        n = y_arr.size
+    return _out_of_fold(configs, folds, results, n)
+
+
+def _out_of_fold(
+    configs: Sequence[ZooConfig], folds: Sequence[Fold], results: Sequence[np.ndarray], n: int
+) -> OutOfFold:
+    repeats = 1 + max(f.repeat for f in folds)
+    scores = np.full((repeats, n, len(configs)), np.nan)
+    fold_of = np.full((repeats, n), -1, dtype=np.int64)
     for fold, values in zip(folds, results, strict=True):
         scores[fold.repeat, fold.score] = values
         fold_of[fold.repeat, fold.score] = fold.fold

@@ -4,9 +4,10 @@ selection's optimism (BBC-CV over every candidate; nested CV of the frozen-featu
 
 Writes the comparison report (``table.md``: per candidate the CV estimate with its uncertainty,
 the rule's reasoning, the optimism, the ensembles' place, the metadata-only baseline, the
-backbone-exposure check, the winner per view and leave-one-site-out), the winner and its
-calibrator (fitted on out-of-fold scores), the winner's out-of-fold calibrated scores for the
-threshold, DVC plot data and PNGs. Test rows are never read.
+backbone-exposure check and the measured label leak, the winner per view and
+leave-one-site-out), the winner and its calibrator (fitted on out-of-fold scores), the
+winner's out-of-fold calibrated scores for the threshold, DVC plot data and PNGs. Test rows
+are never read.
 """
 
 from __future__ import annotations
@@ -31,7 +32,13 @@ from cxr_triage.models.artifacts import FINETUNED, read_json
 from cxr_triage.models.transfer import METADATA
 from cxr_triage.stages._entry import data_note, run_stage
 from cxr_triage.stages.finetune import OOF_FILE as FINETUNE_OOF
-from cxr_triage.stages.transfer import CONFIGS_FILE, LOSO_FILE, OOF_FILE, smallest_fit
+from cxr_triage.stages.transfer import (
+    CONFIGS_FILE,
+    FOLD_PRETRAINED_OOF_FILE,
+    LOSO_FILE,
+    OOF_FILE,
+    smallest_fit,
+)
 
 log = logging.getLogger(__name__)
 WINNER_OOF_FILE = "winner_oof.csv"
@@ -136,6 +143,76 @@ def _winner_record(selection: Selection, params: Params, row: pd.Series) -> dict
         "calibrator": calibrators[name].to_dict(),
         **{k: float(row[k]) for k in _KEY_METRICS},
     }
+
+
+def _label_leak(
+    params: Params, data: Dataset, oof: dict[str, Any], selection: Selection, y: np.ndarray
+) -> dict[str, Any]:
+    """Each zoo candidate's chosen configuration scored on the same folds with the shared
+    backbone and with one backbone per fold (transfer's FOLD_PRETRAINED_OOF_FILE).
+
+    Returns:
+        ``{}`` when not measured; else ``rows`` (per candidate: ``cv_auroc_shared`` and
+        ``cv_auroc_fold_pretrained``, means over the same repeats, and ``label_leak``, their
+        difference), ``repeats`` and ``measured_on``: the winner when it is a zoo candidate,
+        else the zoo candidate with the best shared-backbone CV AUROC.
+    """
+    path = Path(params.paths.transfer_dir) / FOLD_PRETRAINED_OOF_FILE
+    if not params.compare.fold_pretraining_repeats or not path.is_file():
+        return {}
+    frame = pd.read_csv(path, dtype={"image_id": str})
+    ids = data.image_ids(data.development_rows())
+    rows = []
+    for family in sorted(set(oof["family_of"].values())):
+        config = selection.representatives[family]
+        per_fold = _by_repeat(frame, config, ids)
+        repeats = per_fold.shape[0]
+        shared = float(np.mean([auroc(y, s) for s in oof["config_scores"][config][:repeats]]))
+        fold_pretrained = float(np.mean([auroc(y, s) for s in per_fold]))
+        rows.append(
+            {
+                "candidate": family,
+                "config": config,
+                "cv_auroc_shared": shared,
+                "cv_auroc_fold_pretrained": fold_pretrained,
+                "label_leak": shared - fold_pretrained,
+            }
+        )
+    winner = selection.winner.candidate
+    if winner in {r["candidate"] for r in rows}:
+        measured_on = winner
+    else:
+        measured_on = max(rows, key=lambda r: r["cv_auroc_shared"])["candidate"]
+    return {"rows": rows, "repeats": repeats, "measured_on": measured_on}
+
+
+def _label_leak_lines(params: Params, leak: dict[str, Any], winner: str) -> list[str]:
+    b = params.backbone
+    if not leak:
+        if b.weights is None and not b.finding_labels:
+            why = "none possible: the backbone learnt no label (backbone.finding_labels: false)"
+        elif b.weights is not None:
+            why = "not measured: backbone.weights came from a file, not pretrained on this run"
+        else:
+            why = "not measured (compare.fold_pretraining_repeats: 0)"
+        return [f"**Backbone label leak**: {why}.", ""]
+    table = pd.DataFrame(leak["rows"])
+    on = leak["measured_on"]
+    row = table.set_index("candidate").loc[on]
+    whose = "the winner" if on == winner else f"{on}, the best zoo candidate ({winner} won)"
+    return [
+        "**Backbone label leak, measured**: the backbone's finding-label pretraining was re-run "
+        f"inside each outer fold of the first {leak['repeats']} CV repeat(s), without the "
+        "fold's held-out rows, and each zoo candidate's chosen configuration was re-scored on "
+        "those features (compare.fold_pretraining_repeats). cv_auroc_shared is the same "
+        "configuration on the same repeats with the one shared backbone; the difference is "
+        f"the label leak. For {whose}: {row['cv_auroc_shared']:.3f} with the shared backbone, "
+        f"{row['cv_auroc_fold_pretrained']:.3f} without the leak (leak "
+        f"{row['label_leak']:+.3f}). The fine-tuned network's CV also starts from the shared "
+        "backbone and is not re-run.",
+        "",
+        comparison_markdown(table),
+    ]
 
 
 def _per_view(data: Dataset, dev: np.ndarray, y: np.ndarray, scores: np.ndarray) -> pd.DataFrame:
@@ -246,6 +323,7 @@ def _report(
     nested_folds: list[dict[str, Any]],
     views: pd.DataFrame,
     loso: pd.DataFrame,
+    leak: dict[str, Any],
 ) -> str:
     c, rule = params.compare, params.compare.winner
     w = selection.winner
@@ -316,6 +394,7 @@ def _report(
             "widths above).",
             "",
         ]
+    lines += _label_leak_lines(params, leak, w.candidate)
     lines += ["**Winner per view** (out-of-fold):", "", comparison_markdown(views)]
     if len(loso):
         lines += [
@@ -379,12 +458,13 @@ def run(params: Params) -> dict[str, object]:
     calibrated = selection.comparison.calibrated[winner]
     views = _per_view(data, dev, y, selection.scores[winner])
     loso = pd.read_csv(Path(params.paths.transfer_dir) / LOSO_FILE)
+    leak = _label_leak(params, data, oof, selection, y)
 
     out = Path(params.paths.compare_dir)
     (out / "plots").mkdir(parents=True, exist_ok=True)
     table.to_csv(out / "table.csv", index=False)
     (out / "table.md").write_text(
-        _report(params, selection, table, bbc, nested, nested_folds, views, loso)
+        _report(params, selection, table, bbc, nested, nested_folds, views, loso, leak)
     )
     repeats, n = calibrated.shape
     pd.DataFrame(
@@ -421,7 +501,8 @@ def run(params: Params) -> dict[str, object]:
     )
     write_json_atomically(out / "winner.json", _winner_record(selection, params, row))
     write_json_atomically(
-        out / "optimism.json", {"bbc_cv": bbc, "nested_cv": nested, "nested_folds": nested_folds}
+        out / "optimism.json",
+        {"bbc_cv": bbc, "nested_cv": nested, "nested_folds": nested_folds, "label_leak": leak},
     )
     metrics: dict[str, Any] = {
         "winner": winner,
@@ -439,6 +520,11 @@ def run(params: Params) -> dict[str, object]:
             nested_optimism_ci_low=nested["optimism_ci_low"],
             nested_optimism_ci_high=nested["optimism_ci_high"],
         )
+    if leak:
+        measured = {r["candidate"]: r for r in leak["rows"]}[leak["measured_on"]]
+        metrics["cv_auroc_label_leak"] = measured["label_leak"]
+        if leak["measured_on"] == winner:
+            metrics["cv_auroc_fold_pretrained"] = measured["cv_auroc_fold_pretrained"]
     if METADATA in set(table["candidate"]):
         metrics["metadata_only_cv_auroc"] = float(
             table.set_index("candidate").loc[METADATA, "cv_auroc"]

@@ -6,6 +6,11 @@ scores the fold's held-out rows; each candidate's best configuration is refitted
 train+val and saved. Also scored on the same folds: the metadata-only shortcut baseline, and,
 where the data has two or more sites, a leave-one-site-out estimate of each candidate's best
 configuration. Test rows are never read.
+
+With ``compare.fold_pretraining_repeats`` (and a backbone pretrained here), the zoo is scored
+once more on the first repeats' folds, each fold with a backbone whose finding-label stage never
+saw the fold's labels (:func:`cxr_triage.stages.backbone.fold_pretrained_embeddings`): the
+compare stage reports the difference as the backbone's label leak.
 """
 
 from __future__ import annotations
@@ -24,11 +29,14 @@ from cxr_triage.evaluation.fairness import age_band
 from cxr_triage.evaluation.metrics import auroc
 from cxr_triage.evaluation.selection import family_representatives
 from cxr_triage.stages._entry import run_stage
+from cxr_triage.stages.backbone import INIT_FILE, fold_pretrained_embeddings
 
 log = logging.getLogger(__name__)
 OOF_FILE = "oof_scores.csv"
 CONFIGS_FILE = "configs.json"
 LOSO_FILE = "loso.csv"
+#: the zoo's out-of-fold scores with one backbone per outer fold (OOF_FILE's layout)
+FOLD_PRETRAINED_OOF_FILE = "oof_scores_fold_pretrained.csv"
 METADATA_COLUMNS = ("view_position", "sex", "age_band", "site", "manufacturer")
 
 
@@ -55,6 +63,7 @@ def run(params: Params) -> dict[str, object]:
     """Write ``paths.transfer_dir/{<candidate>.skops, oof_scores.csv, configs.json, loso.csv}``."""
     from cxr_triage.models.transfer import (
         cross_validate_configs,
+        cross_validate_fold_features,
         cross_validate_metadata,
         leave_one_site_out,
         refit_config,
@@ -80,8 +89,8 @@ def run(params: Params) -> dict[str, object]:
     chosen = family_representatives(config_scores, family_of, y)
     out = Path(params.paths.transfer_dir)
     out.mkdir(parents=True, exist_ok=True)
-    for old in out.glob("*.skops"):
-        old.unlink()
+    for old in [*out.glob("*.skops"), out / FOLD_PRETRAINED_OOF_FILE]:
+        old.unlink(missing_ok=True)
     summary: dict[str, object] = {}
     sites = data.manifest.loc[dev, "site"].astype(str).to_numpy()
     loso = []
@@ -100,6 +109,20 @@ def run(params: Params) -> dict[str, object]:
             table = leave_one_site_out(by_name[config_name], X, y, groups, sites, seed=params.seed)
             loso.append(table.assign(candidate=candidate))
     frame.to_csv(out / OOF_FILE, index=False)
+    if c.fold_pretraining_repeats and (Path(params.paths.backbone_dir) / INIT_FILE).is_file():
+        fold_set = [f for f in folds if f.repeat < c.fold_pretraining_repeats]
+        features = fold_pretrained_embeddings(params, data, dev, fold_set)
+        fold_pretrained = cross_validate_fold_features(
+            configs, features, y, groups, fold_set, seed=params.seed
+        )
+        fold_pretrained.frame(data.image_ids(dev)).to_csv(
+            out / FOLD_PRETRAINED_OOF_FILE, index=False
+        )
+    elif c.fold_pretraining_repeats:
+        log.info(
+            "transfer: backbone.weights came from a file, so there is no finding-label "
+            "pretraining of this run to repeat per fold; the label-leak check is skipped"
+        )
     write_json_atomically(
         out / CONFIGS_FILE,
         {
