@@ -200,13 +200,15 @@ def _label_leak_lines(params: Params, leak: dict[str, Any], winner: str) -> list
     on = leak["measured_on"]
     row = table.set_index("candidate").loc[on]
     whose = "the winner" if on == winner else f"{on}, the best zoo candidate ({winner} won)"
+    n = leak["repeats"]
+    repeats = "the first CV repeat" if n == 1 else f"the first {n} CV repeats"
     return [
         "**Backbone label leak, measured**: the backbone's finding-label pretraining was re-run "
-        f"inside each outer fold of the first {leak['repeats']} CV repeat(s), without the "
-        "fold's held-out rows, and each zoo candidate's chosen configuration was re-scored on "
-        "those features (compare.fold_pretraining_repeats). cv_auroc_shared is the same "
-        "configuration on the same repeats with the one shared backbone; the difference is "
-        f"the label leak. For {whose}: {row['cv_auroc_shared']:.3f} with the shared backbone, "
+        f"inside each outer fold of {repeats}, without the fold's held-out rows, and each zoo "
+        "candidate's chosen configuration was re-scored on those features "
+        "(compare.fold_pretraining_repeats). cv_auroc_shared is the same configuration on the "
+        "same folds with the one shared backbone; the difference is the label leak. For "
+        f"{whose}: {row['cv_auroc_shared']:.3f} with the shared backbone, "
         f"{row['cv_auroc_fold_pretrained']:.3f} without the leak (leak "
         f"{row['label_leak']:+.3f}). The fine-tuned network's CV also starts from the shared "
         "backbone and is not re-run.",
