@@ -185,7 +185,9 @@ def _spec(name: str, n_features: int, n_rows: int, seed: int) -> _Spec:
         model = LogisticRegression(max_iter=1000)
         return _Spec(Pipeline([scaler, ("model", model)]), {"model__C": [0.01, 0.1, 1.0]})
     if name == "linear_svm":
-        model = LinearSVC(max_iter=2000)
+        # liblinear's dual solver visits rows in a random order: without a seed it draws one
+        # from numpy's global state, so a fold's result depended on which joblib worker ran it.
+        model = LinearSVC(max_iter=2000, random_state=seed)
         # The dual solver is fastest for small C, the primal one for larger C (more rows than
         # dimensions); each C gets its faster solver, the solution is the same.
         grid = [
@@ -198,7 +200,7 @@ def _spec(name: str, n_features: int, n_rows: int, seed: int) -> _Spec:
         # Fewer landmarks than a quarter of the rows make the features rank deficient and slow.
         landmarks = max(2, min(400, n_rows // 4))
         nystroem = Nystroem(kernel="rbf", n_components=landmarks, random_state=seed)
-        model = LinearSVC(dual=False, max_iter=2000)
+        model = LinearSVC(dual=False, max_iter=2000, random_state=seed)
         grid = {"rbf__gamma": [0.5 * gamma, gamma, 2.0 * gamma], "model__C": [0.01, 0.1]}
         return _Spec(Pipeline([scaler, ("rbf", nystroem), ("model", model)]), grid, platt=True)
     if name == "random_forest":
