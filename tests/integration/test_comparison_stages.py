@@ -86,21 +86,28 @@ def test_comparison_stages_write_a_complete_evaluation(tiny_pipeline_read_only):
     assert embeddings.shape[0] == len(pd.read_csv(Path(params.paths.ingest_dir) / "manifest.csv"))
 
 
-def _fingerprint(params: Params) -> dict[str, bytes]:
-    """Every decision made before evaluate: weights, classifiers, calibrator, winner, threshold."""
-    files = [
-        Path(params.paths.backbone_dir) / "backbone.safetensors",
-        Path(params.paths.finetune_dir) / "model.safetensors",
-        Path(params.paths.compare_dir) / "winner.json",
-        Path(params.paths.compare_dir) / "table.csv",
-        Path(params.paths.compare_dir) / "winner_oof.csv",
-        Path(params.paths.compare_dir) / "optimism.json",
-        Path(params.paths.threshold_dir) / "threshold.json",
-        Path(params.paths.transfer_dir) / "oof_scores.csv",
-        Path(params.paths.transfer_dir) / "oof_scores_fold_pretrained.csv",
-        Path(params.paths.finetune_dir) / "oof_scores.csv",
+def _fingerprint(params: Params, root: Path) -> dict[str, bytes]:
+    """Every file the stages before evaluate write (weights, classifiers, histories, reports,
+    winner, threshold), but the embeddings, which cover the test images too.
+
+    Byte equality across two runs also means no output holds a wall-clock time: DVC hashes
+    these files, and a fresh clone must reproduce the hashes in ``dvc.lock``.
+    """
+    dirs = [
+        params.paths.backbone_dir,
+        params.paths.embed_dir,
+        params.paths.transfer_dir,
+        params.paths.finetune_dir,
+        params.paths.compare_dir,
+        params.paths.threshold_dir,
     ]
-    return {f.name: f.read_bytes() for f in files}
+    files = [f for d in map(Path, dirs) for f in sorted(d.rglob("*")) if f.is_file()]
+    assert len(files) > 20
+    return {
+        str(f.resolve().relative_to(root.resolve())): f.read_bytes()
+        for f in files
+        if f.name != "embeddings.npy"
+    }
 
 
 def test_test_split_never_influences_model_calibration_threshold_or_winner(
@@ -128,7 +135,10 @@ def test_test_split_never_influences_model_calibration_threshold_or_winner(
     shutil.rmtree(altered.paths.checkpoint_dir)
     for stage in BEFORE_TEST:
         stage.run(altered)
-    assert _fingerprint(altered) == _fingerprint(params)
+    before, after = _fingerprint(params, root), _fingerprint(altered, copy)
+    assert sorted(after) == sorted(before)
+    changed = [name for name in before if after[name] != before[name]]
+    assert not changed, f"differ between two runs on the same train+val data: {changed}"
     # evaluate, which reads test, does see the change.
     evaluate.run(altered)
     before = json.loads((Path(params.paths.evaluate_dir) / "metrics.json").read_text())

@@ -30,14 +30,10 @@ def run(params: Params) -> dict[str, object]:
     out = Path(params.paths.embed_dir)
     with atomic_path(out / "embeddings.npy") as tmp:
         np.save(tmp, embeddings)
-    summary = {
-        "n_images": int(embeddings.shape[0]),
-        "dim": int(embeddings.shape[1]),
-        "mode": mode,
-        "images_per_second": round(len(embeddings) / seconds, 1),
-    }
+    # No timing in the output: a DVC-tracked file must hash the same on every run.
+    summary = {"n_images": int(embeddings.shape[0]), "dim": int(embeddings.shape[1]), "mode": mode}
     write_json_atomically(out / "embed.json", summary)
-    log.info("embed: %s", summary)
+    log.info("embed: %s in %.1f s (%.1f images/s)", summary, seconds, len(embeddings) / seconds)
     return summary
 
 

@@ -119,11 +119,14 @@ def run(params: Params) -> dict[str, object]:
     }
     save_finetuned(out, model, summary)
     oof.to_csv(out / OOF_FILE, index=False)
+    runs = [(f"r{f.repeat}-f{f.fold}", r) for f, r in zip(folds, cv.results, strict=True)]
+    # Epoch wall times stay in the log: history.csv is DVC-tracked and must hash the same on
+    # every run of the same code and data.
     history = [
-        {"run": f"r{f.repeat}-f{f.fold}", **h}
-        for f, r in zip(folds, cv.results, strict=True)
+        {"run": name, **{k: v for k, v in h.items() if k != "seconds"}}
+        for name, r in [*runs, ("refit", result)]
         for h in r.history
-    ] + [{"run": "refit", **h} for h in result.history]
+    ]
     pd.DataFrame(history).to_csv(out / "history.csv", index=False)
     log.info(
         "finetune: %d folds (best epochs %s), refit on %d images for %d epochs (%s)",
