@@ -243,7 +243,7 @@ def fold_pretrained_embeddings(
     pixels = np.asarray(data.pixels[dev_rows])
     embeddings = []
     for fold in folds:
-        torch.manual_seed(params.seed)
+        torch.manual_seed(params.seed)  # the finding head's initial weights, as in run()
         backbone = build_backbone(params.backbone.arch)
         backbone.load_state_dict(init)
         fit = fold.fit
